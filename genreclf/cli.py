@@ -1,0 +1,27 @@
+"""Command-line parsers of the jobs, kept apart from their logic so ``--help`` needs no Spark."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = "Settings: conf/genreclf.toml (override with --conf). Docs: README.md."
+
+
+def featurize_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spark-submit.sh featurize",
+        description="Decode audio files, cut 3 s windows every 1.5 s and write their STFT magnitudes to a "
+                    "petastorm dataset (DIR/windows), with one status row per input file (DIR/tracks).",
+        epilog=EPILOG)
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="directories (recursive), globs, audio files, or catalogue CSVs with a 'path' column "
+                        "(optional 'track_id', 'genre')")
+    p.add_argument("--output", required=True, metavar="DIR", help="output directory or URL")
+    p.add_argument("--labels", metavar="CSV",
+                   help="labels: a CSV mapping 'path' or 'track_id' to 'genre', or FMA's tracks.csv")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    mode.add_argument("--incremental", action="store_true",
+                      help="add to an existing output: skip files already ok with the same size and mtime")
+    p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
+    return p

@@ -1,0 +1,127 @@
+"""One place for each fact: the feature recipe and the job settings.
+
+The :class:`Recipe` is the reference solution's preprocessing (see ``../shared/REFERENCE.md``); it is
+written next to every dataset and into every model bundle so that a model is never applied to
+features made another way. Job settings come from ``conf/genreclf.toml`` and may be overridden by
+a file given with ``--conf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from genreclf.errors import ConfigError
+
+#: The 16 top-level genres of FMA / the crowdAI challenge, in the submission's column order.
+FMA_GENRES = (
+    "Blues", "Classical", "Country", "Easy Listening", "Electronic", "Experimental", "Folk",
+    "Hip-Hop", "Instrumental", "International", "Jazz", "Old-Time / Historic", "Pop", "Rock",
+    "Soul-RnB", "Spoken",
+)
+
+DEFAULT_CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "genreclf.toml")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How audio becomes model input: mono at ``sample_rate``, windows, one STFT magnitude per window.
+
+    Defaults are the reference implementation's: 3 s windows every 1.5 s at 22050 Hz, a centred
+    reflect-padded STFT with a symmetric 1024-point Hann window and hop 512, the first 128 of its
+    130 frames, stored as (128 time x 513 frequency) linear magnitudes.
+    """
+
+    sample_rate: int = 22050
+    window: int = 66150  # samples, 3 s
+    hop: int = 33075  # samples, 1.5 s
+    min_window_fraction: float = 0.9  # a window is kept when at least this much of it is audio
+    n_fft: int = 1024
+    stft_hop: int = 512
+    frames: int = 128
+    window_function: str = "hann-symmetric"
+    magnitude: str = "linear"
+    dtype: str = "float16"
+
+    @property
+    def bins(self) -> int:
+        """Frequency bins of the one-sided STFT."""
+        return self.n_fft // 2 + 1
+
+    @property
+    def min_window_samples(self) -> int:
+        """Fewest decoded samples a (zero-padded) window may hold: 59535 for the defaults."""
+        return int(round(self.window * self.min_window_fraction))
+
+    @property
+    def shape(self) -> tuple:
+        """Shape of one window's features: (frames, bins)."""
+        return (self.frames, self.bins)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class FeaturizeSettings:
+    """Knobs of the featurize job; defaults in ``conf/genreclf.toml``."""
+
+    files_per_task: int = 16  # input files per Spark task (small tasks balance long tracks)
+    rows_per_batch: int = 32  # window rows per Arrow batch handed back to Spark (~4 MB)
+    row_group_size_mb: int = 64  # Parquet row group size of the windows dataset
+    max_duration_s: float = 3600.0  # longer files get an error row; bounds worker memory per file
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a job reads from configuration."""
+
+    recipe: Recipe = field(default_factory=Recipe)
+    featurize: FeaturizeSettings = field(default_factory=FeaturizeSettings)
+    genres: tuple = FMA_GENRES
+
+
+def _section(cls, table: dict, name: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"[{name}] has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**table)
+
+
+def load_settings(path: str | None = None) -> Settings:
+    """Read settings from ``path`` (TOML), else from ``conf/genreclf.toml`` when present, else defaults."""
+    if path is None:
+        path = DEFAULT_CONF if os.path.exists(DEFAULT_CONF) else None
+    if path is None:
+        return Settings()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    unknown = set(data) - {"recipe", "featurize", "labels"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
+    genres = tuple(data.get("labels", {}).get("genres", FMA_GENRES))
+    return Settings(
+        recipe=_section(Recipe, data.get("recipe", {}), "recipe"),
+        featurize=_section(FeaturizeSettings, data.get("featurize", {}), "featurize"),
+        genres=genres,
+    )

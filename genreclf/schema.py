@@ -1,0 +1,46 @@
+"""The two outputs of featurize: the petastorm windows dataset and the one-row-per-file tracks table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from genreclf.config import Recipe
+
+WINDOWS_DIR = "windows"
+TRACKS_DIR = "tracks"
+RECIPE_FILE = "recipe.json"
+
+#: Columns of the tracks table, in order; exactly one row per input file.
+TRACKS_SCHEMA = pa.schema([
+    ("track_id", pa.string()),
+    ("path", pa.string()),
+    ("label", pa.string()),
+    ("status", pa.string()),  # "ok" | "error"
+    ("error", pa.string()),  # "reason: detail"; null when ok
+    ("warning", pa.string()),  # a repair worth knowing (skipped corrupt packets); null when clean
+    ("duration_s", pa.float64()),  # decoded duration; null when nothing decoded
+    ("n_windows", pa.int32()),  # windows written (0 for errors)
+    ("sample_rate", pa.int32()),  # the source's own rate
+    ("channels", pa.int32()),
+    ("codec", pa.string()),
+    ("size_bytes", pa.int64()),
+    ("mtime", pa.float64()),
+])
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+
+def window_schema(recipe: Recipe):
+    """The petastorm Unischema of window rows: track_id, window index, label, stft (frames x bins)."""
+    from petastorm.codecs import NdarrayCodec, ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
+    from pyspark.sql.types import IntegerType, StringType
+
+    return Unischema("GenreclfWindows", [
+        UnischemaField("track_id", np.str_, (), ScalarCodec(StringType()), False),
+        UnischemaField("window", np.int32, (), ScalarCodec(IntegerType()), False),
+        UnischemaField("label", np.str_, (), ScalarCodec(StringType()), True),
+        UnischemaField("stft", np.dtype(recipe.dtype).type, recipe.shape, NdarrayCodec(), False),
+    ])

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Run a genreclf job with spark-submit.
+#
+#   ./spark-submit.sh [--master URL] [--properties-file FILE] [--archives ENV.tar.gz#env] [--conf K=V]... \
+#                     JOB [job options]
+#
+# JOB is featurize | train | evaluate | score (see `./spark-submit.sh JOB --help`).
+# Defaults: --master local[*] with conf/spark-local.conf; any other master uses conf/spark-cluster.conf.
+# The genreclf package is shipped to executors as a zip (--py-files). For a cluster without our
+# Python environment, pack one (venv-pack / conda-pack) and pass --archives env.tar.gz#env: the
+# executors then run ./env/bin/python.
+# Uses .venv when present, the spark-submit of the pinned pyspark unless $SPARK_HOME is set.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+PY="${GENRECLF_PYTHON:-}"
+if [ -z "$PY" ]; then
+  if [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"; else PY="$(command -v python3)"; fi
+fi
+
+MASTER="local[*]"
+PROPS=""
+ARCHIVE=""
+EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --master) MASTER="$2"; shift 2 ;;
+    --properties-file) PROPS="$2"; shift 2 ;;
+    --archives) ARCHIVE="$2"; shift 2 ;;
+    --conf) EXTRA+=(--conf "$2"); shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "spark-submit.sh: unknown option $1 (options go before the job name)" >&2; usage >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+[ $# -ge 1 ] || { usage >&2; exit 2; }
+JOB="$1"; shift
+SCRIPT="$HERE/jobs/$JOB.py"
+[ -f "$SCRIPT" ] || { echo "spark-submit.sh: unknown job '$JOB' (featurize, train, evaluate, score)" >&2; exit 2; }
+
+if [ -z "$PROPS" ]; then
+  case "$MASTER" in local*) PROPS="$HERE/conf/spark-local.conf" ;; *) PROPS="$HERE/conf/spark-cluster.conf" ;; esac
+fi
+
+if [ -n "${SPARK_HOME:-}" ]; then
+  SUBMIT="$SPARK_HOME/bin/spark-submit"
+else
+  SUBMIT="$("$PY" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit"))')"
+fi
+
+# Ship the library as a zip so executors import the same code as the driver.
+BUILD="$HERE/build"
+mkdir -p "$BUILD"
+ZIP="$BUILD/genreclf.zip"
+(cd "$HERE" && "$PY" - "$ZIP" <<'PYEOF'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1] + ".tmp", "w", zipfile.ZIP_DEFLATED) as z:
+    for root, dirs, files in os.walk("genreclf"):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for f in files:
+            if f.endswith(".py"):
+                z.write(os.path.join(root, f))
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+PYEOF
+)
+
+export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PY}"
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-${TMPDIR:-/tmp}/genreclf-numba-cache}"
+ARGS=(--master "$MASTER" --properties-file "$PROPS" --py-files "$ZIP"
+      --conf "spark.driver.extraJavaOptions=-Dlog4j2.configurationFile=file:$HERE/conf/log4j2.properties"
+      --conf "spark.executorEnv.NUMBA_CACHE_DIR=$NUMBA_CACHE_DIR")
+if [ -n "$ARCHIVE" ]; then
+  ARGS+=(--archives "$ARCHIVE" --conf "spark.pyspark.python=./${ARCHIVE##*#}/bin/python")
+else
+  export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
+fi
+exec "$SUBMIT" "${ARGS[@]}" "${EXTRA[@]}" "$SCRIPT" "$@"
