@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import av
-import av.logging
 import numpy as np
 import soxr
 
 from genreclf.errors import TrackError
 
-_BITRATE_ESTIMATE = "Estimating duration from bitrate"
+#: Demuxers whose duration is an estimate from the bitrate unless a Xing/Info/VBRI header states it.
+_ESTIMATED_FORMATS = {"mp3", "aac"}
 #: Decoded audio shorter than announced by more than this fraction (and 0.5 s) is "truncated".
 TRUNCATION_TOLERANCE = 0.02
 
@@ -84,6 +84,19 @@ def _open_reason(path: str, size: int) -> TrackError:
     return TrackError("not audio", "FFmpeg recognises no audio format in its content")
 
 
+def _has_frame_count_header(path: str) -> bool:
+    """Whether an MPEG audio file starts with a Xing/Info/VBRI header (a trustworthy frame count)."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+        offset = 0
+        if head[:3] == b"ID3" and len(head) == 10:
+            offset = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+            offset += 10 if head[5] & 0x10 else 0  # footer present
+        f.seek(offset)
+        first = f.read(200)
+    return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
+
+
 class AudioReader:
     """Streams one file's audio as mono float32 chunks at ``sample_rate``.
 
@@ -113,20 +126,18 @@ class AudioReader:
             self._file = open(self.path, "rb")
         except OSError as e:
             raise TrackError("unreadable file", e.strerror or str(e)) from None
-        av.logging.set_level(av.logging.WARNING)
-        with av.logging.Capture(local=True) as logs:
-            try:
-                # A file object, not a name: FFmpeg then probes content alone, ignoring the extension.
-                self._container = av.open(self._file, mode="r")
-            except (av.error.FFmpegError, ValueError, OSError):
-                self.close()
-                raise _open_reason(self.path, size) from None
+        try:
+            # A file object, not a name: FFmpeg then probes content alone, ignoring the extension.
+            self._container = av.open(self._file, mode="r")
+        except (av.error.FFmpegError, ValueError, OSError):
+            self.close()
+            raise _open_reason(self.path, size) from None
         if not self._container.streams.audio:
             self.close()
             raise TrackError("not audio", f"the {self._container.format.name} container has no audio stream")
         stream = self._container.streams.audio[0]
         announced = None
-        if not any(_BITRATE_ESTIMATE in msg for _, _, msg in logs):
+        if self._container.format.name not in _ESTIMATED_FORMATS or _has_frame_count_header(self.path):
             if stream.duration is not None and stream.time_base is not None:
                 announced = float(stream.duration * stream.time_base)
             elif self._container.duration:
@@ -157,20 +168,19 @@ class AudioReader:
     def _frames(self) -> Iterator:
         """Decoded frames; a packet the decoder rejects is counted and skipped, like the ffmpeg CLI."""
         packets = self._container.demux(self._stream)
-        with av.logging.Capture(local=True):  # decoder complaints are counted, not printed
-            while True:
-                try:
-                    packet = next(packets)
-                except StopIteration:
-                    return
-                except av.error.FFmpegError:
-                    return  # a read error ends the stream; the truncation check judges what is left
-                try:
-                    frames = packet.decode()
-                except av.error.FFmpegError:
-                    self.bad_packets += 1
-                    continue
-                yield from frames
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError:
+                return  # a read error ends the stream; the truncation check judges what is left
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                self.bad_packets += 1
+                continue
+            yield from frames
 
     def chunks(self) -> Iterator[np.ndarray]:
         """Yield mono float32 chunks at the target rate; raise TrackError when the file is unusable."""

@@ -1,0 +1,42 @@
+"""Shared fixtures: one real local Spark session for the whole run, and audio made at test time."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from genreclf.synth import encode, synthesize
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """A real local[2] SparkSession with modest memory, stopped at the end of the run."""
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(tmp_path_factory.mktemp("numba")))
+    from pyspark.sql import SparkSession
+
+    from genreclf.spark import get_spark  # noqa: F401  (sets worker environment defaults)
+
+    session = (SparkSession.builder.master("local[2]").appName("genreclf-tests")
+               .config("spark.driver.memory", "2g")
+               .config("spark.sql.execution.arrow.maxRecordsPerBatch", "32")
+               .config("spark.sql.shuffle.partitions", "4")
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def make_audio():
+    """make_audio(path, duration_s, sr=22050, kind='mp3', style='rock', **encode_kw) -> path."""
+
+    def _make(path, duration_s, sr=22050, kind="mp3", style="rock", seed=0, silent=False, **kw):
+        y = np.zeros(int(round(duration_s * sr)), np.float32) if silent else synthesize(style, seed, duration_s, sr)
+        kw.setdefault("channels", 1)
+        return encode(str(path), y, sr, kind, **kw)
+
+    return _make

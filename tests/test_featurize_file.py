@@ -1,0 +1,101 @@
+"""One file in, one honest row out: every bad-input case, decoded by content, never a crash."""
+
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from genreclf.audio import decode
+from genreclf.config import Recipe
+from genreclf.featurize import featurize_file
+from tests import corpus
+
+R = Recipe()
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory, make_audio):
+    d = tmp_path_factory.mktemp("cases")
+    return d, corpus.build(d, make_audio, long_file=False)
+
+
+def test_every_case_gets_the_expected_row(cases):
+    directory, expect = cases
+    failures = []
+    for name, (status, detail) in sorted(expect.items()):
+        result = featurize_file(os.path.join(directory, name), R, track_id=name)
+        row = result.row
+        if row["status"] != status:
+            failures.append(f"{name}: {row['status']} ({row['error']}), expected {status}")
+        elif status == "ok":
+            if row["n_windows"] != detail or result.features.shape != (detail, 128, 513):
+                failures.append(f"{name}: {row['n_windows']} windows, expected {detail}")
+            if result.features.dtype != np.float16 or not np.isfinite(result.features).all():
+                failures.append(f"{name}: features not finite float16")
+        else:
+            if not row["error"] or (detail and not row["error"].startswith(detail)):
+                failures.append(f"{name}: error {row['error']!r}, expected {detail!r}")
+            if result.features is not None or row["n_windows"] != 0:
+                failures.append(f"{name}: an error row must carry no windows")
+    assert not failures, "\n".join(failures)
+
+
+def test_source_properties_are_reported(cases):
+    directory, _ = cases
+    row = featurize_file(os.path.join(directory, "wav_96k_named.mp3"), R).row
+    assert (row["codec"], row["sample_rate"], row["channels"]) == ("pcm_s16le", 96000, 2)
+    row = featurize_file(os.path.join(directory, "adts_aac_named.mp3"), R).row
+    assert row["codec"] == "aac"
+    row = featurize_file(os.path.join(directory, "mp2_named.mp3"), R).row
+    assert row["codec"] == "mp2"
+    row = featurize_file(os.path.join(directory, "low_8k_mono.mp3"), R).row
+    assert (row["sample_rate"], row["channels"]) == (8000, 1)
+
+
+def test_durations_are_decoded_not_announced(cases):
+    directory, _ = cases
+    # VBR without a Xing header: the header-less estimate is wrong, libsndfile reads about half.
+    assert featurize_file(os.path.join(directory, "vbr_no_xing.mp3"), R).row["duration_s"] == pytest.approx(30.0, abs=0.1)
+    assert featurize_file(os.path.join(directory, "dur_29.9s.mp3"), R).row["duration_s"] == pytest.approx(29.9, abs=1e-3)
+    truncated = featurize_file(os.path.join(directory, "truncated.mp3"), R).row
+    assert truncated["duration_s"] == pytest.approx(15.0, abs=1.0)
+    assert "30.0 s its header announces" in truncated["error"]
+
+
+def test_resync_past_junk_and_corruption_keeps_the_audio(cases):
+    directory, _ = cases
+    clean, _ = decode(os.path.join(directory, "junk_prefix.mp3"))
+    assert len(clean) / R.sample_rate == pytest.approx(30.0, abs=0.1)
+    row = featurize_file(os.path.join(directory, "corrupt_middle.mp3"), R).row
+    assert row["status"] == "ok" and row["duration_s"] == pytest.approx(30.0, abs=0.5)
+
+
+def test_silence_gives_finite_zero_features(cases):
+    directory, _ = cases
+    feats = featurize_file(os.path.join(directory, "silence.mp3"), R).features
+    assert np.isfinite(feats).all() and float(np.abs(feats).max()) < 1e-2
+
+
+def test_unreadable_and_missing_files_are_rows_not_crashes(tmp_path):
+    row = featurize_file(str(tmp_path / "gone.mp3"), R).row
+    assert row["status"] == "error" and row["error"].startswith("unreadable file")
+
+
+def test_too_long_is_an_error_with_the_setting_to_change(tmp_path, make_audio):
+    path = make_audio(tmp_path / "long.mp3", 12.0)
+    row = featurize_file(path, R, max_duration_s=10.0).row
+    assert row["status"] == "error" and "featurize.max_duration_s" in row["error"]
+
+
+def test_memory_of_a_long_file_is_its_features_not_its_audio(tmp_path, make_audio):
+    """A 10-minute file: peak memory beyond the float16 features stays far below the decoded audio."""
+    path = make_audio(tmp_path / "long.mp3", 600.0, sr=22050, bit_rate=64000)
+    tracemalloc.start()
+    result = featurize_file(path, R)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert result.row["n_windows"] == 399
+    whole_audio = 600 * 22050 * 4  # what decoding the file at once would hold: 53 MB
+    overhead = peak - sum(b.nbytes for b in result.batches)
+    assert overhead < 16 * 2**20, f"{overhead / 2**20:.0f} MB beyond the features (audio would be {whole_audio >> 20} MB)"
