@@ -68,9 +68,13 @@ PYEOF
 
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PY}"
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-${TMPDIR:-/tmp}/genreclf-numba-cache}"
+# petastorm's pyarrow-14 deprecation notices say nothing to users; workers never import our filters.
+QUIET="ignore::FutureWarning:petastorm.fs_utils"
+export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}$QUIET"
 ARGS=(--master "$MASTER" --properties-file "$PROPS" --py-files "$ZIP"
       --conf "spark.driver.extraJavaOptions=-Dlog4j2.configurationFile=file:$HERE/conf/log4j2.properties"
-      --conf "spark.executorEnv.NUMBA_CACHE_DIR=$NUMBA_CACHE_DIR")
+      --conf "spark.executorEnv.NUMBA_CACHE_DIR=$NUMBA_CACHE_DIR"
+      --conf "spark.executorEnv.PYTHONWARNINGS=$QUIET")
 if [ -n "$ARCHIVE" ]; then
   ARGS+=(--archives "$ARCHIVE" --conf "spark.pyspark.python=./${ARCHIVE##*#}/bin/python")
 else

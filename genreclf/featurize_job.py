@@ -92,7 +92,9 @@ def read_tracks(output: str) -> pd.DataFrame:
 
 def read_recipe(output: str) -> Recipe:
     """The recipe recorded with a featurize output."""
-    return Recipe.from_dict(json.loads(storage.read_text(storage.join(storage.to_url(output), RECIPE_FILE))))
+    recorded = json.loads(storage.read_text(storage.join(storage.to_url(output), RECIPE_FILE)))
+    recorded.pop("genreclf_version", None)
+    return Recipe.from_dict(recorded)
 
 
 def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: bool):

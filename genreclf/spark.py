@@ -11,7 +11,7 @@ def setup_logging(level: str | None = None) -> None:
     """Python logging to stderr, one line per record; ``GENRECLF_LOG_LEVEL`` overrides the level."""
     level = (level or os.environ.get("GENRECLF_LOG_LEVEL") or "INFO").upper()
     logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
     for noisy in ("py4j", "numba", "petastorm", "libav"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -184,24 +184,36 @@ def encode(path: str, samples: np.ndarray, sample_rate: int, kind: str = "mp3", 
     return path
 
 
-def make_corpus(directory: str, tracks_per_style: int = 6, duration_s: float = 30.0, broken: bool = True) -> dict:
+def _write_track(args):
+    path, style, seed, duration_s, sr, channels, bit_rate = args
+    encode(path, synthesize(style, seed, duration_s, sr), sr, "mp3", channels=channels, bit_rate=bit_rate)
+    return path
+
+
+def make_corpus(directory: str, tracks_per_style: int = 8, duration_s: float = 30.0, broken: bool = True,
+                workers: int | None = None) -> dict:
     """Write the demo corpus: mp3s of every style at mixed rates, bitrates and channel counts.
 
     Returns {relative path: style} for the good files (the labels). With ``broken``, also writes a
-    few unusable files (empty, text, truncated, too short) whose rows must say why.
+    few unusable files (empty, text, truncated, too short) whose rows must say why. Encodes on
+    ``workers`` processes (default: all cores).
     """
+    from multiprocessing import get_context
+
     os.makedirs(directory, exist_ok=True)
     rates = (44100, 32000, 48000, 22050)
     bitrates = (96000, 128000, 192000)
-    labels = {}
+    labels, jobs = {}, []
     for style in STYLES:
+        os.makedirs(os.path.join(directory, style), exist_ok=True)
         for i in range(tracks_per_style):
-            sr = rates[(i + STYLES.index(style)) % len(rates)]
             rel = os.path.join(style, f"{style}_{i:02d}.mp3")
-            os.makedirs(os.path.join(directory, style), exist_ok=True)
-            encode(os.path.join(directory, rel), synthesize(style, i, duration_s, sr), sr, "mp3",
-                   channels=1 + (i % 2), bit_rate=bitrates[i % len(bitrates)])
+            sr = rates[(i + STYLES.index(style)) % len(rates)]
+            jobs.append((os.path.join(directory, rel), style, i, duration_s, sr, 1 + (i % 2),
+                         bitrates[i % len(bitrates)]))
             labels[rel] = style
+    with get_context("spawn").Pool(workers or os.cpu_count() or 1) as pool:
+        pool.map(_write_track, jobs)
     if broken:
         bad = os.path.join(directory, "broken")
         os.makedirs(bad, exist_ok=True)

@@ -40,3 +40,17 @@ def make_audio():
         return encode(str(path), y, sr, kind, **kw)
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def mixed_corpus(tmp_path_factory, make_audio):
+    """The mixed real-world corpus of tests/corpus.py (every bad-input case), made once per run.
+
+    Returns (directory, {file name: expectation}); a sidecar cover.jpg sits beside the audio.
+    """
+    from tests import corpus
+
+    audio = tmp_path_factory.mktemp("mixed") / "catalogue"
+    expect = corpus.build(audio, make_audio, long_file=True)
+    (audio / "cover.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return audio, expect

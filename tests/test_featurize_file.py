@@ -9,15 +9,14 @@ import pytest
 from genreclf.audio import decode
 from genreclf.config import Recipe
 from genreclf.featurize import featurize_file
-from tests import corpus
 
 R = Recipe()
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory, make_audio):
-    d = tmp_path_factory.mktemp("cases")
-    return d, corpus.build(d, make_audio, long_file=False)
+def cases(mixed_corpus):
+    directory, expect = mixed_corpus
+    return directory, {k: v for k, v in expect.items() if not k.startswith("long_")}
 
 
 def test_every_case_gets_the_expected_row(cases):

@@ -1,0 +1,36 @@
+# genreclf: `make demo` sets everything up and runs the pipeline on a generated corpus;
+# `make test` runs the test suite (what CI runs). Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt setup.py | cksum | cut -d' ' -f1)
+DEMO   := demo-output
+
+.PHONY: install demo test bench clean help
+help:
+	@echo "make demo   - set up .venv and run the pipeline end to end on a generated corpus (local mode)"
+	@echo "make test   - run the test suite"
+	@echo "make bench  - run the benchmarks"
+	@echo "make clean  - remove build outputs and demo output (keeps .venv)"
+
+install: $(STAMP)
+$(STAMP):
+	@command -v java >/dev/null || { echo "Spark needs Java 17+: e.g. apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: install
+	$(PY) -m genreclf.demo corpus --out $(DEMO)/corpus
+	./spark-submit.sh featurize --input $(DEMO)/corpus --labels $(DEMO)/corpus/labels.csv \
+	    --output $(DEMO)/features --overwrite
+	@echo "demo: features in $(DEMO)/features (windows/ = petastorm dataset, tracks/ = one row per file)"
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf build $(DEMO) bench-output .pytest_cache

@@ -1,0 +1,95 @@
+"""Inputs expand to one catalogue row per file: directories, globs, catalogue CSVs, labels, FMA."""
+
+import os
+
+import pandas as pd
+import pytest
+
+from genreclf.catalog import apply_labels, expand_inputs
+from genreclf.errors import ConfigError
+
+
+def touch(path, data=b"x"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def test_directory_is_recursive_and_ids_are_relative_paths(tmp_path):
+    touch(tmp_path / "a" / "one.mp3")
+    touch(tmp_path / "a" / "b" / "two.ogg")
+    touch(tmp_path / "notes.txt")
+    touch(tmp_path / ".hidden.mp3")
+    cat = expand_inputs([str(tmp_path)])
+    assert sorted(cat.entries["track_id"]) == ["a/b/two.ogg", "a/one.mp3"]
+    assert [os.path.basename(p) for p in cat.skipped] == [".hidden.mp3", "notes.txt"]
+    assert (cat.entries["size_bytes"] == 1).all() and cat.entries["mtime"].notna().all()
+
+
+def test_glob_and_explicit_files_are_never_filtered(tmp_path):
+    touch(tmp_path / "x" / "a.MP3")
+    touch(tmp_path / "x" / "b.txt")
+    cat = expand_inputs([str(tmp_path / "x" / "*"), str(tmp_path / "x" / "b.txt")])
+    assert sorted(cat.entries["track_id"]) == ["a.MP3", "b.txt"]
+
+
+def test_catalogue_csv_with_relative_paths_ids_and_genres(tmp_path):
+    touch(tmp_path / "audio" / "1.mp3")
+    touch(tmp_path / "audio" / "2.mp3")
+    csv = tmp_path / "catalogue.csv"
+    csv.write_text("path,track_id,genre\naudio/1.mp3,t1,Rock\naudio/2.mp3,t2,\n")
+    e = expand_inputs([str(csv)]).entries.set_index("track_id")
+    assert e.loc["t1", "label"] == "Rock" and pd.isna(e.loc["t2", "label"])
+    assert e.loc["t1", "path"] == str(tmp_path / "audio" / "1.mp3")
+
+
+def test_missing_input_says_what_is_wrong(tmp_path):
+    with pytest.raises(ConfigError, match="neither a file, a directory nor a glob"):
+        expand_inputs([str(tmp_path / "nope")])
+    with pytest.raises(ConfigError, match="matches no file"):
+        expand_inputs([str(tmp_path / "*.flac")])
+
+
+def test_labels_by_track_id(tmp_path):
+    touch(tmp_path / "a.mp3")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("track_id,genre\na.mp3,Folk\n")
+    table = apply_labels(expand_inputs([str(tmp_path / "a.mp3")]).entries, str(labels))
+    assert table["label"].tolist() == ["Folk"]
+
+
+def test_labels_without_genre_column_are_refused(tmp_path):
+    touch(tmp_path / "a.mp3")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("track_id,style\na.mp3,Folk\n")
+    with pytest.raises(ConfigError, match="'genre' column"):
+        apply_labels(expand_inputs([str(tmp_path / "a.mp3")]).entries, str(labels))
+
+
+FMA_TRACKS = (
+    ",album,artist,set,set,track,track\n"
+    ",title,name,split,subset,genre_top,title\n"
+    "track_id,,,,,,\n"
+    "2,AWOL,AWOL,training,small,Hip-Hop,Food\n"
+    "5,AWOL,AWOL,training,small,Hip-Hop,This World\n"
+    "140,Alec K.,Alec K.,validation,small,Folk,Queen Of The Wires\n"
+    "141,Alec K.,Alec K.,test,medium,,Ohio\n"
+)
+
+
+def test_fma_layout_and_tracks_csv(tmp_path):
+    audio = tmp_path / "fma_small"
+    for tid in (2, 140, 141):
+        touch(audio / f"{tid:06d}"[:3] / f"{tid:06d}.mp3")
+    touch(audio / "checksums")
+    touch(audio / "README.txt")
+    meta = tmp_path / "fma_metadata" / "tracks.csv"
+    meta.parent.mkdir()
+    meta.write_text(FMA_TRACKS)
+    cat = expand_inputs([str(audio)])
+    assert len(cat.skipped) == 2
+    table = apply_labels(cat.entries, str(meta)).set_index("track_id")
+    assert table.loc["000002", "label"] == "Hip-Hop"
+    assert table.loc["000140", "label"] == "Folk"
+    assert pd.isna(table.loc["000141", "label"])  # FMA tracks without a top genre stay unlabelled

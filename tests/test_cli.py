@@ -1,0 +1,55 @@
+"""The user's entry points: spark-submit.sh and the jobs' --help, and one real spark-submit run."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from genreclf.featurize_job import read_tracks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUBMIT = os.path.join(ROOT, "spark-submit.sh")
+
+
+def run(*args, **kw):
+    env = dict(os.environ, GENRECLF_PYTHON=sys.executable)
+    return subprocess.run([SUBMIT, *args], capture_output=True, text=True, env=env, timeout=600, **kw)
+
+
+def test_wrapper_help_lists_jobs_and_options():
+    res = run("--help")
+    assert res.returncode == 0
+    assert "featurize" in res.stdout and "--archives" in res.stdout and "--master" in res.stdout
+
+
+def test_unknown_job_is_refused_with_the_list():
+    res = run("fly")
+    assert res.returncode == 2 and "featurize, train, evaluate, score" in res.stderr
+
+
+def test_featurize_help_needs_no_spark():
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "featurize.py"), "--help"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0
+    for option in ("--input", "--output", "--labels", "--overwrite", "--incremental", "--conf"):
+        assert option in res.stdout
+
+
+def test_spark_submit_featurize_end_to_end_and_refuses_rerun(tmp_path, make_audio):
+    audio = tmp_path / "in"
+    audio.mkdir()
+    make_audio(audio / "song.mp3", 4.5)
+    (audio / "broken.mp3").write_bytes(b"")
+    out = tmp_path / "out"
+    res = run("featurize", "--input", str(audio), "--output", str(out))
+    log = res.stdout + res.stderr  # spark-submit merges the Python driver's stderr into its stdout
+    assert res.returncode == 0, log[-3000:]
+    assert "featurize summary: 2 files in" in log
+    assert "error       1  empty file" in log
+    assert "FutureWarning" not in log
+    tracks = read_tracks(str(out)).set_index("track_id")
+    assert tracks.loc["song.mp3", "n_windows"] == 2 and tracks.loc["broken.mp3", "status"] == "error"
+
+    again = run("featurize", "--input", str(audio), "--output", str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stdout + again.stderr

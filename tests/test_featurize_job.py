@@ -1,0 +1,143 @@
+"""The featurize job on a real local Spark session: one tracks row per file, petastorm-readable windows."""
+
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genreclf.config import Recipe
+from genreclf.errors import OutputExistsError
+from genreclf.featurize_job import read_recipe, read_tracks, run_featurize
+from genreclf.storage import to_url
+
+
+@pytest.fixture(scope="module")
+def mixed(mixed_corpus):
+    return mixed_corpus
+
+
+@pytest.fixture(scope="module")
+def featurized(spark, mixed, tmp_path_factory):
+    audio, expect = mixed
+    out = tmp_path_factory.mktemp("out") / "features"
+    summary = run_featurize(spark, [str(audio)], str(out))
+    return out, summary
+
+
+def test_exactly_one_row_per_input_file_with_status_and_reason(mixed, featurized):
+    audio, expect = mixed
+    out, _ = featurized
+    tracks = read_tracks(str(out))
+    assert sorted(tracks["track_id"]) == sorted(expect)
+    assert tracks["path"].is_unique
+    by_id = tracks.set_index("track_id")
+    for name, (status, detail) in expect.items():
+        row = by_id.loc[name]
+        assert row["status"] == status, (name, row["error"])
+        if status == "ok":
+            assert row["n_windows"] == detail, name
+            assert pd.isna(row["error"])
+        else:
+            assert row["n_windows"] == 0
+            assert row["error"] and (detail is None or row["error"].startswith(detail)), (name, row["error"])
+
+
+def test_windows_read_back_with_petastorm_make_reader(featurized):
+    from petastorm import make_reader
+
+    out, _ = featurized
+    tracks = read_tracks(str(out)).set_index("track_id")
+    counts, seen = {}, {}
+    with make_reader(to_url(str(out / "windows")), reader_pool_type="dummy", num_epochs=1) as reader:
+        for row in reader:
+            assert row.stft.shape == (128, 513) and row.stft.dtype == np.float16
+            assert np.isfinite(row.stft).all()
+            counts[row.track_id] = counts.get(row.track_id, 0) + 1
+            seen.setdefault(row.track_id, set()).add(int(row.window))
+    ok = tracks[tracks["status"] == "ok"]
+    assert counts == ok["n_windows"].to_dict()
+    assert all(seen[t] == set(range(n)) for t, n in counts.items())
+
+
+def test_windows_read_back_with_plain_spark(spark, featurized):
+    out, summary = featurized
+    df = spark.read.parquet(to_url(str(out / "windows")))
+    assert set(df.columns) == {"track_id", "window", "label", "stft"}
+    assert df.count() == summary["windows_written"]
+
+
+def test_summary_counts_and_recipe_is_recorded(mixed, featurized):
+    audio, expect = mixed
+    out, summary = featurized
+    n_ok = sum(1 for s, _ in expect.values() if s == "ok")
+    assert summary["files_in"] == len(expect)
+    assert summary["ok"] == n_ok and summary["errors"] == len(expect) - n_ok
+    assert summary["windows_written"] == sum(n for s, n in expect.values() if s == "ok")
+    assert summary["errors_by_reason"]["truncated"] == 1
+    assert summary["sidecar_files_passed_over"] == 1
+    assert summary["tracks_per_s"] > 0
+    assert read_recipe(str(out)) == Recipe()
+
+
+def test_rerun_into_existing_output_refuses_then_overwrites(spark, tmp_path, make_audio):
+    audio = tmp_path / "in"
+    audio.mkdir()
+    make_audio(audio / "a.mp3", 4.5)
+    out = tmp_path / "out"
+    run_featurize(spark, [str(audio)], str(out))
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run_featurize(spark, [str(audio)], str(out))
+    make_audio(audio / "b.mp3", 4.5)
+    run_featurize(spark, [str(audio)], str(out), overwrite=True)
+    assert sorted(read_tracks(str(out))["track_id"]) == ["a.mp3", "b.mp3"]
+
+
+def test_incremental_skips_unchanged_and_replaces_changed_without_duplicates(spark, tmp_path, make_audio):
+    audio = tmp_path / "in"
+    audio.mkdir()
+    make_audio(audio / "a.mp3", 4.5)
+    make_audio(audio / "b.mp3", 4.5)
+    (audio / "broken.mp3").write_bytes(b"")
+    out = tmp_path / "out"
+    run_featurize(spark, [str(audio)], str(out))
+
+    make_audio(audio / "c.mp3", 3.0)  # new
+    make_audio(audio / "b.mp3", 6.0, seed=1)  # changed: 3 windows instead of 2
+    os.utime(audio / "b.mp3", (1e9, 1e9))
+    make_audio(audio / "broken.mp3", 3.0)  # an earlier error, now fixed: retried
+    summary = run_featurize(spark, [str(audio)], str(out), incremental=True)
+    assert summary["unchanged_skipped"] == 1 and summary["processed"] == 3
+
+    tracks = read_tracks(str(out)).set_index("track_id")
+    assert sorted(tracks.index) == ["a.mp3", "b.mp3", "broken.mp3", "c.mp3"]
+    assert (tracks["status"] == "ok").all()
+    windows = spark.read.parquet(to_url(str(out / "windows"))).groupBy("track_id").count().toPandas()
+    assert windows.set_index("track_id")["count"].to_dict() == tracks["n_windows"].to_dict()
+    assert tracks.loc["b.mp3", "n_windows"] == 3
+
+
+def test_labels_from_a_csv_reach_the_windows(spark, tmp_path, make_audio):
+    audio = tmp_path / "in"
+    (audio / "x").mkdir(parents=True)
+    make_audio(audio / "x" / "a.mp3", 3.0)
+    make_audio(audio / "b.mp3", 3.0)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,genre\nx/a.mp3,Rock\nb.mp3,Jazz\n")
+    out = tmp_path / "out"
+    run_featurize(spark, [str(audio)], str(out), labels=str(labels))
+    got = spark.read.parquet(to_url(str(out / "windows"))).select("track_id", "label").distinct().toPandas()
+    assert dict(zip(got["track_id"], got["label"])) == {"x/a.mp3": "Rock", "b.mp3": "Jazz"}
+    assert dict(zip(*read_tracks(str(out))[["track_id", "label"]].T.values)) == {"x/a.mp3": "Rock", "b.mp3": "Jazz"}
+
+
+def test_all_files_bad_still_writes_rows(spark, tmp_path):
+    audio = tmp_path / "in"
+    audio.mkdir()
+    (audio / "a.mp3").write_bytes(b"")
+    (audio / "b.mp3").write_text("nope")
+    out = tmp_path / "out"
+    summary = run_featurize(spark, [str(audio)], str(out))
+    assert summary["ok"] == 0 and summary["errors"] == 2
+    assert len(read_tracks(str(out))) == 2
