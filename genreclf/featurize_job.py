@@ -24,6 +24,7 @@ from genreclf.catalog import apply_labels, expand_inputs
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import GenreclfError, OutputExistsError
 from genreclf.featurize import window_batches
+from genreclf.progress import SparkProgress
 from genreclf.schema import RECIPE_FILE, STATUS_OK, TRACKS_DIR, TRACKS_SCHEMA, WINDOWS_DIR, window_schema
 
 log = logging.getLogger(__name__)
@@ -179,18 +180,21 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
 
     sc.setJobDescription(f"genreclf featurize: {len(table)} files in {n_parts} tasks")
     append = prior is not None and storage.exists(windows_url)
-    if append and stale_ids:
-        # Files changed since their windows were written: rewrite the dataset without the stale windows.
-        old = spark.read.parquet(windows_url).where(~F.col("track_id").isin(stale_ids))
-        target = windows_url + ".rewrite"
-        with materialize_dataset(spark, target, schema, fs_settings.row_group_size_mb):
-            old.unionByName(windows).write.mode("overwrite").parquet(target)
-        storage.delete(windows_url)
-        fs, path = storage.filesystem(target)
-        fs.move(path, storage.filesystem(windows_url)[1])
-    else:
-        with materialize_dataset(spark, windows_url, schema, fs_settings.row_group_size_mb):
-            windows.write.mode("append" if append else "overwrite").parquet(windows_url)
+    # Window features are noise-like: snappy saves ~1.5 % of the bytes for ~10 % of the job's CPU.
+    with SparkProgress(sc, "featurize"):
+        if append and stale_ids:
+            # Files changed since their windows were written: rewrite the dataset without the stale windows.
+            old = spark.read.parquet(windows_url).where(~F.col("track_id").isin(stale_ids))
+            target = windows_url + ".rewrite"
+            with materialize_dataset(spark, target, schema, fs_settings.row_group_size_mb):
+                old.unionByName(windows).write.mode("overwrite").option("compression", "none").parquet(target)
+            storage.delete(windows_url)
+            fs, path = storage.filesystem(target)
+            fs.move(path, storage.filesystem(windows_url)[1])
+        else:
+            with materialize_dataset(spark, windows_url, schema, fs_settings.row_group_size_mb):
+                windows.write.mode("append" if append else "overwrite").option("compression", "none") \
+                    .parquet(windows_url)
     sc.setJobDescription(None)
 
     new_rows = read_staged_rows(staging_url)
