@@ -80,9 +80,8 @@ class Recipe:
 class FeaturizeSettings:
     """Knobs of the featurize job; defaults in ``conf/genreclf.toml``."""
 
-    files_per_task: int = 16  # input files per Spark task (small tasks balance long tracks)
-    rows_per_batch: int = 32  # window rows per Arrow batch handed back to Spark (~4 MB)
-    row_group_size_mb: int = 64  # Parquet row group size of the windows dataset
+    files_per_task: int = 64  # most input files per Spark task; fewer when needed to use every core
+    row_group_size_mb: int = 32  # Parquet row group of the windows dataset (~250 windows); petastorm reads by row group
     max_duration_s: float = 3600.0  # longer files get an error row; bounds worker memory per file
 
 

@@ -1,7 +1,7 @@
 """Per-file featurization: one audio file -> its window features and exactly one status row.
 
 Pure of Spark: :func:`featurize_file` is what a Spark task runs for each file, and
-:func:`window_batches` turns a batch of catalogue rows into bounded batches of encoded window rows.
+:func:`window_tables` turns catalogue rows into bounded Arrow tables of encoded window rows.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from genreclf.audio import AudioReader
 from genreclf.config import Recipe
 from genreclf.errors import TrackError
 from genreclf.features import stft_magnitudes, to_dtype
-from genreclf.schema import STATUS_ERROR, STATUS_OK, TRACKS_SCHEMA
+from genreclf.schema import STATUS_ERROR, STATUS_OK, TRACKS_SCHEMA, window_arrow_schema
 from genreclf.windows import iter_windows
 
 log = logging.getLogger(__name__)
@@ -104,17 +105,21 @@ def encode_windows(result: TrackResult, codec_field) -> Iterator[tuple]:
         yield row["track_id"], i, row["label"], codec_field.codec.encode(codec_field, feat)
 
 
-def window_batches(catalog_batches: Iterable[pd.DataFrame], recipe: Recipe, schema, *,
-                   rows_per_batch: int, max_duration_s: float | None,
-                   on_track=None) -> Iterator[pd.DataFrame]:
-    """Featurize every catalogue row, yielding window rows in pandas batches of ``rows_per_batch``.
+def window_tables(catalog_batches: Iterable[pd.DataFrame], recipe: Recipe, schema, *,
+                  rows_per_table: int, max_duration_s: float | None, on_track=None) -> Iterator[pa.Table]:
+    """Featurize every catalogue row, yielding encoded window rows as Arrow tables of ``rows_per_table``.
 
-    ``on_track(row)`` receives each file's status row (the caller collects them). Only one file's
-    features and one output batch are held at a time, so a task's memory does not grow with its size.
+    ``on_track(row)`` receives each file's status row. Only one file's features and one pending
+    table are held at a time, so a task's memory does not grow with its number of files.
     """
     stft_field = schema.fields["stft"]
-    columns = list(schema.fields)
+    arrow_schema = window_arrow_schema()
     pending = []
+
+    def table():
+        cols = list(zip(*pending))
+        return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, arrow_schema)], schema=arrow_schema)
+
     for batch in catalog_batches:
         for entry in batch.itertuples(index=False):
             result = featurize_file(
@@ -126,8 +131,8 @@ def window_batches(catalog_batches: Iterable[pd.DataFrame], recipe: Recipe, sche
                 continue
             for encoded in encode_windows(result, stft_field):
                 pending.append(encoded)
-                if len(pending) >= rows_per_batch:
-                    yield pd.DataFrame(pending, columns=columns)
+                if len(pending) >= rows_per_table:
+                    yield table()
                     pending = []
     if pending:
-        yield pd.DataFrame(pending, columns=columns)
+        yield table()

@@ -1,10 +1,14 @@
 """The featurize job on Spark: catalogue -> petastorm windows dataset + one tracks row per file.
 
-Files are spread over Spark tasks (``featurize.files_per_task`` each); each task decodes and
-transforms its files in a pandas ``mapInPandas`` function and returns the window rows to Spark's
-writer in bounded batches. Each task also writes its files' status rows to a staging file named
-after its partition (rewritten whole by a retried attempt, so retries cannot duplicate rows); the
-driver then gathers them into ``tracks``, checking that every input file has exactly one row.
+Files are spread over Spark tasks; each task decodes and transforms its files in a ``mapInPandas``
+function, writes their window rows straight to one Parquet file of the windows dataset (named after
+the run and the partition, written to a hidden temporary name and renamed, so a retried attempt
+replaces it and never duplicates rows), and returns one status row per file to the driver. The
+driver checks that every input file has exactly one row, writes ``tracks`` and lets petastorm
+write the dataset's metadata.
+
+Writing windows from the Python worker with pyarrow rather than handing ~130 KB rows to the JVM's
+Parquet writer removes a copy per row: measured 2.85 s -> 2.25 s for 44 tracks on local[2].
 """
 
 from __future__ import annotations
@@ -14,58 +18,65 @@ import io
 import json
 import logging
 import time
+import uuid
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genreclf import __version__, storage
 from genreclf.catalog import apply_labels, expand_inputs
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import GenreclfError, OutputExistsError
-from genreclf.featurize import window_batches
+from genreclf.featurize import window_tables
 from genreclf.progress import SparkProgress
-from genreclf.schema import RECIPE_FILE, STATUS_OK, TRACKS_DIR, TRACKS_SCHEMA, WINDOWS_DIR, window_schema
+from genreclf.schema import (RECIPE_FILE, STATUS_OK, TRACKS_DIR, TRACKS_SCHEMA, WINDOWS_DIR, window_arrow_schema,
+                             window_schema)
 
 log = logging.getLogger(__name__)
 
-STAGING_DIR = "_tracks_staging"
+
+def _rows_per_group(recipe: Recipe, row_group_size_mb: int) -> int:
+    row_bytes = recipe.frames * recipe.bins * pa.from_numpy_dtype(recipe.dtype).bit_width // 8
+    return max(1, row_group_size_mb * 2**20 // row_bytes)
 
 
-def _partition_fn(batches, *, recipe_json: str, rows_per_batch: int, max_duration_s: float, staging_url: str):
-    """Runs in a Spark task: featurize this partition's files, stage their status rows."""
+def _partition_fn(batches, *, recipe_json: str, windows_url: str, run_id: str, row_group_size_mb: int,
+                  max_duration_s: float):
+    """Runs in a Spark task: featurize this partition's files into one Parquet file; yield status rows."""
     from pyspark import TaskContext
 
     recipe = Recipe.from_dict(json.loads(recipe_json))
-    rows = []
-    yield from window_batches(batches, recipe, window_schema(recipe), rows_per_batch=rows_per_batch,
-                              max_duration_s=max_duration_s, on_track=rows.append)
     ctx = TaskContext.get()
-    write_staged_rows(staging_url, ctx.partitionId(), ctx.attemptNumber(), rows)
+    rows = []
+    tables = window_tables(batches, recipe, window_schema(recipe), rows_per_table=_rows_per_group(recipe, row_group_size_mb),
+                           max_duration_s=max_duration_s, on_track=rows.append)
+    write_window_file(windows_url, f"part-{run_id}-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(), tables)
+    yield pd.DataFrame(rows, columns=TRACKS_SCHEMA.names).astype(
+        {"n_windows": "int32", "sample_rate": "Int32", "channels": "Int32", "size_bytes": "Int64"})
 
 
-def write_staged_rows(staging_url: str, partition: int, attempt: int, rows: list) -> None:
-    """Write one partition's status rows atomically: a temporary file, then a rename over the final name."""
-    fs, base = storage.filesystem(staging_url)
+def write_window_file(windows_url: str, name: str, attempt: int, tables) -> int:
+    """Write ``tables`` (one row group each) to ``name`` atomically; no file when there are no rows."""
+    fs, base = storage.filesystem(windows_url)
     fs.create_dir(base, recursive=True)
-    final = f"{base}/part-{partition:05d}.parquet"
-    tmp = f"{base}/.part-{partition:05d}.attempt-{attempt}.tmp"
-    table = pa.Table.from_pylist(rows, schema=TRACKS_SCHEMA)
-    with fs.open_output_stream(tmp) as f:
-        pq.write_table(table, f)
-    fs.move(tmp, final)
-
-
-def read_staged_rows(staging_url: str) -> pd.DataFrame:
-    fs, base = storage.filesystem(staging_url)
-    tables = []
-    for info in fs.get_file_info(pa.fs.FileSelector(base)):
-        if info.base_name.startswith("part-") and info.base_name.endswith(".parquet"):
-            with fs.open_input_file(info.path) as f:
-                tables.append(pq.read_table(f, schema=TRACKS_SCHEMA))
-    if not tables:
-        return TRACKS_SCHEMA.empty_table().to_pandas()
-    return pa.concat_tables(tables).to_pandas()
+    tmp = f"{base}/.{name}.attempt-{attempt}.tmp"  # hidden: readers skip it if the attempt dies
+    rows = 0
+    writer = None
+    try:
+        for table in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(fs.open_output_stream(tmp), window_arrow_schema(),
+                                          compression="none", use_dictionary=False, write_statistics=["track_id", "window"])
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is not None:
+        fs.move(tmp, f"{base}/{name}")
+    return rows
 
 
 def write_tracks(tracks_url: str, tracks: pd.DataFrame) -> None:
@@ -98,13 +109,45 @@ def read_recipe(output: str) -> Recipe:
     return Recipe.from_dict(recorded)
 
 
+def _window_files(windows_url: str) -> list:
+    fs, base = storage.filesystem(windows_url)
+    if fs.get_file_info(base).type == pa.fs.FileType.NotFound:
+        return []
+    return sorted(i.path for i in fs.get_file_info(pa.fs.FileSelector(base))
+                  if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+
+
+def drop_windows(windows_url: str, track_ids) -> int:
+    """Remove the windows of ``track_ids`` by rewriting only the files that hold them; returns rows removed."""
+    fs, _ = storage.filesystem(windows_url)
+    drop = pa.array(sorted(track_ids), pa.string())
+    removed = 0
+    for path in _window_files(windows_url):
+        with fs.open_input_file(path) as f:
+            ids = pq.read_table(f, columns=["track_id"])["track_id"]
+        hit = pc.is_in(ids, value_set=drop)
+        if not pc.any(hit).as_py():
+            continue
+        with fs.open_input_file(path) as f:
+            table = pq.read_table(f, schema=window_arrow_schema())
+        keep = table.filter(pc.invert(pc.is_in(table["track_id"], value_set=drop)))
+        removed += table.num_rows - keep.num_rows
+        if keep.num_rows:
+            tmp = path.rsplit("/", 1)[0] + "/.rewrite.tmp"
+            with fs.open_output_stream(tmp) as out:
+                pq.write_table(keep, out, compression="none", use_dictionary=False)
+            fs.move(tmp, path)
+        else:
+            fs.delete_file(path)
+    return removed
+
+
 def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: bool):
     """Decide what happens to an existing output; returns the prior tracks table for --incremental."""
-    tracks_url = storage.join(out_url, TRACKS_DIR)
     existing = [p for p in (WINDOWS_DIR, TRACKS_DIR, RECIPE_FILE) if storage.exists(storage.join(out_url, p))]
     if not existing:
         return None
-    if incremental and storage.exists(tracks_url):
+    if incremental and storage.exists(storage.join(out_url, TRACKS_DIR)):
         prior_recipe = read_recipe(out_url)
         if prior_recipe != recipe:
             raise GenreclfError(f"{out_url} was featurized with a different recipe ({prior_recipe}); "
@@ -127,19 +170,42 @@ def _unchanged_ok(catalog: pd.DataFrame, prior: pd.DataFrame) -> pd.Series:
     return same.astype(bool)
 
 
+def task_count(n_files: int, files_per_task: int, parallelism: int) -> int:
+    """Spark tasks for ``n_files``: at most ``files_per_task`` each, and enough to use every core.
+
+    Each Python task costs ~0.25 s of fixed overhead on our 2-core machines (measured: an empty
+    mapInPandas over 16 partitions takes ~2 s, over 2 ~0.3 s), so tasks should hold many files;
+    but never fewer tasks than cores, or small inputs would run on one core.
+    """
+    if n_files <= 0:
+        return 1
+    return max(min(n_files, parallelism), -(-n_files // files_per_task))
+
+
+def _entries_frame(spark, table: pd.DataFrame, n_parts: int):
+    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
+
+    schema = StructType([StructField("path", StringType()), StructField("track_id", StringType()),
+                         StructField("label", StringType()), StructField("size_bytes", LongType()),
+                         StructField("mtime", DoubleType())])
+    records = [(r.path, r.track_id, None if pd.isna(r.label) else r.label,
+                None if pd.isna(r.size_bytes) else int(r.size_bytes), None if pd.isna(r.mtime) else float(r.mtime))
+               for r in table.itertuples(index=False)]
+    # parallelize() slices the list deterministically: a retried task gets exactly the same files.
+    return spark.createDataFrame(spark.sparkContext.parallelize(records, n_parts), schema)
+
+
 def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None,
                   settings: Settings | None = None, overwrite: bool = False, incremental: bool = False) -> dict:
     """Featurize ``inputs`` into ``output``; returns the summary (also logged)."""
     from petastorm.etl.dataset_metadata import materialize_dataset
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
+    from pyspark.sql.pandas.types import from_arrow_schema
 
     settings = settings or load_settings()
     recipe, fs_settings = settings.recipe, settings.featurize
     started = time.time()
     out_url = storage.to_url(output)
     windows_url = storage.join(out_url, WINDOWS_DIR)
-    staging_url = storage.join(out_url, STAGING_DIR)
 
     catalog = expand_inputs(inputs)
     table = catalog.entries
@@ -151,53 +217,34 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
 
     prior = _prepare_output(out_url, recipe, overwrite, incremental)
     kept = pd.DataFrame(columns=TRACKS_SCHEMA.names)
-    stale_ids = []
     if prior is not None:
         unchanged = _unchanged_ok(table, prior)
         todo_paths = set(table.loc[~unchanged, "path"])
         kept = prior[~prior["path"].isin(todo_paths)]
-        stale_ids = prior.loc[prior["path"].isin(todo_paths) & (prior["status"] == STATUS_OK), "track_id"].tolist()
+        stale = prior.loc[prior["path"].isin(todo_paths) & (prior["status"] == STATUS_OK), "track_id"].tolist()
         table = table[~unchanged]
-        log.info("featurize --incremental: %d files unchanged and ok, %d to process (%d replace earlier windows)",
-                 int(unchanged.sum()), len(table), len(stale_ids))
-    if storage.exists(staging_url):
-        storage.delete(staging_url)
+        log.info("featurize --incremental: %d files unchanged and ok, %d to process", int(unchanged.sum()), len(table))
+        if stale:
+            log.info("featurize --incremental: %d changed files: removed %d old windows", len(stale),
+                     drop_windows(windows_url, stale))
 
-    schema = window_schema(recipe)
     sc = spark.sparkContext
-    n_parts = max(1, -(-len(table) // fs_settings.files_per_task))
-    entry_schema = StructType([StructField("path", StringType()), StructField("track_id", StringType()),
-                               StructField("label", StringType()), StructField("size_bytes", LongType()),
-                               StructField("mtime", DoubleType())])
-    records = [(r.path, r.track_id, None if pd.isna(r.label) else r.label,
-                None if pd.isna(r.size_bytes) else int(r.size_bytes), None if pd.isna(r.mtime) else float(r.mtime))
-               for r in table.itertuples(index=False)]
-    entries = spark.createDataFrame(sc.parallelize(records, n_parts), entry_schema)
-    fn = functools.partial(_partition_fn, recipe_json=json.dumps(recipe.to_dict()),
-                           rows_per_batch=fs_settings.rows_per_batch,
-                           max_duration_s=fs_settings.max_duration_s, staging_url=staging_url)
-    windows = entries.mapInPandas(fn, schema=schema.as_spark_schema())
+    n_parts = task_count(len(table), fs_settings.files_per_task, sc.defaultParallelism)
+    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    fn = functools.partial(_partition_fn, recipe_json=json.dumps(recipe.to_dict()), windows_url=windows_url,
+                           run_id=run_id, row_group_size_mb=fs_settings.row_group_size_mb,
+                           max_duration_s=fs_settings.max_duration_s)
+    statuses = _entries_frame(spark, table, n_parts).mapInPandas(fn, schema=from_arrow_schema(TRACKS_SCHEMA))
 
     sc.setJobDescription(f"genreclf featurize: {len(table)} files in {n_parts} tasks")
-    append = prior is not None and storage.exists(windows_url)
-    # Window features are noise-like: snappy saves ~1.5 % of the bytes for ~10 % of the job's CPU.
-    with SparkProgress(sc, "featurize"):
-        if append and stale_ids:
-            # Files changed since their windows were written: rewrite the dataset without the stale windows.
-            old = spark.read.parquet(windows_url).where(~F.col("track_id").isin(stale_ids))
-            target = windows_url + ".rewrite"
-            with materialize_dataset(spark, target, schema, fs_settings.row_group_size_mb):
-                old.unionByName(windows).write.mode("overwrite").option("compression", "none").parquet(target)
-            storage.delete(windows_url)
-            fs, path = storage.filesystem(target)
-            fs.move(path, storage.filesystem(windows_url)[1])
-        else:
-            with materialize_dataset(spark, windows_url, schema, fs_settings.row_group_size_mb):
-                windows.write.mode("append" if append else "overwrite").option("compression", "none") \
-                    .parquet(windows_url)
+    schema = window_schema(recipe)
+    with materialize_dataset(spark, windows_url, schema, fs_settings.row_group_size_mb):
+        with SparkProgress(sc, "featurize"):
+            new_rows = statuses.toPandas() if len(table) else TRACKS_SCHEMA.empty_table().to_pandas()
+        if not _window_files(windows_url):  # no file had audio: an empty dataset still has a schema
+            _write_empty(windows_url, run_id)
     sc.setJobDescription(None)
 
-    new_rows = read_staged_rows(staging_url)
     missing = set(table["path"]) - set(new_rows["path"])
     if missing or len(new_rows) != len(table):
         raise GenreclfError(f"internal error: {len(table)} files sent to Spark but {len(new_rows)} status rows "
@@ -206,7 +253,6 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     write_tracks(storage.join(out_url, TRACKS_DIR), tracks)
     storage.write_text(storage.join(out_url, RECIPE_FILE), json.dumps(
         {**recipe.to_dict(), "genreclf_version": __version__}, indent=2, sort_keys=True))
-    storage.delete(staging_url)
 
     summary = summarize(new_rows, time.time() - started, n_inputs=n_inputs, skipped=len(catalog.skipped),
                         unchanged=n_inputs - len(table))
@@ -214,6 +260,13 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     for line in format_summary(summary).splitlines():
         log.info(line)
     return summary
+
+
+def _write_empty(windows_url: str, run_id: str) -> None:
+    fs, base = storage.filesystem(windows_url)
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(f"{base}/part-{run_id}-empty.parquet") as f:
+        pq.write_table(window_arrow_schema().empty_table(), f)
 
 
 def summarize(rows: pd.DataFrame, elapsed_s: float, *, n_inputs: int, skipped: int = 0, unchanged: int = 0) -> dict:

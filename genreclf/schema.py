@@ -44,3 +44,13 @@ def window_schema(recipe: Recipe):
         UnischemaField("label", np.str_, (), ScalarCodec(StringType()), True),
         UnischemaField("stft", np.dtype(recipe.dtype).type, recipe.shape, NdarrayCodec(), False),
     ])
+
+
+def window_arrow_schema() -> pa.Schema:
+    """The Parquet schema of window rows, as Spark writes the Unischema (``stft`` holds .npy bytes)."""
+    return pa.schema([
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("window", pa.int32(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("stft", pa.binary(), nullable=False),
+    ])
