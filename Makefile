@@ -27,7 +27,12 @@ demo: install
 	$(PY) -m genreclf.demo corpus --out $(DEMO)/corpus
 	./spark-submit.sh featurize --input $(DEMO)/corpus --labels $(DEMO)/corpus/labels.csv \
 	    --output $(DEMO)/features --overwrite
-	@echo "demo: features in $(DEMO)/features (windows/ = petastorm dataset, tracks/ = one row per file)"
+	./spark-submit.sh train --features $(DEMO)/features --model $(DEMO)/model --epochs 6 --batch-size 32 --overwrite
+	./spark-submit.sh evaluate --model $(DEMO)/model --features $(DEMO)/features
+	@echo "demo outputs:"
+	@echo "  $(DEMO)/features/windows   petastorm dataset of STFT windows"
+	@echo "  $(DEMO)/features/tracks    one status row per input file"
+	@echo "  $(DEMO)/model              model bundle (model.keras, bundle.json, metrics, curves, confusion matrix)"
 
 test: install
 	$(PY) -m pytest

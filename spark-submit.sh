@@ -5,6 +5,7 @@
 #                     JOB [job options]
 #
 # JOB is featurize | train | evaluate | score (see `./spark-submit.sh JOB --help`).
+# train and evaluate run as one plain Python process (TensorFlow; the GPU when there is one).
 # Defaults: --master local[*] with conf/spark-local.conf; any other master uses conf/spark-cluster.conf.
 # The genreclf package is shipped to executors as a zip (--py-files). For a cluster without our
 # Python environment, pack one (venv-pack / conda-pack) and pass --archives env.tar.gz#env: the
@@ -39,6 +40,12 @@ done
 JOB="$1"; shift
 SCRIPT="$HERE/jobs/$JOB.py"
 [ -f "$SCRIPT" ] || { echo "spark-submit.sh: unknown job '$JOB' (featurize, train, evaluate, score)" >&2; exit 2; }
+
+case "$JOB" in
+  train|evaluate)  # single-process TensorFlow jobs: no Spark needed (a GPU node may have none)
+    export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-${TMPDIR:-/tmp}/genreclf-numba-cache}"
+    exec env PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m "jobs.$JOB" "$@" ;;
+esac
 
 if [ -z "$PROPS" ]; then
   case "$MASTER" in local*) PROPS="$HERE/conf/spark-local.conf" ;; *) PROPS="$HERE/conf/spark-cluster.conf" ;; esac

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from genreclf import __version__, storage
 from genreclf.catalog import apply_labels, expand_inputs
 from genreclf.config import Recipe, Settings, load_settings
-from genreclf.errors import GenreclfError, OutputExistsError
+from genreclf.errors import ConfigError, GenreclfError, OutputExistsError
 from genreclf.featurize import window_tables
 from genreclf.progress import SparkProgress
 from genreclf.schema import (RECIPE_FILE, STATUS_OK, TRACKS_DIR, TRACKS_SCHEMA, WINDOWS_DIR, window_arrow_schema,
@@ -104,7 +104,11 @@ def read_tracks(output: str) -> pd.DataFrame:
 
 def read_recipe(output: str) -> Recipe:
     """The recipe recorded with a featurize output."""
-    recorded = json.loads(storage.read_text(storage.join(storage.to_url(output), RECIPE_FILE)))
+    try:
+        recorded = json.loads(storage.read_text(storage.join(storage.to_url(output), RECIPE_FILE)))
+    except FileNotFoundError:
+        raise ConfigError(f"{output} is not a featurize output (no {RECIPE_FILE}); "
+                          "run ./spark-submit.sh featurize first") from None
     recorded.pop("genreclf_version", None)
     return Recipe.from_dict(recorded)
 

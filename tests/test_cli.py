@@ -53,3 +53,21 @@ def test_spark_submit_featurize_end_to_end_and_refuses_rerun(tmp_path, make_audi
 
     again = run("featurize", "--input", str(audio), "--output", str(out))
     assert again.returncode == 2 and "--overwrite" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("job, options", [
+    ("train", ("--features", "--model", "--epochs", "--batch-size", "--val-fraction", "--seed")),
+    ("evaluate", ("--model", "--features", "--split")),
+])
+def test_single_process_jobs_run_without_spark_and_explain_themselves(job, options):
+    res = run(job, "--help")
+    assert res.returncode == 0, res.stderr
+    for option in options:
+        assert option in res.stdout
+    assert "spark-submit" not in res.stderr  # exec'd plainly, no JVM
+
+
+def test_train_on_a_missing_output_says_what_to_do(tmp_path):
+    res = run("train", "--features", str(tmp_path / "nothing"), "--model", str(tmp_path / "m"))
+    assert res.returncode == 2
+    assert "is not a featurize output" in res.stderr and "featurize first" in res.stderr

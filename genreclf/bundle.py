@@ -1,0 +1,67 @@
+"""The model bundle: one self-contained directory that scoring needs and nothing else.
+
+    model.keras           the trained network (Keras 3 native format)
+    bundle.json           labels in output order, the feature recipe, genreclf version, training facts
+    metrics.json          evaluation results (window- and track-level)
+    history.json          per-epoch loss/accuracy
+    training_curves.png   loss and accuracy per epoch
+    confusion_matrix.csv/.png   track-level confusion on the validation split
+    split.json            the validation track ids (for evaluate)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from genreclf import __version__
+from genreclf.config import Recipe
+from genreclf.errors import ConfigError
+
+MODEL_FILE = "model.keras"
+BUNDLE_FILE = "bundle.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+SPLIT_FILE = "split.json"
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=float)
+    os.replace(tmp, path)
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def bundle_info(labels: list, recipe: Recipe, **extra) -> dict:
+    return {"labels": list(labels), "recipe": recipe.to_dict(), "genreclf_version": __version__,
+            "input_shape": [recipe.frames, recipe.bins, 1], **extra}
+
+
+def load_bundle_info(bundle_dir: str) -> dict:
+    """bundle.json of a bundle directory, with a clear error when it is not one."""
+    path = os.path.join(bundle_dir, BUNDLE_FILE)
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(bundle_dir, MODEL_FILE)):
+        raise ConfigError(f"{bundle_dir} is not a genreclf model bundle (needs {BUNDLE_FILE} and {MODEL_FILE}); "
+                          "make one with ./spark-submit.sh train")
+    return read_json(path)
+
+
+def check_recipe(info: dict, recipe: Recipe, where: str) -> None:
+    """Refuse features made with another recipe than the model was trained on."""
+    trained = Recipe.from_dict(info["recipe"])
+    if trained != recipe:
+        diff = {k: (v, recipe.to_dict()[k]) for k, v in trained.to_dict().items() if recipe.to_dict()[k] != v}
+        raise ConfigError(f"the model was trained on features made another way than {where}: "
+                          + ", ".join(f"{k} model={a!r} features={b!r}" for k, (a, b) in diff.items())
+                          + "; re-featurize with the model's recipe (bundle.json) or train a new model")
+
+
+def load_model(bundle_dir: str):
+    import keras
+
+    return keras.saving.load_model(os.path.join(bundle_dir, MODEL_FILE), compile=False)

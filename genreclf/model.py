@@ -1,0 +1,48 @@
+"""The reference CNN (crowdAI 2018, 4th place), exactly as published, in Keras 3.
+
+Input (frames=128, bins=513, 1) -> BatchNorm -> Conv2D(256, (4, bins)) = shortcut -> 4 x Conv2D(256,
+(4, 1), same) -> concat with the shortcut -> average and max pooling over all 125 time steps ->
+Dropout 0.2 -> Dense 480 -> Dropout 0.2 -> Dense 240 -> Dropout 0.2 -> softmax. No Lambda layers,
+so the saved ``.keras`` file loads in any worker.
+"""
+
+from __future__ import annotations
+
+#: Keras 2's Adadelta default, which the reference used. Keras 3 defaults to 0.001 and would
+#: barely move in the same number of epochs.
+ADADELTA_LEARNING_RATE = 1.0
+
+
+def build_model(input_shape: tuple, n_classes: int):
+    """The reference network for windows of ``input_shape`` = (frames, bins, 1)."""
+    import keras
+    from keras import layers
+
+    frames, bins = input_shape[0], input_shape[1]
+    inputs = keras.Input(shape=input_shape, name="stft")
+    x = layers.BatchNormalization()(inputs)
+    x = layers.Conv2D(256, kernel_size=(4, bins), activation="relu")(x)
+    shortcut = x
+    for _ in range(4):
+        x = layers.Conv2D(256, kernel_size=(4, 1), activation="relu", padding="same")(x)
+    merged = layers.Concatenate()([x, shortcut])
+    steps = frames - 3  # a valid 4-row convolution over 128 frames leaves 125
+    x1 = layers.AveragePooling2D(pool_size=(steps, 1))(merged)
+    x2 = layers.MaxPooling2D(pool_size=(steps, 1))(merged)
+    x = layers.Dropout(0.2)(layers.Concatenate()([x1, x2]))
+    x = layers.Flatten()(x)
+    x = layers.Dense(480, activation="relu")(x)
+    x = layers.Dropout(0.2)(x)
+    x = layers.Dense(240, activation="relu")(x)
+    x = layers.Dropout(0.2)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="genre")(x)
+    return keras.Model(inputs, outputs, name="genreclf_reference_cnn")
+
+
+def compile_model(model, learning_rate: float = ADADELTA_LEARNING_RATE):
+    """Adadelta + categorical cross-entropy + accuracy, as the reference."""
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adadelta(learning_rate=learning_rate),
+                  loss="categorical_crossentropy", metrics=["accuracy"])
+    return model

@@ -1,0 +1,43 @@
+"""evaluate: a model bundle on featurize output -> accuracy, log loss, macro-F1, confusion matrix.
+
+    ./spark-submit.sh evaluate --model out/model --features out/features [--split val|all]
+"""
+
+import argparse
+import logging
+import sys
+
+from genreclf.errors import GenreclfError
+from genreclf.spark import setup_logging
+
+log = logging.getLogger("genreclf.evaluate")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spark-submit.sh evaluate",
+                                description="Window- and track-level accuracy, mean log loss, macro-F1, per-class "
+                                            "precision/recall and confusion matrix (CSV, PNG).")
+    p.add_argument("--model", required=True, metavar="BUNDLE")
+    p.add_argument("--features", required=True, metavar="DIR", help="featurize output with labels")
+    p.add_argument("--split", choices=("val", "all"), default="val",
+                   help="the bundle's validation tracks (default) or every labelled track")
+    p.add_argument("--output", metavar="DIR", help="where reports go (default BUNDLE/evaluation)")
+    p.add_argument("--batch-size", type=int, default=64)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging()
+    try:
+        from genreclf.evaluate import run_evaluate
+
+        run_evaluate(args.model, args.features, output=args.output, split=args.split, batch_size=args.batch_size)
+        return 0
+    except GenreclfError as e:
+        log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

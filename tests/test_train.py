@@ -1,0 +1,128 @@
+"""The trainer: the reference architecture pinned, a tiny end-to-end train through real petastorm
+and tf.data, a bundle that reloads to identical predictions, and evaluation that agrees with it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from genreclf.bundle import check_recipe, load_bundle_info
+from genreclf.config import Recipe
+from genreclf.errors import ConfigError
+from genreclf.featurize_job import run_featurize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_reference_architecture_and_optimizer():
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    import keras
+
+    from genreclf.model import build_model, compile_model
+
+    model = compile_model(build_model((128, 513, 1), 16))
+    assert model.count_params() == 2_186_468  # the reference's ~2.19 M
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert [c.kernel_size for c in convs] == [(4, 513)] + [(4, 1)] * 4
+    assert [c.filters for c in convs] == [256] * 5
+    assert [c.padding for c in convs] == ["valid"] + ["same"] * 4
+    assert isinstance(model.layers[1], keras.layers.BatchNormalization)
+    pools = [l for l in model.layers if isinstance(l, (keras.layers.AveragePooling2D, keras.layers.MaxPooling2D))]
+    assert sorted(type(p).__name__ for p in pools) == ["AveragePooling2D", "MaxPooling2D"]
+    assert all(p.pool_size == (125, 1) for p in pools)
+    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    assert [d.units for d in dense] == [480, 240, 16]
+    assert dense[-1].activation.__name__ == "softmax"
+    assert [l.rate for l in model.layers if isinstance(l, keras.layers.Dropout)] == [0.2, 0.2, 0.2]
+    assert not any(isinstance(l, keras.layers.Lambda) for l in model.layers)
+    opt = model.optimizer
+    assert isinstance(opt, keras.optimizers.Adadelta)
+    assert float(opt.learning_rate) == pytest.approx(1.0)  # Keras 2's default, which the reference used
+    assert model.loss == "categorical_crossentropy"
+
+
+@pytest.fixture(scope="module")
+def tiny_features(spark, tmp_path_factory, make_audio):
+    """Three styles x four 4.5 s tracks (2 windows each), labelled, featurized with the real job."""
+    root = tmp_path_factory.mktemp("tiny")
+    audio = root / "audio"
+    audio.mkdir()
+    rows = ["path,genre"]
+    for style in ("techno", "ambient", "rock"):
+        for i in range(4):
+            make_audio(audio / f"{style}{i}.mp3", 4.5, style=style, seed=i)
+            rows.append(f"{style}{i}.mp3,{style}")
+    (audio / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = root / "features"
+    run_featurize(spark, [str(audio)], str(out), labels=str(audio / "labels.csv"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_features, tmp_path_factory):
+    from genreclf.train import run_train
+
+    out = tmp_path_factory.mktemp("model") / "bundle"
+    report = run_train(str(tiny_features), str(out), epochs=1, batch_size=8, val_fraction=0.25, seed=3)
+    return out, report
+
+
+def test_train_writes_a_complete_bundle(bundle):
+    out, report = bundle
+    for name in ("model.keras", "bundle.json", "metrics.json", "history.json", "training_curves.png",
+                 "confusion_matrix.png", "confusion_matrix.csv", "split.json"):
+        assert (out / name).is_file(), name
+    info = load_bundle_info(str(out))
+    assert info["labels"] == ["ambient", "rock", "techno"]
+    assert Recipe.from_dict(info["recipe"]) == Recipe()
+    assert info["genreclf_version"] and info["learning_rate"] == 1.0
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == 1 and "val_loss" in history
+    assert report["tracks"]["n"] == 3 and report["windows"]["n"] == 6  # one val track per style
+
+
+def test_split_is_by_track(bundle, tiny_features):
+    from genreclf.featurize_job import read_tracks
+
+    out, _ = bundle
+    val = set(json.loads((out / "split.json").read_text())["val"])
+    tracks = read_tracks(str(tiny_features))
+    assert len(val) == 3 and val < set(tracks["track_id"])
+    assert sorted(tracks.set_index("track_id").loc[sorted(val), "label"]) == ["ambient", "rock", "techno"]
+
+
+def test_reloaded_model_predicts_identically_in_a_fresh_process(bundle, tmp_path):
+    out, _ = bundle
+    rng = np.random.default_rng(0)
+    x = (rng.random((4, 128, 513, 1)) * 10).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import os, sys, numpy as np; os.environ['TF_ENABLE_ONEDNN_OPTS']='0';"
+        "from genreclf.bundle import load_model;"
+        f"m = load_model({str(out)!r}); np.save({str(tmp_path / 'p.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=300)
+    from genreclf.bundle import load_model
+
+    here = load_model(str(out)).predict(x, verbose=0)
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), here)
+
+
+def test_evaluate_job_agrees_with_training_report(bundle, tiny_features, tmp_path):
+    from genreclf.evaluate import run_evaluate
+
+    out, report = bundle
+    again = run_evaluate(str(out), str(tiny_features), output=str(tmp_path / "eval"))
+    assert again["tracks"]["accuracy"] == pytest.approx(report["tracks"]["accuracy"])
+    assert again["windows"]["log_loss"] == pytest.approx(report["windows"]["log_loss"], rel=1e-4)
+    assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
+
+
+def test_a_different_recipe_is_refused(bundle):
+    out, _ = bundle
+    info = load_bundle_info(str(out))
+    with pytest.raises(ConfigError, match="n_fft model=1024 features=2048"):
+        check_recipe(info, Recipe(n_fft=2048), "these features")
