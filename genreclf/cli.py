@@ -25,3 +25,21 @@ def featurize_parser() -> argparse.ArgumentParser:
                       help="add to an existing output: skip files already ok with the same size and mtime")
     p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
     return p
+
+
+def score_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spark-submit.sh score",
+        description="Apply a model bundle to raw audio (--input) or a featurize output (--features): one row per "
+                    "file in DIR/scores with the top genre, its confidence and every genre's probability (the mean "
+                    "of the track's window predictions).",
+        epilog=EPILOG)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", nargs="+", metavar="PATH", help="audio: directories, globs, files or catalogue CSVs")
+    src.add_argument("--features", metavar="DIR", help="an existing featurize output")
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle written by train")
+    p.add_argument("--output", required=True, metavar="DIR", help="output directory or URL")
+    p.add_argument("--csv", action="store_true", help="also write DIR/submission.csv (crowdAI layout)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing scores (atomically)")
+    p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
+    return p

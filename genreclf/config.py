@@ -86,11 +86,20 @@ class FeaturizeSettings:
 
 
 @dataclass(frozen=True)
+class ScoreSettings:
+    """Knobs of the score job; defaults in ``conf/genreclf.toml``."""
+
+    batch_size: int = 64  # windows per model call: bounds a worker's memory
+    max_windows: int = 0  # 0: average every window; N: only the centred N windows of longer tracks
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a job reads from configuration."""
 
     recipe: Recipe = field(default_factory=Recipe)
     featurize: FeaturizeSettings = field(default_factory=FeaturizeSettings)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
     genres: tuple = FMA_GENRES
 
 
@@ -115,12 +124,13 @@ def load_settings(path: str | None = None) -> Settings:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = set(data) - {"recipe", "featurize", "labels"}
+    unknown = set(data) - {"recipe", "featurize", "score", "labels"}
     if unknown:
         raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
     genres = tuple(data.get("labels", {}).get("genres", FMA_GENRES))
     return Settings(
         recipe=_section(Recipe, data.get("recipe", {}), "recipe"),
         featurize=_section(FeaturizeSettings, data.get("featurize", {}), "featurize"),
+        score=_section(ScoreSettings, data.get("score", {}), "score"),
         genres=genres,
     )

@@ -1,0 +1,47 @@
+"""One model per Python worker process, loaded on first use and kept for every later batch and task.
+
+This lives in an importable module on purpose: a cache defined in a job script is pickled with
+each task and starts empty every time, reloading the model per task (the pattern of mlflow's
+``spark_model_cache``). TensorFlow's thread pools are sized to the task's cores so concurrent
+workers on one executor do not oversubscribe the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+_MODELS: dict = {}
+
+
+def tf_threads() -> int:
+    """Cores a Spark task may use (``spark.task.cpus``), or ``GENRECLF_TF_THREADS``; 1 by default."""
+    if os.environ.get("GENRECLF_TF_THREADS"):
+        return max(1, int(os.environ["GENRECLF_TF_THREADS"]))
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        if ctx is not None:
+            cpus = ctx.cpus() if callable(getattr(ctx, "cpus", None)) else None
+            if cpus:
+                return int(cpus)
+    except Exception:  # not in a task: a plain process
+        pass
+    return 1
+
+
+def get_model(bundle_dir: str):
+    """(bundle info, Keras model) for ``bundle_dir``, loaded at most once in this process."""
+    key = os.path.realpath(bundle_dir)
+    if key not in _MODELS:
+        from genreclf.bundle import load_bundle_info, load_model
+        from genreclf.tfsetup import configure_tensorflow
+
+        configure_tensorflow(training=False, threads=tf_threads())
+        info = load_bundle_info(bundle_dir)
+        _MODELS[key] = (info, load_model(bundle_dir))
+        stats_dir = os.environ.get("GENRECLF_MODEL_LOAD_LOG")
+        if stats_dir:  # observability for tests and debugging: one line per load
+            with open(os.path.join(stats_dir, f"loads-{os.getpid()}.txt"), "a") as f:
+                f.write(key + "\n")
+    return _MODELS[key]
