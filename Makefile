@@ -34,8 +34,11 @@ demo: install
 	@echo "  $(DEMO)/features/tracks    one status row per input file"
 	@echo "  $(DEMO)/model              model bundle (model.keras, bundle.json, metrics, curves, confusion matrix)"
 
+# Two runs so that only one Spark application is alive at a time: the suite's local session,
+# then the standalone-cluster tests (their own master, workers and spark-submit applications).
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not cluster"
+	$(PY) -m pytest -m cluster
 
 clean:
 	rm -rf build $(DEMO) bench-output .pytest_cache

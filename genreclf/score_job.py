@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -38,27 +37,25 @@ SUBMISSION_FILE = "submission.csv"
 
 
 def ship_bundle(sc, bundle_dir: str) -> str:
-    """Add the bundle to the Spark job's files under a content-derived name; returns that name."""
+    """Ship the bundle to every executor as a zip archive (``addArchive``: Spark unpacks it there),
+    named after its content; returns the name under which ``SparkFiles.get`` finds the directory."""
+    import zipfile
+
     digest = hashlib.sha256()
-    for name in sorted(os.listdir(bundle_dir)):
-        path = os.path.join(bundle_dir, name)
-        if os.path.isfile(path) and name in (MODEL_FILE, "bundle.json"):
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    name = f"genreclf-bundle-{digest.hexdigest()[:16]}"
+    for name in (MODEL_FILE, "bundle.json"):
+        with open(os.path.join(bundle_dir, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    name = f"genreclf-bundle-{digest.hexdigest()[:16]}.zip"
     staged = os.path.join(tempfile.gettempdir(), name)
-    if not os.path.isdir(staged):
-        tmp = staged + f".{uuid.uuid4().hex[:6]}"
-        os.makedirs(tmp)
-        for f in (MODEL_FILE, "bundle.json"):
-            shutil.copy2(os.path.join(bundle_dir, f), tmp)
-        try:
-            os.rename(tmp, staged)
-        except OSError:  # another run staged it meanwhile
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not os.path.isfile(staged):
+        tmp = f"{staged}.{uuid.uuid4().hex[:6]}.tmp"
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+            for f in (MODEL_FILE, "bundle.json"):
+                z.write(os.path.join(bundle_dir, f), f)
+        os.replace(tmp, staged)
     try:
-        sc.addFile(staged, recursive=True)
+        sc.addArchive(staged)
     except Exception as e:  # already added in this application (same name means same content)
         if "already" not in str(e).lower():
             raise

@@ -1,0 +1,81 @@
+"""A real Spark standalone cluster on 127.0.0.1: one master and N workers, started from pyspark's
+own launcher classes and stopped by their process ids (never by name)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StandaloneCluster:
+    def __init__(self, workdir, workers=2, cores=1, memory="1g"):
+        import pyspark
+
+        self.home = os.path.dirname(pyspark.__file__)
+        self.workdir = str(workdir)
+        self.n_workers, self.cores, self.memory = workers, cores, memory
+        self.port, self.ui_port = free_port(), free_port()
+        self.procs = []
+
+    @property
+    def url(self) -> str:
+        return f"spark://127.0.0.1:{self.port}"
+
+    def _launch(self, name, *args):
+        env = dict(os.environ, SPARK_HOME=self.home, SPARK_LOCAL_IP="127.0.0.1",
+                   SPARK_LOG_DIR=self.workdir, SPARK_WORKER_DIR=os.path.join(self.workdir, "work"))
+        log = open(os.path.join(self.workdir, f"{name}.log"), "w")
+        proc = subprocess.Popen([os.path.join(self.home, "bin", "spark-class"), *args], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def alive_workers(self) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=2) as r:
+                state = json.load(r)
+        except OSError:
+            return -1
+        return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
+
+    def start(self, timeout=120):
+        self._launch("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                     "--port", str(self.port), "--webui-port", str(self.ui_port))
+        for i in range(self.n_workers):
+            self._launch(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1",
+                         "--cores", str(self.cores), "--memory", self.memory, "--webui-port", str(free_port()),
+                         "--work-dir", os.path.join(self.workdir, f"work{i}"))
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.alive_workers() == self.n_workers:
+                return self
+            if any(p.poll() is not None for p in self.procs):
+                break
+            time.sleep(1)
+        self.stop()
+        logs = {f: open(os.path.join(self.workdir, f)).read()[-2000:] for f in os.listdir(self.workdir) if f.endswith(".log")}
+        raise RuntimeError(f"standalone cluster did not come up: {logs}")
+
+    def stop(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)  # the launcher's own process group only
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs = []

@@ -1,0 +1,123 @@
+"""Cluster behaviour on a real standalone master + two workers on 127.0.0.1, through spark-submit.sh:
+outputs equal local mode's, and a scoring run whose Python worker dies mid-job still completes
+with exactly one row per track and the same numbers.
+
+Runs in its own pytest invocation (``-m cluster``) so only one Spark application is alive at a time.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genreclf.featurize_job import read_tracks
+from genreclf.score_job import read_scores
+from tests.standalone import StandaloneCluster
+
+pytestmark = pytest.mark.cluster
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUBMIT = os.path.join(ROOT, "spark-submit.sh")
+# Executors sized to the small workers: 1 core and 1 GB each.
+SMALL = ["--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1",
+         "--conf", "spark.driver.memory=1g", "--conf", "spark.python.worker.memory=256m"]
+
+
+def submit(*args, master=None, extra=()):
+    cmd = [SUBMIT]
+    if master:
+        cmd += ["--master", master, *SMALL]
+    cmd += [*extra, *args]
+    env = dict(os.environ, GENRECLF_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    return res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, make_audio):
+    root = tmp_path_factory.mktemp("cluster")
+    audio = root / "audio"
+    audio.mkdir()
+    rows = ["path,genre"]
+    for style in ("techno", "ambient"):
+        for i in range(4):
+            make_audio(audio / f"{style}{i}.mp3", 4.5 + 3.0 * (i % 2), style=style, seed=i)
+            rows.append(f"{style}{i}.mp3,{style}")
+    (audio / "labels.csv").write_text("\n".join(rows) + "\n")
+    (audio / "empty.mp3").write_bytes(b"")
+    (audio / "noise.mp3").write_bytes(os.urandom(5000))
+    return root, audio
+
+
+@pytest.fixture(scope="module")
+def local_run(data):
+    """The reference: featurize, train and score in local mode, one application at a time."""
+    root, audio = data
+    submit("featurize", "--input", str(audio), "--labels", str(audio / "labels.csv"), "--output", str(root / "local_f"),
+           master=None, extra=["--master", "local[2]"])
+    submit("train", "--features", str(root / "local_f"), "--model", str(root / "bundle"), "--epochs", "1",
+           "--batch-size", "8", "--val-fraction", "0.25")
+    submit("score", "--model", str(root / "bundle"), "--input", str(audio), "--output", str(root / "local_s"),
+           extra=["--master", "local[2]"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = StandaloneCluster(tmp_path_factory.mktemp("standalone"), workers=2).start()
+    yield c
+    c.stop()
+
+
+def test_featurize_on_the_cluster_equals_local_mode(cluster, data, local_run):
+    root, audio = data
+    log = submit("featurize", "--input", str(audio), "--labels", str(audio / "labels.csv"),
+                 "--output", str(root / "cluster_f"), master=cluster.url)
+    assert "featurize summary: 10 files in" in log
+    cols = ["track_id", "label", "status", "error", "duration_s", "n_windows", "sample_rate", "channels", "codec"]
+    local = read_tracks(str(root / "local_f"))[cols].sort_values("track_id").reset_index(drop=True)
+    remote = read_tracks(str(root / "cluster_f"))[cols].sort_values("track_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(local, remote)
+    # The windows themselves: byte-identical features per (track, window).
+    import pyarrow.parquet as pq
+
+    def windows(d):
+        t = pq.read_table(str(d / "windows"), columns=["track_id", "window", "stft"]).to_pandas()
+        return t.sort_values(["track_id", "window"]).reset_index(drop=True)
+
+    a, b = windows(root / "local_f"), windows(root / "cluster_f")
+    assert len(a) == len(b) == local["n_windows"].sum()
+    assert (a["track_id"] == b["track_id"]).all() and (a["window"] == b["window"]).all()
+    assert all(x == y for x, y in zip(a["stft"], b["stft"]))
+
+
+def test_score_survives_a_killed_python_worker_with_the_same_numbers(cluster, data, local_run, tmp_path):
+    root, audio = data
+    marker = tmp_path / "fault-injected"
+    submit("score", "--model", str(root / "bundle"), "--input", str(audio), "--output", str(root / "cluster_s"),
+           master=cluster.url, extra=["--conf", f"spark.executorEnv.GENRECLF_FAULT_ONCE={marker}"])
+    assert marker.exists(), "the fault was not injected"
+    local = read_scores(str(root / "local_s")).set_index("track_id")
+    remote = read_scores(str(root / "cluster_s")).set_index("track_id")
+    assert remote.index.is_unique and sorted(remote.index) == sorted(local.index)
+    assert len(remote) == 10
+    assert (remote["status"] == local.loc[remote.index, "status"]).all()
+    for tid in remote.index[remote["status"] == "ok"]:
+        np.testing.assert_allclose(remote.loc[tid, "probability_vector"], local.loc[tid, "probability_vector"],
+                                   atol=1e-6)
+
+
+def test_score_from_features_on_the_cluster(cluster, data, local_run):
+    root, _ = data
+    submit("score", "--model", str(root / "bundle"), "--features", str(root / "local_f"),
+           "--output", str(root / "cluster_fs"), master=cluster.url)
+    local = read_scores(str(root / "local_s")).set_index("track_id")
+    remote = read_scores(str(root / "cluster_fs")).set_index("track_id")
+    assert sorted(remote.index) == sorted(local.index)
+    for tid in remote.index[remote["status"] == "ok"]:
+        np.testing.assert_allclose(remote.loc[tid, "probability_vector"], local.loc[tid, "probability_vector"],
+                                   atol=1e-6)

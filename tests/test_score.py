@@ -1,0 +1,145 @@
+"""Scoring on a real local Spark session: one row per file, exactly the mean of the window predictions."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genreclf.config import Recipe
+from genreclf.errors import ConfigError, OutputExistsError
+from genreclf.featurize import featurize_file
+from genreclf.featurize_job import run_featurize
+from genreclf.score_job import SUBMISSION_FILE, read_scores, run_score
+from genreclf.scoring import excerpt
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, make_audio):
+    audio = tmp_path_factory.mktemp("score") / "audio"
+    audio.mkdir()
+    rows = ["path,genre"]
+    for style in ("techno", "ambient", "jazz"):
+        for i in range(3):
+            make_audio(audio / f"{style}{i}.mp3", 4.5 + 1.5 * i, style=style, seed=i)
+            rows.append(f"{style}{i}.mp3,{style}")
+    (audio / "labels.csv").write_text("\n".join(rows) + "\n")
+    (audio / "broken.mp3").write_bytes(b"\x00" * 100)
+    make_audio(audio / "short.mp3", 2.0)
+    return audio
+
+
+@pytest.fixture(scope="module")
+def trained(spark, corpus, tmp_path_factory):
+    from genreclf.train import run_train
+
+    root = tmp_path_factory.mktemp("trained")
+    features = root / "features"
+    run_featurize(spark, [str(corpus)], str(features), labels=str(corpus / "labels.csv"))
+    bundle = root / "bundle"
+    run_train(str(features), str(bundle), epochs=1, batch_size=8, val_fraction=0.34, seed=1)
+    return features, bundle
+
+
+@pytest.fixture(scope="module")
+def scored_from_audio(spark, corpus, trained, tmp_path_factory):
+    _, bundle = trained
+    out = tmp_path_factory.mktemp("scores") / "from_audio"
+    log_dir = tmp_path_factory.mktemp("loads")
+    env = spark.sparkContext.environment  # shipped with each Python UDF to its workers
+    env["GENRECLF_MODEL_LOAD_LOG"] = str(log_dir)
+    try:
+        summary = run_score(spark, str(bundle), str(out), inputs=[str(corpus)], csv=True)
+    finally:
+        del env["GENRECLF_MODEL_LOAD_LOG"]
+    return out, summary, log_dir
+
+
+def test_one_row_per_file_with_status_and_top_genre(scored_from_audio, corpus):
+    out, summary, _ = scored_from_audio
+    scores = read_scores(str(out)).set_index("track_id")
+    files = sorted(p for p in os.listdir(corpus) if not p.endswith(".csv"))
+    assert sorted(scores.index) == files
+    assert scores.loc["broken.mp3", "status"] == "error" and scores.loc["broken.mp3", "error"].startswith("not audio")
+    assert scores.loc["short.mp3", "error"].startswith("shorter than one 3 s window")
+    ok = scores[scores["status"] == "ok"]
+    assert len(ok) == 9 and summary["ok"] == 9 and summary["errors"] == 2
+    for tid, row in ok.iterrows():
+        probs = row["probabilities"]
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
+        assert row["genre"] == max(probs, key=probs.get) and row["confidence"] == pytest.approx(max(probs.values()))
+    assert ok.loc["techno2.mp3", "n_windows"] == 4  # 7.5 s
+
+
+def test_scores_equal_an_independent_recomputation(scored_from_audio, trained, corpus):
+    """Load model.keras by hand, featurize, predict each window, average: the same within 1e-5."""
+    import keras
+
+    out, _, _ = scored_from_audio
+    _, bundle = trained
+    model = keras.saving.load_model(str(bundle / "model.keras"), compile=False)
+    scores = read_scores(str(out)).set_index("track_id")
+    for name in ("techno0.mp3", "ambient2.mp3", "jazz1.mp3"):
+        feats = featurize_file(str(corpus / name), Recipe()).features.astype(np.float32)[..., None]
+        by_hand = model.predict(feats, verbose=0).mean(axis=0)
+        np.testing.assert_allclose(scores.loc[name, "probability_vector"], by_hand, atol=1e-5)
+
+
+def test_scoring_from_features_gives_the_same_numbers(spark, scored_from_audio, trained, tmp_path):
+    out_audio, _, _ = scored_from_audio
+    features, bundle = trained
+    run_score(spark, str(bundle), str(tmp_path / "f"), features=str(features))
+    a = read_scores(str(out_audio)).set_index("track_id")
+    b = read_scores(str(tmp_path / "f")).set_index("track_id")
+    assert sorted(a.index) == sorted(b.index)
+    assert (a["status"] == b.loc[a.index, "status"]).all()
+    for tid in a.index[a["status"] == "ok"]:
+        np.testing.assert_allclose(a.loc[tid, "probability_vector"], b.loc[tid, "probability_vector"], atol=1e-6)
+        assert a.loc[tid, "n_windows"] == b.loc[tid, "n_windows"]
+
+
+def test_model_loads_once_per_worker_not_per_batch(scored_from_audio):
+    _, _, log_dir = scored_from_audio
+    loads = [line for f in os.listdir(log_dir) for line in open(os.path.join(log_dir, f))]
+    workers = len(os.listdir(log_dir))
+    assert 1 <= workers <= 2 and len(loads) == workers  # local[2]: at most two Python workers, one load each
+
+
+def test_csv_submission_layout(scored_from_audio, trained):
+    out, _, _ = scored_from_audio
+    sub = pd.read_csv(out / SUBMISSION_FILE)
+    assert list(sub.columns) == ["file_id", "ambient", "jazz", "techno"]
+    assert len(sub) == 9 and "techno0" in set(sub["file_id"])
+    np.testing.assert_allclose(sub.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_rerun_refuses_then_replaces_without_duplicates(spark, scored_from_audio, trained, corpus):
+    out, _, _ = scored_from_audio
+    _, bundle = trained
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run_score(spark, str(bundle), str(out), inputs=[str(corpus)])
+    before = read_scores(str(out))
+    run_score(spark, str(bundle), str(out), inputs=[str(corpus)], overwrite=True)
+    after = read_scores(str(out))
+    assert len(after) == len(before) and after["track_id"].is_unique
+    assert not [d for d in os.listdir(out) if ".tmp" in d]
+
+
+def test_features_made_another_way_are_refused(spark, trained, tmp_path):
+    import json
+
+    features, bundle = trained
+    bad = tmp_path / "bundle"
+    bad.mkdir()
+    info = json.loads((bundle / "bundle.json").read_text())
+    info["recipe"]["stft_hop"] = 256
+    (bad / "bundle.json").write_text(json.dumps(info))
+    (bad / "model.keras").write_bytes((bundle / "model.keras").read_bytes())
+    with pytest.raises(ConfigError, match="stft_hop model=256 features=512"):
+        run_score(spark, str(bad), str(tmp_path / "out"), features=str(features))
+
+
+@pytest.mark.parametrize("n, cap, expected", [(19, 0, (0, 19)), (19, 19, (0, 19)), (399, 19, (190, 209)), (20, 19, (0, 19))])
+def test_centre_excerpt(n, cap, expected):
+    s = excerpt(n, cap)
+    assert (s.start, s.stop) == expected
