@@ -28,11 +28,16 @@ demo: install
 	./spark-submit.sh featurize --input $(DEMO)/corpus --labels $(DEMO)/corpus/labels.csv \
 	    --output $(DEMO)/features --overwrite
 	./spark-submit.sh train --features $(DEMO)/features --model $(DEMO)/model --epochs 6 --batch-size 32 --overwrite
+	./spark-submit.sh score --model $(DEMO)/model --input $(DEMO)/corpus --output $(DEMO)/scores --csv --overwrite
 	./spark-submit.sh evaluate --model $(DEMO)/model --features $(DEMO)/features
+	@$(PY) -c "import json; t = json.load(open('$(DEMO)/model/evaluation/metrics.json'))['tracks']; \
+	    print(f'demo: validation track-level accuracy {t[\"accuracy\"]:.3f} on {t[\"n\"]} tracks, log loss {t[\"log_loss\"]:.4f}')"
 	@echo "demo outputs:"
 	@echo "  $(DEMO)/features/windows   petastorm dataset of STFT windows"
 	@echo "  $(DEMO)/features/tracks    one status row per input file"
 	@echo "  $(DEMO)/model              model bundle (model.keras, bundle.json, metrics, curves, confusion matrix)"
+	@echo "  $(DEMO)/scores/scores      one row per file: genre, confidence, probabilities"
+	@echo "  $(DEMO)/scores/submission.csv  crowdAI layout: file_id + one column per genre"
 
 # Two runs so that only one Spark application is alive at a time: the suite's local session,
 # then the standalone-cluster tests (their own master, workers and spark-submit applications).
