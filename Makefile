@@ -45,5 +45,8 @@ test: install
 	$(PY) -m pytest -m "not cluster"
 	$(PY) -m pytest -m cluster
 
+bench: install
+	$(PY) -m benchmarks.run --out bench-output
+
 clean:
 	rm -rf build $(DEMO) bench-output .pytest_cache

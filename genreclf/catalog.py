@@ -1,7 +1,8 @@
 """What to featurize: expand inputs (directories, globs, files, catalogue CSVs) into catalogue rows.
 
 A catalogue row is one input file: ``path`` (absolute), ``track_id``, ``label`` (or null),
-``size_bytes`` and ``mtime`` (for incremental reruns). Labels come from the catalogue CSV's
+``group`` (artist or album when the catalogue names one, for leak-free splits), ``size_bytes`` and
+``mtime`` (for incremental reruns). Labels come from the catalogue CSV's
 ``genre`` column, a ``--labels`` CSV (``path`` or ``track_id`` to ``genre``) or FMA's ``tracks.csv``
 (``track.genre_top``, matched by the track id in the file name, e.g. ``000/000002.mp3``).
 """
@@ -19,7 +20,10 @@ from genreclf.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CATALOG_COLUMNS = ["path", "track_id", "label", "size_bytes", "mtime"]
+CATALOG_COLUMNS = ["path", "track_id", "label", "group", "size_bytes", "mtime"]
+
+#: Catalogue columns that name a track's group (artist first): a training split keeps groups whole.
+GROUP_COLUMNS = ("artist", "artist_id", "album", "album_id")
 
 #: Sidecar files that directory listings pass over (by extension; named files and globs never are).
 SIDECAR_EXTENSIONS = frozenset({
@@ -58,10 +62,15 @@ def _is_fma_tracks_csv(path: str) -> bool:
     return head[0].startswith(",") and "genre_top" in head[1] and head[2].startswith("track_id")
 
 
-def read_fma_labels(tracks_csv: str) -> pd.Series:
-    """FMA ``tracks.csv`` -> Series track_id (int) -> top genre (missing genres dropped)."""
+def read_fma_labels(tracks_csv: str) -> pd.DataFrame:
+    """FMA ``tracks.csv`` -> DataFrame by track_id (int): ``label`` (top genre, may be null), ``group`` (artist)."""
     tracks = pd.read_csv(tracks_csv, index_col=0, header=[0, 1])
-    return tracks[("track", "genre_top")].dropna().astype(str)
+    out = pd.DataFrame({"label": tracks[("track", "genre_top")]}, index=tracks.index)
+    for col in (("artist", "id"), ("artist", "name")):
+        if col in tracks.columns:
+            out["group"] = tracks[col].astype(str)
+            break
+    return out
 
 
 def _read_catalog_csv(path: str) -> pd.DataFrame:
@@ -73,8 +82,16 @@ def _read_catalog_csv(path: str) -> pd.DataFrame:
     out = pd.DataFrame({"path": [os.path.normpath(os.path.join(base, p)) for p in table["path"]]})
     out["track_id"] = table["track_id"] if "track_id" in table.columns else None
     out["label"] = table["genre"] if "genre" in table.columns else None
+    out["group"] = _group_of(table)
     out["_root"] = base
     return out
+
+
+def _group_of(table: pd.DataFrame):
+    for col in GROUP_COLUMNS:
+        if col in table.columns:
+            return table[col]
+    return None
 
 
 def _looks_like_catalog(path: str) -> bool:
@@ -93,19 +110,19 @@ def expand_inputs(inputs: list) -> Catalog:
         if os.path.isdir(item):
             root = os.path.abspath(item)
             files = _walk(root, skipped)
-            frames.append(pd.DataFrame({"path": files, "track_id": None, "label": None, "_root": root}))
+            frames.append(pd.DataFrame({"path": files, "track_id": None, "label": None, "group": None, "_root": root}))
         elif os.path.isfile(item) and _looks_like_catalog(item):
             frames.append(_read_catalog_csv(item))
         elif os.path.isfile(item):
             path = os.path.abspath(item)
-            frames.append(pd.DataFrame({"path": [path], "track_id": None, "label": None,
+            frames.append(pd.DataFrame({"path": [path], "track_id": None, "label": None, "group": None,
                                         "_root": os.path.dirname(path)}))
         elif glob.has_magic(item):
             files = sorted(os.path.abspath(p) for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             if not files:
                 raise ConfigError(f"input glob {raw!r} matches no file")
             root = os.path.abspath(_glob_root(item))
-            frames.append(pd.DataFrame({"path": files, "track_id": None, "label": None, "_root": root}))
+            frames.append(pd.DataFrame({"path": files, "track_id": None, "label": None, "group": None, "_root": root}))
         else:
             raise ConfigError(f"input {raw!r} is neither a file, a directory nor a glob that matches files")
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CATALOG_COLUMNS + ["_root"])
@@ -148,11 +165,14 @@ def apply_labels(table: pd.DataFrame, labels_csv: str) -> pd.DataFrame:
         raise ConfigError(f"labels file {labels_csv} does not exist")
     table = table.copy()
     if _is_fma_tracks_csv(labels_csv):
-        genres = read_fma_labels(labels_csv)
+        fma = read_fma_labels(labels_csv)
         ids = pd.to_numeric(table["path"].map(lambda p: os.path.splitext(os.path.basename(p))[0]),
                             errors="coerce")
-        found = ids.map(genres)
+        found = ids.map(fma["label"])
         table["label"] = found.where(found.notna(), table["label"])
+        if "group" in fma:
+            group = ids.map(fma["group"])
+            table["group"] = group.where(group.notna(), table["group"])
         fma = ids.notna()
         table.loc[fma, "track_id"] = table.loc[fma, "path"].map(lambda p: os.path.splitext(os.path.basename(p))[0])
         return table
@@ -169,4 +189,14 @@ def apply_labels(table: pd.DataFrame, labels_csv: str) -> pd.DataFrame:
         by_id = dict(zip(labels["track_id"], labels["genre"]))
         found = [by_id.get(t) for t in table["track_id"]]
     table["label"] = [f if f is not None else old for f, old in zip(found, table["label"])]
+    group = _group_of(labels)
+    if group is not None:
+        key = "path" if "path" in labels.columns else "track_id"
+        if key == "path":
+            by = {os.path.normpath(os.path.join(base, p)): g for p, g in zip(labels["path"], group)}
+            by.update(zip(labels["path"], group))
+            table["group"] = [by.get(p, by.get(t, old)) for p, t, old in zip(table["path"], table["track_id"], table["group"])]
+        else:
+            by = dict(zip(labels["track_id"], group))
+            table["group"] = [by.get(t, old) for t, old in zip(table["track_id"], table["group"])]
     return table

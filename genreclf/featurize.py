@@ -64,7 +64,7 @@ def _features(reader: AudioReader, recipe: Recipe) -> list:
 
 
 def featurize_file(path: str, recipe: Recipe, *, track_id: str | None = None, label: str | None = None,
-                   size_bytes: int | None = None, mtime: float | None = None,
+                   group: str | None = None, size_bytes: int | None = None, mtime: float | None = None,
                    max_duration_s: float | None = None) -> TrackResult:
     """Decode, window and transform one file. Never raises for bad input: the row says what went wrong.
 
@@ -73,7 +73,7 @@ def featurize_file(path: str, recipe: Recipe, *, track_id: str | None = None, la
     (about 131 KB a window in float16) plus one window of audio, whatever the file's length.
     """
     row = {name: None for name in TRACKS_SCHEMA.names}
-    row.update(track_id=track_id if track_id is not None else path, path=path, label=label,
+    row.update(track_id=track_id if track_id is not None else path, path=path, label=label, group=group,
                size_bytes=size_bytes, mtime=mtime, n_windows=0)
     max_samples = int(max_duration_s * recipe.sample_rate) if max_duration_s else None
     reader = AudioReader(path, recipe.sample_rate, max_samples)
@@ -123,7 +123,7 @@ def window_tables(catalog_batches: Iterable[pd.DataFrame], recipe: Recipe, schem
     for batch in catalog_batches:
         for entry in batch.itertuples(index=False):
             result = featurize_file(
-                entry.path, recipe, track_id=entry.track_id, label=entry.label,
+                entry.path, recipe, track_id=entry.track_id, label=entry.label, group=getattr(entry, "group", None),
                 size_bytes=entry.size_bytes, mtime=entry.mtime, max_duration_s=max_duration_s)
             if on_track is not None:
                 on_track(result.row)

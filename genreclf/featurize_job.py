@@ -190,9 +190,10 @@ def _entries_frame(spark, table: pd.DataFrame, n_parts: int):
     from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
     schema = StructType([StructField("path", StringType()), StructField("track_id", StringType()),
-                         StructField("label", StringType()), StructField("size_bytes", LongType()),
-                         StructField("mtime", DoubleType())])
-    records = [(r.path, r.track_id, None if pd.isna(r.label) else r.label,
+                         StructField("label", StringType()), StructField("group", StringType()),
+                         StructField("size_bytes", LongType()), StructField("mtime", DoubleType())])
+    text = lambda v: None if pd.isna(v) else str(v)  # noqa: E731
+    records = [(r.path, r.track_id, text(r.label), text(r.group),
                 None if pd.isna(r.size_bytes) else int(r.size_bytes), None if pd.isna(r.mtime) else float(r.mtime))
                for r in table.itertuples(index=False)]
     # parallelize() slices the list deterministically: a retried task gets exactly the same files.

@@ -16,6 +16,7 @@ TRACKS_SCHEMA = pa.schema([
     ("track_id", pa.string()),
     ("path", pa.string()),
     ("label", pa.string()),
+    ("group", pa.string()),  # artist or album from the catalogue; the training split keeps it whole
     ("status", pa.string()),  # "ok" | "error"
     ("error", pa.string()),  # "reason: detail"; null when ok
     ("warning", pa.string()),  # a repair worth knowing (skipped corrupt packets); null when clean

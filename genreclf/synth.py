@@ -23,6 +23,7 @@ _FORMATS = {
     "flac": ("flac", "flac"),
     "wav": ("wav", "pcm_s16le"),
     "opus": ("ogg", "libopus"),
+    "vorbis": ("ogg", "vorbis"),  # FFmpeg's native encoder, marked experimental
 }
 
 
@@ -151,7 +152,7 @@ def synthesize(style: str, seed: int = 0, duration_s: float = 30.0, sr: int = 44
 
 def encode(path: str, samples: np.ndarray, sample_rate: int, kind: str = "mp3", *, channels: int = 2,
            bit_rate: int | None = 128000, vbr_quality: int | None = None, xing: bool = True) -> str:
-    """Encode mono ``samples`` to ``path`` as ``kind`` (mp3, mp2, adts, m4a, flac, wav, opus).
+    """Encode mono ``samples`` to ``path`` as ``kind`` (mp3, mp2, adts, m4a, flac, wav, opus, vorbis).
 
     ``channels=2`` writes a slightly different right channel. ``vbr_quality`` (0-9) makes a VBR mp3;
     ``xing=False`` omits the Xing/Info header, as some encoders do.
@@ -167,6 +168,8 @@ def encode(path: str, samples: np.ndarray, sample_rate: int, kind: str = "mp3", 
         stream = container.add_stream(codec, rate=sample_rate)
         stream.layout = layout
         ctx = stream.codec_context
+        if codec == "vorbis":
+            ctx.options = {"strict": "-2"}
         if vbr_quality is not None:
             ctx.flags |= av.codec.context.Flags.qscale
             ctx.global_quality = vbr_quality * 118  # FF_QP2LAMBDA

@@ -45,6 +45,9 @@ def run_train(features: str, model_out: str, *, epochs: int = 30, batch_size: in
     tracks = read_tracks(features)
     labels = choose_labels(tracks, labels_from, settings)
     usable = usable_tracks(tracks, labels)
+    if group_col is None and "group" in usable and usable["group"].notna().any():
+        group_col = "group"  # the catalogue named artists or albums: keep each on one side
+        log.info("train: splitting by group (artist/album) for %d tracks", int(usable["group"].notna().sum()))
     train_ids, val_ids = split_tracks(usable, val_fraction, seed, group_col=group_col)
     n_windows = usable.set_index("track_id")["n_windows"]
     log.info("train: %d labels, %d tracks (%d windows) for training, %d tracks (%d windows) for validation",

@@ -59,6 +59,8 @@ def build(directory, make_audio, long_file=True):
     expect["lossless.flac"] = ("ok", 19)
     make_audio(p("voice.opus"), 30.0, sr=48000, kind="opus", channels=2)
     expect["voice.opus"] = ("ok", 19)
+    make_audio(p("vorbis.ogg"), 30.0, sr=44100, kind="vorbis", channels=2)
+    expect["vorbis.ogg"] = ("ok", 19)
     make_audio(p("UPPER CASE.MP3"), 30.0)
     expect["UPPER CASE.MP3"] = ("ok", 19)
     make_audio(p("Ünïcödé — naïve café.mp3"), 30.0)

@@ -93,3 +93,13 @@ def test_fma_layout_and_tracks_csv(tmp_path):
     assert table.loc["000002", "label"] == "Hip-Hop"
     assert table.loc["000140", "label"] == "Folk"
     assert pd.isna(table.loc["000141", "label"])  # FMA tracks without a top genre stay unlabelled
+    assert table.loc["000002", "group"] == "AWOL" and table.loc["000140", "group"] == "Alec K."  # artist
+
+
+def test_catalogue_artist_column_becomes_the_split_group(tmp_path):
+    touch(tmp_path / "1.mp3")
+    touch(tmp_path / "2.mp3")
+    csv = tmp_path / "catalogue.csv"
+    csv.write_text("path,genre,artist\n1.mp3,Rock,Band A\n2.mp3,Rock,Band B\n")
+    e = expand_inputs([str(csv)]).entries.set_index("track_id")
+    assert e["group"].to_dict() == {"1.mp3": "Band A", "2.mp3": "Band B"}

@@ -1,7 +1,6 @@
 """The featurize job on a real local Spark session: one tracks row per file, petastorm-readable windows."""
 
 import os
-import shutil
 
 import numpy as np
 import pandas as pd

@@ -1,0 +1,307 @@
+"""genreclf benchmarks: every stage against its floor and the reference recipe, ratios in one run.
+
+    make bench            # or: python -m benchmarks.run [--tracks 24] [--out bench-output]
+
+Absolute seconds on shared 2-core machines are noisy, so every figure is printed with a ratio to
+a baseline measured in the same run. Results also go to ``OUT/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from genreclf.config import Recipe
+
+log = logging.getLogger("genreclf.bench")
+R = Recipe()
+
+
+# ---------------------------------------------------------------- corpus
+def _encode_one(args):
+    from genreclf.synth import STYLES, encode, synthesize
+
+    path, i, seconds = args
+    style = STYLES[i % len(STYLES)]
+    encode(path, synthesize(style, 1000 + i, seconds, 44100), 44100, "mp3", channels=2, bit_rate=192000)
+    return path
+
+
+def make_corpus(out: str, n: int) -> tuple:
+    """n 30 s tracks (44.1 kHz stereo 192 kbps mp3) in out/tracks, one 10-minute file in out/long."""
+    from multiprocessing import get_context
+
+    tracks, long_dir = os.path.join(out, "tracks"), os.path.join(out, "long")
+    os.makedirs(tracks, exist_ok=True)
+    os.makedirs(long_dir, exist_ok=True)
+    jobs = [(os.path.join(tracks, f"t{i:03d}.mp3"), i, 30.0) for i in range(n)]
+    jobs = [j for j in jobs if not os.path.exists(j[0])]
+    long_path = os.path.join(long_dir, "ten_minutes.mp3")
+    if not os.path.exists(long_path):
+        jobs.append((long_path, 7, 600.0))
+    if jobs:
+        started = time.time()
+        with get_context("spawn").Pool(os.cpu_count() or 1) as pool:
+            pool.map(_encode_one, jobs)
+        log.info("bench corpus: %d files written in %.0f s", len(jobs), time.time() - started)
+    return sorted(os.path.join(tracks, f) for f in os.listdir(tracks))[:n], long_path
+
+
+# ---------------------------------------------------------------- single-process baselines
+def floor_loop(paths) -> float:
+    """The unavoidable work, one core: decode -> resample -> window STFTs. Returns seconds."""
+    from genreclf.audio import AudioReader
+    from genreclf.features import stft_magnitudes
+    from genreclf.windows import iter_windows
+
+    started = time.perf_counter()
+    for p in paths:
+        with AudioReader(p, R.sample_rate) as reader:
+            batch = []
+            for w in iter_windows(reader.chunks(), R):
+                batch.append(w)
+                if len(batch) == 4:
+                    stft_magnitudes(np.stack(batch), R)
+                    batch = []
+            if batch:
+                stft_magnitudes(np.stack(batch), R)
+    return time.perf_counter() - started
+
+
+def reference_loop(paths) -> float:
+    """The reference implementation's recipe: librosa.load(kaiser_fast) + one librosa.stft per window."""
+    import librosa
+    import scipy.signal
+
+    window = scipy.signal.get_window("hann", 1024, fftbins=False)
+    started = time.perf_counter()
+    for p in paths:
+        y, _ = librosa.load(p, sr=22050, res_type="kaiser_fast")
+        for k in range(19):
+            seg = y[k * 33075:k * 33075 + 66150]
+            if len(seg) < 66150:
+                seg = np.pad(seg, (0, 66150 - len(seg)))
+            np.abs(librosa.stft(seg, n_fft=1024, hop_length=512, window=window, pad_mode="reflect"))[:, :128]
+    return time.perf_counter() - started
+
+
+def model_loop(paths, bundle) -> float:
+    """Single-process scoring with the same model: decode -> STFT -> predict -> mean per track."""
+    from genreclf.featurize import featurize_file
+    from genreclf.model_cache import get_model
+    from genreclf.scoring import mean_probabilities, predict
+
+    _, model = get_model(bundle)
+    predict(model, featurize_file(paths[0], R).features)  # warm-up: graph tracing
+    started = time.perf_counter()
+    for p in paths:
+        mean_probabilities(predict(model, featurize_file(p, R).features))
+    return time.perf_counter() - started
+
+
+def make_bundle(out: str, labels) -> str:
+    """An untrained (seeded) bundle: scoring speed does not depend on the weights."""
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    import keras
+
+    from genreclf.bundle import BUNDLE_FILE, MODEL_FILE, bundle_info, write_json
+    from genreclf.model import build_model, compile_model
+
+    path = os.path.join(out, "bundle")
+    if not os.path.exists(os.path.join(path, MODEL_FILE)):
+        os.makedirs(path, exist_ok=True)
+        keras.utils.set_random_seed(0)
+        compile_model(build_model((R.frames, R.bins, 1), len(labels))).save(os.path.join(path, MODEL_FILE))
+        write_json(os.path.join(path, BUNDLE_FILE), bundle_info(labels, R))
+    return path
+
+
+# ---------------------------------------------------------------- Spark jobs
+def spark_session(master: str):
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    s = (SparkSession.builder.master(master).appName(f"genreclf-bench-{master}")
+         .config("spark.driver.memory", "2g").config("spark.ui.enabled", "false")
+         .config("spark.ui.showConsoleProgress", "false")
+         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "32").getOrCreate())
+    s.sparkContext.setLogLevel("ERROR")
+    return s
+
+
+def timed(fn, repeat=2):
+    """Best of ``repeat`` runs (the first warms the JVM and the Python workers)."""
+    best = None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        took = time.perf_counter() - started
+        best = took if best is None else min(best, took)
+    return best
+
+
+def dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def peak_rss_mb(long_path: str) -> float:
+    """Peak RSS of a fresh Python process running a featurize task's code path on one long file."""
+    code = (
+        "import resource, sys\n"
+        "from genreclf.config import Recipe\n"
+        "from genreclf.featurize import window_tables\n"
+        "from genreclf.schema import window_schema\n"
+        "import pandas as pd\n"
+        "r = Recipe()\n"
+        "batch = pd.DataFrame({'path': [sys.argv[1]], 'track_id': ['long'], 'label': [None], 'size_bytes': [0], 'mtime': [0.0]})\n"
+        "rows = sum(t.num_rows for t in window_tables([batch], r, window_schema(r), rows_per_table=255, max_duration_s=3600))\n"
+        "print(rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, long_path], capture_output=True, text=True, check=True)
+    rows, mb = out.stdout.split()
+    assert int(rows) == 399, rows
+    return float(mb)
+
+
+# ---------------------------------------------------------------- main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="make bench", description=__doc__.splitlines()[0])
+    p.add_argument("--tracks", type=int, default=24, help="N: 30 s tracks (2N are made for the linearity check)")
+    p.add_argument("--out", default="bench-output")
+    args = p.parse_args(argv)
+    from genreclf.spark import setup_logging
+
+    setup_logging()
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "genreclf-numba-cache"))
+    n = args.tracks
+    out = os.path.abspath(args.out)
+    all_paths, long_path = make_corpus(os.path.join(out, "corpus"), 2 * n)
+    paths = all_paths[:n]
+    res = {"tracks": n, "machine_cores": os.cpu_count()}
+
+    # Baselines, one core, same files.
+    floor_loop(paths[:2])
+    res["floor_s_per_track"] = floor_loop(paths) / n
+    res["reference_s_per_track"] = reference_loop(paths) / n
+    log.info("floor %.1f ms/track, reference %.1f ms/track", 1e3 * res["floor_s_per_track"],
+             1e3 * res["reference_s_per_track"])
+
+    # featurize job, local[1] and local[2], N and 2N tracks.
+    from genreclf.featurize_job import run_featurize
+    from genreclf.score_job import run_score
+
+    sub = {k: os.path.join(out, "inputs", k) for k in ("n", "2n")}
+    for key, files in (("n", paths), ("2n", all_paths)):
+        os.makedirs(sub[key], exist_ok=True)
+        for f in files:
+            link = os.path.join(sub[key], os.path.basename(f))
+            if not os.path.exists(link):
+                os.symlink(f, link)
+    feats = os.path.join(out, "features")
+    for cores in (1, 2):
+        spark = spark_session(f"local[{cores}]")
+        t = timed(lambda: run_featurize(spark, [sub["n"]], feats, overwrite=True))
+        res[f"featurize_local{cores}_s_per_track"] = t / n
+        if cores == 2:
+            res["featurize_local2_2n_s_per_track"] = timed(
+                lambda: run_featurize(spark, [sub["2n"]], feats + "-2n", overwrite=True), repeat=1) / (2 * n)
+            windows = os.path.join(feats, "windows")
+            res["bytes_per_track"] = dir_bytes(windows) / n
+            bundle = make_bundle(out, ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"])
+            res["score_audio_local2_s_per_track"] = timed(
+                lambda: run_score(spark, bundle, os.path.join(out, "scores-audio"), inputs=[sub["n"]], overwrite=True)) / n
+            res["score_features_local2_s_per_track"] = timed(
+                lambda: run_score(spark, bundle, os.path.join(out, "scores-features"), features=feats,
+                                  overwrite=True)) / n
+        spark.stop()
+    res["model_loop_s_per_track"] = model_loop(paths, bundle) / n
+
+    # The training input pipeline alone: petastorm -> tf.data, no model.
+    from genreclf.dataset import iter_window_batches
+    from genreclf.featurize_job import read_tracks
+
+    url = "file://" + os.path.join(feats, "windows")
+    for workers in (1, 4):
+        started, count = time.perf_counter(), 0
+        for b in iter_window_batches(url, R, fields=("label", "stft"), shuffle=True, seed=1, workers=workers):
+            count += len(b["stft"])
+        res[f"reader_windows_per_s_w{workers}"] = count / (time.perf_counter() - started)
+    ds = _unlabelled_dataset(url, read_tracks(feats)["track_id"].tolist(), workers=4)
+    started, count = time.perf_counter(), 0
+    for x, _ in ds:
+        count += int(x.shape[0])
+    res["tfdata_windows_per_s"] = count / (time.perf_counter() - started)
+
+    res["peak_rss_mb_10min"] = peak_rss_mb(long_path)
+    report(res, out)
+    return 0
+
+
+def _unlabelled_dataset(url, ids, workers):
+    """tf_dataset needs labels; the benchmark corpus has none, so label every window 'x'."""
+    import tensorflow as tf
+
+    from genreclf.dataset import iter_window_batches
+
+    def gen():
+        for b in iter_window_batches(url, R, track_ids=ids, fields=("stft",), shuffle=True, seed=2, workers=workers):
+            yield b["stft"], np.zeros(len(b["stft"]), np.int32)
+
+    spec = (tf.TensorSpec((None, *R.shape), tf.float16), tf.TensorSpec((None,), tf.int32))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=spec).unbatch().shuffle(1024).batch(128)
+    return ds.map(lambda x, y: (tf.cast(x, tf.float32)[..., None], tf.one_hot(y, 16)),
+                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def report(res: dict, out: str) -> None:
+    floor, ref = res["floor_s_per_track"], res["reference_s_per_track"]
+    f1, f2 = res["featurize_local1_s_per_track"], res["featurize_local2_s_per_track"]
+    per_core2 = f2 * 2  # core-seconds per track on local[2]
+    featurize_plus_model = f2 + res["model_loop_s_per_track"] / 2  # per track on 2 cores
+    rows = [
+        ("floor: decode+resample+STFT, 1 core", f"{1 / floor:.2f} tracks/s", "1.00 (baseline)", ""),
+        ("reference recipe (librosa), 1 core", f"{1 / ref:.2f} tracks/s", f"floor x {floor / ref:.2f}", ""),
+        ("featurize job local[1], per core", f"{1 / f1:.2f} tracks/s", f"floor x {floor / f1:.2f}; ref x {ref / f1:.2f}",
+         "target >= 0.85 floor, >= 3.5 ref"),
+        ("featurize job local[2], per core", f"{1 / per_core2:.2f} tracks/s",
+         f"floor x {floor / per_core2:.2f}; ref x {ref / per_core2:.2f}", "target >= 0.85 floor, >= 3.5 ref"),
+        ("local[2] speed-up over local[1]", f"{f1 / f2:.2f} x", "", "target >= 1.7"),
+        ("featurize 2N vs N tracks (local[2])", f"{res['featurize_local2_2n_s_per_track'] * 2 / f2:.2f} x time for 2x tracks",
+         "", "linear: ~2.0"),
+        ("bytes stored per 30 s track", f"{res['bytes_per_track'] / 1e6:.2f} MB", "", "target <= 2.7 MB"),
+        ("score from mp3 local[2], per core", f"{1 / (2 * res['score_audio_local2_s_per_track']):.2f} tracks/s",
+         f"(featurize+model) x {res['score_audio_local2_s_per_track'] / featurize_plus_model:.2f} cost",
+         "target <= 1.3 x cost"),
+        ("score from features local[2], per core", f"{1 / (2 * res['score_features_local2_s_per_track']):.2f} tracks/s",
+         f"loop x {res['model_loop_s_per_track'] / (2 * res['score_features_local2_s_per_track']):.2f}", ""),
+        ("single-process loop: decode+STFT+predict", f"{1 / res['model_loop_s_per_track']:.2f} tracks/s", "baseline", ""),
+        ("petastorm reader, 1 thread", f"{res['reader_windows_per_s_w1']:.0f} windows/s", "", ""),
+        ("petastorm reader, 4 threads", f"{res['reader_windows_per_s_w4']:.0f} windows/s", "", ""),
+        ("training input pipeline (tf.data)", f"{res['tfdata_windows_per_s']:.0f} windows/s", "", ""),
+        ("peak RSS, 10-minute file", f"{res['peak_rss_mb_10min']:.0f} MB", "", "target < 1 GB"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"\ngenreclf benchmark: {res['tracks']} x 30 s mp3 (44.1 kHz stereo 192 kbps), {res['machine_cores']} cores")
+    for name, value, ratio, target in rows:
+        print(f"  {name:<{width}}  {value:>28}  {ratio:<36} {target}")
+    res["ratios"] = {
+        "featurize_local1_vs_floor": floor / f1, "featurize_local2_per_core_vs_floor": floor / per_core2,
+        "featurize_local1_vs_reference": ref / f1, "featurize_local2_per_core_vs_reference": ref / per_core2,
+        "local2_speedup": f1 / f2, "linearity_2n_over_n": res["featurize_local2_2n_s_per_track"] * 2 / f2,
+        "score_audio_vs_featurize_plus_model": res["score_audio_local2_s_per_track"] / featurize_plus_model,
+    }
+    res["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(res, f, indent=2, sort_keys=True)
+    print(f"\nresults: {os.path.join(out, 'results.json')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
