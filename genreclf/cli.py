@@ -1,8 +1,10 @@
-"""Command-line parsers of the jobs, kept apart from their logic so ``--help`` needs no Spark."""
+"""Command-line parsers of the jobs and their common ``main``, kept apart from the logic so that
+``--help`` needs no Spark and every job reports errors the same way (message, exit code 2)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
 EPILOG = "Settings: conf/genreclf.toml (override with --conf). Docs: README.md."
 
@@ -43,3 +45,32 @@ def score_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing scores (atomically)")
     p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
     return p
+
+
+def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str | None = None) -> int:
+    """Parse arguments, set up logging and settings, run ``body(args, settings[, spark])``.
+
+    With ``spark_app`` a SparkSession is started (and always stopped) for the body. A
+    :class:`GenreclfError` is logged as one line and gives exit code 2.
+    """
+    from genreclf.config import load_settings
+    from genreclf.errors import GenreclfError
+    from genreclf.spark import get_spark, setup_logging
+
+    args = parser.parse_args(argv)
+    setup_logging()
+    log = logging.getLogger(f"genreclf.{parser.prog.split()[-1]}")
+    try:
+        settings = load_settings(getattr(args, "conf", None))
+        if spark_app is None:
+            body(args, settings)
+            return 0
+        spark = get_spark(spark_app)
+        try:
+            body(args, settings, spark)
+        finally:
+            spark.stop()
+        return 0
+    except GenreclfError as e:
+        log.error("%s", e)
+        return 2

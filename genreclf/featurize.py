@@ -98,11 +98,46 @@ def featurize_file(path: str, recipe: Recipe, *, track_id: str | None = None, la
     return TrackResult(row, features)
 
 
-def encode_windows(result: TrackResult, codec_field) -> Iterator[tuple]:
-    """(track_id, window, label, encoded stft) tuples for an ok track, encoded by petastorm's codec."""
-    row = result.row
-    for i, feat in enumerate(result.iter_features()):
-        yield row["track_id"], i, row["label"], codec_field.codec.encode(codec_field, feat)
+class WindowTableBuilder:
+    """Accumulates window rows into one Arrow table whose ``stft`` column is petastorm's NdarrayCodec
+    encoding (.npy bytes), built in one preallocated buffer: the .npy header is identical for every
+    window of a recipe, so it is encoded once by the codec and each window's data is copied once."""
+
+    def __init__(self, codec_field, recipe: Recipe, capacity: int):
+        sample = np.zeros(recipe.shape, dtype=recipe.dtype)
+        encoded = bytes(codec_field.codec.encode(codec_field, sample))
+        self._header = np.frombuffer(encoded[: len(encoded) - sample.nbytes], np.uint8)
+        self._row = len(encoded)
+        self.capacity = max(1, min(capacity, (2**31 - 1) // self._row))  # int32 offsets of pa.binary()
+        self._new()
+
+    def _new(self):
+        self._buf = np.empty((self.capacity, self._row), np.uint8)
+        self._buf[:, : self._header.size] = self._header
+        self._ids, self._windows, self._labels = [], [], []
+
+    def __len__(self):
+        return len(self._ids)
+
+    def add(self, track_id: str, window: int, label, features: np.ndarray) -> None:
+        self._buf[len(self._ids), self._header.size:] = np.ascontiguousarray(features).view(np.uint8).reshape(-1)
+        self._ids.append(track_id)
+        self._windows.append(window)
+        self._labels.append(label)
+
+    def full(self) -> bool:
+        return len(self._ids) >= self.capacity
+
+    def table(self) -> pa.Table:
+        """The rows added so far as a table (then starts afresh)."""
+        n = len(self._ids)
+        offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * self._row).tobytes())
+        stft = pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(self._buf[:n])])
+        schema = window_arrow_schema()
+        table = pa.Table.from_arrays([pa.array(self._ids, pa.string()), pa.array(self._windows, pa.int32()),
+                                      pa.array(self._labels, pa.string()), stft], schema=schema)
+        self._new()
+        return table
 
 
 def window_tables(catalog_batches: Iterable[pd.DataFrame], recipe: Recipe, schema, *,
@@ -112,14 +147,7 @@ def window_tables(catalog_batches: Iterable[pd.DataFrame], recipe: Recipe, schem
     ``on_track(row)`` receives each file's status row. Only one file's features and one pending
     table are held at a time, so a task's memory does not grow with its number of files.
     """
-    stft_field = schema.fields["stft"]
-    arrow_schema = window_arrow_schema()
-    pending = []
-
-    def table():
-        cols = list(zip(*pending))
-        return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, arrow_schema)], schema=arrow_schema)
-
+    builder = WindowTableBuilder(schema.fields["stft"], recipe, rows_per_table)
     for batch in catalog_batches:
         for entry in batch.itertuples(index=False):
             result = featurize_file(
@@ -129,10 +157,9 @@ def window_tables(catalog_batches: Iterable[pd.DataFrame], recipe: Recipe, schem
                 on_track(result.row)
             if result.batches is None:
                 continue
-            for encoded in encode_windows(result, stft_field):
-                pending.append(encoded)
-                if len(pending) >= rows_per_table:
-                    yield table()
-                    pending = []
-    if pending:
-        yield table()
+            for i, feat in enumerate(result.iter_features()):
+                builder.add(result.row["track_id"], i, result.row["label"], feat)
+                if builder.full():
+                    yield builder.table()
+    if len(builder):
+        yield builder.table()

@@ -97,11 +97,14 @@ def _from_audio(spark, bundle_name, recipe, settings, inputs):
 
 def _from_features(spark, bundle_name, recipe, settings, features, n_classes):
     from pyspark.sql import functions as F
-    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
     tracks = read_tracks(features)
-    tracks_df = spark.createDataFrame(tracks[["track_id", "path", "status", "error", "n_windows"]]
-                                      .astype({"n_windows": "int64"}))
+    columns = StructType([StructField("track_id", StringType()), StructField("path", StringType()),
+                          StructField("status", StringType()), StructField("error", StringType()),
+                          StructField("n_windows", LongType())])
+    tracks_df = spark.createDataFrame(  # an explicit schema: a column of all-null errors has no type to infer
+        tracks[["track_id", "path", "status", "error", "n_windows"]].astype({"n_windows": "int64"}), columns)
     windows = spark.read.parquet(storage.join(storage.to_url(features), WINDOWS_DIR)).select("track_id", "window", "stft")
     cap = settings.score.max_windows
     if cap:

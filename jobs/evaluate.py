@@ -4,13 +4,9 @@
 """
 
 import argparse
-import logging
 import sys
 
-from genreclf.errors import GenreclfError
-from genreclf.spark import setup_logging
-
-log = logging.getLogger("genreclf.evaluate")
+from genreclf.cli import run_main
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,17 +22,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    setup_logging()
-    try:
-        from genreclf.evaluate import run_evaluate
+def evaluate(args, settings):
+    from genreclf.evaluate import run_evaluate
 
-        run_evaluate(args.model, args.features, output=args.output, split=args.split, batch_size=args.batch_size)
-        return 0
-    except GenreclfError as e:
-        log.error("%s", e)
-        return 2
+    run_evaluate(args.model, args.features, output=args.output, split=args.split, batch_size=args.batch_size)
+
+
+def main(argv=None) -> int:
+    return run_main(parser(), evaluate, argv)
 
 
 if __name__ == "__main__":

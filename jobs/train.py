@@ -5,13 +5,9 @@
 """
 
 import argparse
-import logging
 import sys
 
-from genreclf.errors import GenreclfError
-from genreclf.spark import setup_logging
-
-log = logging.getLogger("genreclf.train")
+from genreclf.cli import run_main
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,22 +33,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    setup_logging()
-    try:
-        from genreclf.config import load_settings
-        from genreclf.train import run_train
+def train(args, settings):
+    from genreclf.train import run_train
 
-        run_train(args.features, args.model, epochs=args.epochs, batch_size=args.batch_size,
-                  val_fraction=args.val_fraction, seed=args.seed, patience=args.patience,
-                  labels_from=args.labels_from, shuffle_buffer=args.shuffle_buffer,
-                  reader_workers=args.reader_workers, mixed_precision=args.mixed_precision,
-                  overwrite=args.overwrite, settings=load_settings(args.conf))
-        return 0
-    except GenreclfError as e:
-        log.error("%s", e)
-        return 2
+    run_train(args.features, args.model, epochs=args.epochs, batch_size=args.batch_size,
+              val_fraction=args.val_fraction, seed=args.seed, patience=args.patience,
+              labels_from=args.labels_from, shuffle_buffer=args.shuffle_buffer,
+              reader_workers=args.reader_workers, mixed_precision=args.mixed_precision,
+              overwrite=args.overwrite, settings=settings)
+
+
+def main(argv=None) -> int:
+    return run_main(parser(), train, argv)
 
 
 if __name__ == "__main__":

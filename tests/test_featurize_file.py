@@ -98,3 +98,24 @@ def test_memory_of_a_long_file_is_its_features_not_its_audio(tmp_path, make_audi
     whole_audio = 600 * 22050 * 4  # what decoding the file at once would hold: 53 MB
     overhead = peak - sum(b.nbytes for b in result.batches)
     assert overhead < 16 * 2**20, f"{overhead / 2**20:.0f} MB beyond the features (audio would be {whole_audio >> 20} MB)"
+
+
+def test_window_table_bytes_are_petastorms_encoding(cases):
+    """The bulk-built stft column equals NdarrayCodec.encode of each window, byte for byte."""
+    import pandas as pd
+
+    from genreclf.featurize import window_tables
+    from genreclf.schema import window_schema
+
+    directory, _ = cases
+    schema = window_schema(R)
+    field = schema.fields["stft"]
+    path = os.path.join(directory, "dur_4.5s.mp3")
+    batch = pd.DataFrame({"path": [path], "track_id": ["t"], "label": ["x"], "size_bytes": [0], "mtime": [0.0]})
+    tables = list(window_tables([batch], R, schema, rows_per_table=1, max_duration_s=None))
+    assert [t.num_rows for t in tables] == [1, 1]
+    features = featurize_file(path, R).features
+    for i, t in enumerate(tables):
+        assert t["stft"][0].as_py() == bytes(field.codec.encode(field, features[i]))
+        assert (t["track_id"][0].as_py(), t["window"][0].as_py(), t["label"][0].as_py()) == ("t", i, "x")
+        np.testing.assert_array_equal(field.codec.decode(field, t["stft"][0].as_py()), features[i])

@@ -143,3 +143,15 @@ def test_features_made_another_way_are_refused(spark, trained, tmp_path):
 def test_centre_excerpt(n, cap, expected):
     s = excerpt(n, cap)
     assert (s.start, s.stop) == expected
+
+
+def test_scoring_features_where_every_track_is_ok(spark, trained, tmp_path, make_audio):
+    """No error rows at all: the tracks table's error column is all null and must still load."""
+    features, bundle = trained
+    audio = tmp_path / "clean"
+    audio.mkdir()
+    make_audio(audio / "a.mp3", 3.0)
+    clean = tmp_path / "features"
+    run_featurize(spark, [str(audio)], str(clean))
+    run_score(spark, str(bundle), str(tmp_path / "out"), features=str(clean))
+    assert read_scores(str(tmp_path / "out"))["status"].tolist() == ["ok"]
