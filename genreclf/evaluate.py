@@ -18,6 +18,7 @@ from genreclf.errors import ConfigError
 from genreclf.featurize_job import read_recipe, read_tracks
 from genreclf.metrics import classification_report, track_means
 from genreclf.schema import STATUS_OK, WINDOWS_DIR
+from genreclf.scoring import predict
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,7 @@ def predict_windows(model, windows_url: str, recipe: Recipe, track_ids, *, batch
     ids, labels, probs = [], [], []
     for b in iter_window_batches(windows_url, recipe, track_ids=track_ids, fields=("track_id", "label", "stft"),
                                  workers=workers):
-        x = b["stft"]
-        for start in range(0, len(x), batch_size):
-            chunk = x[start:start + batch_size].astype(np.float32)[..., None]
-            probs.append(np.asarray(model.predict_on_batch(chunk)))
+        probs.append(predict(model, b["stft"], batch_size))
         ids.append(np.asarray(b["track_id"], dtype=object))
         labels.append(np.asarray(b["label"], dtype=object))
     if not probs:
