@@ -127,7 +127,10 @@ def make_bundle(out: str, labels) -> str:
 def spark_session(master: str):
     from pyspark.sql import SparkSession
 
+    from genreclf.spark import worker_environment
+
     os.environ["PYSPARK_PYTHON"] = sys.executable
+    worker_environment()
     s = (SparkSession.builder.master(master).appName(f"genreclf-bench-{master}")
          .config("spark.driver.memory", "2g").config("spark.ui.enabled", "false")
          .config("spark.ui.showConsoleProgress", "false")

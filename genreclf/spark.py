@@ -16,10 +16,8 @@ def setup_logging(level: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def get_spark(app_name: str):
-    """The SparkSession of this application (spark-submit decides master and resources)."""
-    from pyspark.sql import SparkSession
-
+def worker_environment() -> None:
+    """Defaults for the Python workers a SparkContext will start (set before creating it)."""
     # Workers run this interpreter unless told otherwise (spark.pyspark.python, PYSPARK_PYTHON).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "genreclf-numba-cache"))
@@ -27,4 +25,11 @@ def get_spark(app_name: str):
     quiet = "ignore::FutureWarning:petastorm.fs_utils"
     if quiet not in os.environ.get("PYTHONWARNINGS", ""):
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+
+
+def get_spark(app_name: str):
+    """The SparkSession of this application (spark-submit decides master and resources)."""
+    from pyspark.sql import SparkSession
+
+    worker_environment()
     return SparkSession.builder.appName(app_name).getOrCreate()

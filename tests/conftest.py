@@ -16,6 +16,10 @@ def spark(tmp_path_factory):
     os.environ.setdefault("NUMBA_CACHE_DIR", str(tmp_path_factory.mktemp("numba")))
     from pyspark.sql import SparkSession
 
+    from genreclf.spark import worker_environment
+
+    worker_environment()
+
     session = (SparkSession.builder.master("local[2]").appName("genreclf-tests")
                .config("spark.driver.memory", "2g")
                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "32")
