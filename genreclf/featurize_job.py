@@ -186,7 +186,8 @@ def task_count(n_files: int, files_per_task: int, parallelism: int) -> int:
     return max(min(n_files, parallelism), -(-n_files // files_per_task))
 
 
-def _entries_frame(spark, table: pd.DataFrame, n_parts: int):
+def entries_frame(spark, table: pd.DataFrame, n_parts: int):
+    """The catalogue as a Spark DataFrame of ``n_parts`` partitions, one row per input file."""
     from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
     schema = StructType([StructField("path", StringType()), StructField("track_id", StringType()),
@@ -239,7 +240,7 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     fn = functools.partial(_partition_fn, recipe_json=json.dumps(recipe.to_dict()), windows_url=windows_url,
                            run_id=run_id, row_group_size_mb=fs_settings.row_group_size_mb,
                            max_duration_s=fs_settings.max_duration_s)
-    statuses = _entries_frame(spark, table, n_parts).mapInPandas(fn, schema=from_arrow_schema(TRACKS_SCHEMA))
+    statuses = entries_frame(spark, table, n_parts).mapInPandas(fn, schema=from_arrow_schema(TRACKS_SCHEMA))
 
     sc.setJobDescription(f"genreclf featurize: {len(table)} files in {n_parts} tasks")
     schema = window_schema(recipe)

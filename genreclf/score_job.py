@@ -25,7 +25,7 @@ from genreclf.bundle import MODEL_FILE, check_recipe, load_bundle_info
 from genreclf.catalog import expand_inputs
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import ConfigError, GenreclfError, OutputExistsError
-from genreclf.featurize_job import _entries_frame, read_recipe, read_tracks, summarize, task_count
+from genreclf.featurize_job import entries_frame, read_recipe, read_tracks, summarize, task_count
 from genreclf.progress import SparkProgress
 from genreclf.schema import STATUS_ERROR, STATUS_OK, WINDOWS_DIR
 from genreclf.scoring import predict_window_partition, score_audio_partition
@@ -92,7 +92,7 @@ def _from_audio(spark, bundle_name, recipe, settings, inputs):
     fn = functools.partial(score_audio_partition, bundle=bundle_name, recipe_json=json.dumps(recipe.to_dict()),
                            max_duration_s=settings.featurize.max_duration_s, max_windows=settings.score.max_windows,
                            batch_size=settings.score.batch_size)
-    return _entries_frame(spark, table, n_parts).mapInPandas(fn, schema=_score_schema()), len(table)
+    return entries_frame(spark, table, n_parts).mapInPandas(fn, schema=_score_schema()), len(table)
 
 
 def _from_features(spark, bundle_name, recipe, settings, features, n_classes):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from genreclf.config import Recipe
-from genreclf.schema import STATUS_ERROR, STATUS_OK
+from genreclf.schema import STATUS_OK
 
 #: Columns the scoring UDFs return (``probs`` in the bundle's label order; turned into a map later).
 SCORE_FIELDS = ["track_id", "path", "status", "error", "n_windows", "probs"]
@@ -73,7 +73,7 @@ def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duratio
 
     _maybe_inject_fault()
     recipe = Recipe.from_dict(json.loads(recipe_json))
-    info, model = get_model(_bundle_dir(bundle))
+    _, model = get_model(_bundle_dir(bundle))
     rows = []
     for batch in batches:
         for entry in batch.itertuples(index=False):
@@ -99,7 +99,7 @@ def predict_window_partition(batches, *, bundle: str, recipe_json: str, batch_si
 
     _maybe_inject_fault()
     recipe = Recipe.from_dict(json.loads(recipe_json))
-    info, model = get_model(_bundle_dir(bundle))
+    _, model = get_model(_bundle_dir(bundle))
     for batch in batches:
         if batch.empty:
             continue
@@ -107,7 +107,3 @@ def predict_window_partition(batches, *, bundle: str, recipe_json: str, batch_si
         out = pd.DataFrame(probs.astype(np.float64), columns=[f"p{i}" for i in range(probs.shape[1])])
         out.insert(0, "track_id", batch["track_id"].to_numpy())
         yield out
-
-
-def error_row(track_id: str, path: str, error: str) -> tuple:
-    return (track_id, path, STATUS_ERROR, error, 0, None)
