@@ -58,6 +58,7 @@ def make_corpus(out: str, n: int) -> tuple:
 def floor_loop(paths) -> float:
     """The unavoidable work, one core: decode -> resample -> window STFTs. Returns seconds."""
     from genreclf.audio import AudioReader
+    from genreclf.featurize import STFT_BATCH
     from genreclf.features import stft_magnitudes
     from genreclf.windows import iter_windows
 
@@ -67,7 +68,7 @@ def floor_loop(paths) -> float:
             batch = []
             for w in iter_windows(reader.chunks(), R):
                 batch.append(w)
-                if len(batch) == 4:
+                if len(batch) == STFT_BATCH:
                     stft_magnitudes(np.stack(batch), R)
                     batch = []
             if batch:

@@ -74,25 +74,26 @@ def frame_to_mono(frame) -> np.ndarray:
     return out
 
 
+def _id3_length(head: bytes) -> int:
+    """Bytes taken by a leading ID3v2 tag (header, syncsafe size, optional footer), 0 without one."""
+    if head[:3] != b"ID3" or len(head) < 10:
+        return 0
+    size = sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+    return 10 + size + (10 if head[5] & 0x10 else 0)
+
+
 def _open_reason(path: str, size: int) -> TrackError:
     with open(path, "rb") as f:
-        head = f.read(10)
-    if head[:3] == b"ID3" and len(head) == 10:
-        tag_size = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
-        if tag_size >= size - 128:
-            return TrackError("no audio frames", "an ID3 tag and no audio after it")
+        tag = _id3_length(f.read(10))
+    if tag and tag >= size - 128:
+        return TrackError("no audio frames", "an ID3 tag and no audio after it")
     return TrackError("not audio", "FFmpeg recognises no audio format in its content")
 
 
 def _has_frame_count_header(path: str) -> bool:
     """Whether an MPEG audio file starts with a Xing/Info/VBRI header (a trustworthy frame count)."""
     with open(path, "rb") as f:
-        head = f.read(10)
-        offset = 0
-        if head[:3] == b"ID3" and len(head) == 10:
-            offset = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
-            offset += 10 if head[5] & 0x10 else 0  # footer present
-        f.seek(offset)
+        f.seek(_id3_length(f.read(10)))
         first = f.read(200)
     return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
 
