@@ -239,7 +239,7 @@ def main(argv=None) -> int:
 
     # The training input pipeline alone: petastorm -> tf.data, no model.
     from genreclf.dataset import iter_window_batches
-    from genreclf.featurize_job import read_tracks
+    from genreclf.featureset import read_tracks
 
     url = "file://" + os.path.join(feats, "windows")
     for workers in (1, 4):

@@ -15,7 +15,7 @@ from genreclf.bundle import (METRICS_FILE, SPLIT_FILE, check_recipe, load_bundle
 from genreclf.config import Recipe
 from genreclf.dataset import iter_window_batches
 from genreclf.errors import ConfigError
-from genreclf.featurize_job import read_recipe, read_tracks
+from genreclf.featureset import read_recipe, read_tracks
 from genreclf.metrics import classification_report, track_means
 from genreclf.schema import STATUS_OK, WINDOWS_DIR
 from genreclf.scoring import predict

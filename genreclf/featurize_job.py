@@ -22,17 +22,16 @@ import uuid
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from genreclf import __version__, storage
 from genreclf.catalog import apply_labels, expand_inputs
 from genreclf.config import Recipe, Settings, load_settings
-from genreclf.errors import ConfigError, GenreclfError, OutputExistsError
+from genreclf.errors import GenreclfError, OutputExistsError
 from genreclf.featurize import window_tables
+from genreclf.featureset import (drop_windows, read_recipe, read_tracks, window_files, write_empty,
+                                 write_tracks, write_window_file)
 from genreclf.progress import SparkProgress
-from genreclf.schema import (RECIPE_FILE, STATUS_OK, TRACKS_DIR, TRACKS_SCHEMA, WINDOWS_DIR, window_arrow_schema,
-                             window_schema)
+from genreclf.schema import RECIPE_FILE, STATUS_OK, TRACKS_DIR, TRACKS_SCHEMA, WINDOWS_DIR, window_schema
 
 log = logging.getLogger(__name__)
 
@@ -55,95 +54,6 @@ def _partition_fn(batches, *, recipe_json: str, windows_url: str, run_id: str, r
     write_window_file(windows_url, f"part-{run_id}-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(), tables)
     yield pd.DataFrame(rows, columns=TRACKS_SCHEMA.names).astype(
         {"n_windows": "int32", "sample_rate": "Int32", "channels": "Int32", "size_bytes": "Int64"})
-
-
-def write_window_file(windows_url: str, name: str, attempt: int, tables) -> int:
-    """Write ``tables`` (one row group each) to ``name`` atomically; no file when there are no rows."""
-    fs, base = storage.filesystem(windows_url)
-    fs.create_dir(base, recursive=True)
-    tmp = f"{base}/.{name}.attempt-{attempt}.tmp"  # hidden: readers skip it if the attempt dies
-    rows = 0
-    writer = None
-    try:
-        for table in tables:
-            if writer is None:
-                writer = pq.ParquetWriter(fs.open_output_stream(tmp), window_arrow_schema(),
-                                          compression="none", use_dictionary=False, write_statistics=["track_id", "window"])
-            writer.write_table(table)
-            rows += table.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is not None:
-        fs.move(tmp, f"{base}/{name}")
-    return rows
-
-
-def write_tracks(tracks_url: str, tracks: pd.DataFrame) -> None:
-    """The tracks table as one Parquet file in ``tracks/`` (sorted by track_id), replaced atomically."""
-    fs, base = storage.filesystem(tracks_url)
-    table = pa.Table.from_pandas(tracks.sort_values("track_id", kind="stable"), schema=TRACKS_SCHEMA,
-                                 preserve_index=False)
-    tmp = base + ".tmp"
-    if fs.get_file_info(tmp).type != pa.fs.FileType.NotFound:
-        fs.delete_dir(tmp)
-    fs.create_dir(tmp, recursive=True)
-    with fs.open_output_stream(f"{tmp}/part-00000.parquet") as f:
-        pq.write_table(table, f)
-    if fs.get_file_info(base).type != pa.fs.FileType.NotFound:
-        fs.delete_dir(base)
-    fs.move(tmp, base)
-
-
-def read_tracks(output: str) -> pd.DataFrame:
-    """The tracks table of a featurize output (local path or URL)."""
-    url = storage.join(storage.to_url(output), TRACKS_DIR)
-    fs, base = storage.filesystem(url)
-    return pq.read_table(base, filesystem=fs, schema=TRACKS_SCHEMA).to_pandas()
-
-
-def read_recipe(output: str) -> Recipe:
-    """The recipe recorded with a featurize output."""
-    try:
-        recorded = json.loads(storage.read_text(storage.join(storage.to_url(output), RECIPE_FILE)))
-    except FileNotFoundError:
-        raise ConfigError(f"{output} is not a featurize output (no {RECIPE_FILE}); "
-                          "run ./spark-submit.sh featurize first") from None
-    recorded.pop("genreclf_version", None)
-    return Recipe.from_dict(recorded)
-
-
-def _window_files(windows_url: str) -> list:
-    fs, base = storage.filesystem(windows_url)
-    if fs.get_file_info(base).type == pa.fs.FileType.NotFound:
-        return []
-    return sorted(i.path for i in fs.get_file_info(pa.fs.FileSelector(base))
-                  if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
-
-
-def drop_windows(windows_url: str, track_ids) -> int:
-    """Remove the windows of ``track_ids`` by rewriting only the files that hold them; returns rows removed."""
-    fs, _ = storage.filesystem(windows_url)
-    drop = pa.array(sorted(track_ids), pa.string())
-    removed = 0
-    for path in _window_files(windows_url):
-        with fs.open_input_file(path) as f:
-            ids = pq.read_table(f, columns=["track_id"])["track_id"]
-        hit = pc.is_in(ids, value_set=drop)
-        if not pc.any(hit).as_py():
-            continue
-        with fs.open_input_file(path) as f:
-            table = pq.read_table(f, schema=window_arrow_schema())
-        keep = table.filter(pc.invert(pc.is_in(table["track_id"], value_set=drop)))
-        removed += table.num_rows - keep.num_rows
-        if keep.num_rows:
-            tmp = path.rsplit("/", 1)[0] + "/.rewrite.tmp"
-            with fs.open_output_stream(tmp) as out:
-                pq.write_table(keep, out, compression="none", use_dictionary=False)
-            fs.move(tmp, path)
-        else:
-            fs.delete_file(path)
-    return removed
 
 
 def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: bool):
@@ -247,8 +157,8 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     with materialize_dataset(spark, windows_url, schema, fs_settings.row_group_size_mb):
         with SparkProgress(sc, "featurize"):
             new_rows = statuses.toPandas() if len(table) else TRACKS_SCHEMA.empty_table().to_pandas()
-        if not _window_files(windows_url):  # no file had audio: an empty dataset still has a schema
-            _write_empty(windows_url, run_id)
+        if not window_files(windows_url):  # no file had audio: an empty dataset still has a schema
+            write_empty(windows_url, run_id)
     sc.setJobDescription(None)
 
     missing = set(table["path"]) - set(new_rows["path"])
@@ -266,13 +176,6 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     for line in format_summary(summary).splitlines():
         log.info(line)
     return summary
-
-
-def _write_empty(windows_url: str, run_id: str) -> None:
-    fs, base = storage.filesystem(windows_url)
-    fs.create_dir(base, recursive=True)
-    with fs.open_output_stream(f"{base}/part-{run_id}-empty.parquet") as f:
-        pq.write_table(window_arrow_schema().empty_table(), f)
 
 
 def summarize(rows: pd.DataFrame, elapsed_s: float, *, n_inputs: int, skipped: int = 0, unchanged: int = 0) -> dict:

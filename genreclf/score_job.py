@@ -25,7 +25,8 @@ from genreclf.bundle import MODEL_FILE, check_recipe, load_bundle_info
 from genreclf.catalog import expand_inputs
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import ConfigError, GenreclfError, OutputExistsError
-from genreclf.featurize_job import entries_frame, read_recipe, read_tracks, summarize, task_count
+from genreclf.featureset import read_recipe, read_tracks
+from genreclf.featurize_job import entries_frame, summarize, task_count
 from genreclf.progress import SparkProgress
 from genreclf.schema import STATUS_ERROR, STATUS_OK, WINDOWS_DIR
 from genreclf.scoring import predict_window_partition, score_audio_partition

@@ -13,7 +13,7 @@ from genreclf.config import Settings, load_settings
 from genreclf.dataset import tf_dataset
 from genreclf.errors import ConfigError, OutputExistsError
 from genreclf.evaluate import evaluate_predictions, format_report, predict_windows, usable_tracks, write_reports
-from genreclf.featurize_job import read_recipe, read_tracks
+from genreclf.featureset import read_recipe, read_tracks
 from genreclf.schema import STATUS_OK, WINDOWS_DIR
 from genreclf.split import split_tracks
 

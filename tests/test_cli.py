@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from genreclf.featurize_job import read_tracks
+from genreclf.featureset import read_tracks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBMIT = os.path.join(ROOT, "spark-submit.sh")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genreclf.featurize_job import read_tracks
+from genreclf.featureset import read_tracks
 from genreclf.score_job import read_scores
 from tests.standalone import StandaloneCluster
 

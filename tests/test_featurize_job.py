@@ -8,7 +8,8 @@ import pytest
 
 from genreclf.config import Recipe
 from genreclf.errors import OutputExistsError
-from genreclf.featurize_job import read_recipe, read_tracks, run_featurize
+from genreclf.featureset import read_recipe, read_tracks
+from genreclf.featurize_job import run_featurize
 from genreclf.storage import to_url
 
 

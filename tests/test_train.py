@@ -85,7 +85,7 @@ def test_train_writes_a_complete_bundle(bundle):
 
 
 def test_split_is_by_track(bundle, tiny_features):
-    from genreclf.featurize_job import read_tracks
+    from genreclf.featureset import read_tracks
 
     out, _ = bundle
     val = set(json.loads((out / "split.json").read_text())["val"])

@@ -1,0 +1,165 @@
+"""The featurize output format: ``tracks/`` (one row per input file), ``recipe.json`` and the window files.
+
+Train, evaluate and score read a featurize output through this module; the featurize job writes
+it. Window files are ``windows/part-*.parquet`` (petastorm dataset rows, ``stft`` as .npy bytes);
+each is written under a hidden temporary name and renamed, so readers never see a partial file.
+All of a track's windows are in one file (a featurize task writes a track's windows together).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from genreclf import storage
+from genreclf.config import Recipe
+from genreclf.errors import ConfigError
+from genreclf.schema import RECIPE_FILE, TRACKS_DIR, TRACKS_SCHEMA, window_arrow_schema
+
+
+def write_window_file(windows_url: str, name: str, attempt: int, tables) -> int:
+    """Write ``tables`` (one row group each) to ``name`` atomically; no file when there are no rows."""
+    fs, base = storage.filesystem(windows_url)
+    fs.create_dir(base, recursive=True)
+    tmp = f"{base}/.{name}.attempt-{attempt}.tmp"  # hidden: readers skip it if the attempt dies
+    rows = 0
+    writer = None
+    try:
+        for table in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(fs.open_output_stream(tmp), window_arrow_schema(),
+                                          compression="none", use_dictionary=False, write_statistics=["track_id", "window"])
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is not None:
+        fs.move(tmp, f"{base}/{name}")
+    return rows
+
+
+def write_tracks(tracks_url: str, tracks: pd.DataFrame) -> None:
+    """The tracks table as one Parquet file in ``tracks/`` (sorted by track_id), replaced atomically."""
+    fs, base = storage.filesystem(tracks_url)
+    table = pa.Table.from_pandas(tracks.sort_values("track_id", kind="stable"), schema=TRACKS_SCHEMA,
+                                 preserve_index=False)
+    tmp = base + ".tmp"
+    if fs.get_file_info(tmp).type != pa.fs.FileType.NotFound:
+        fs.delete_dir(tmp)
+    fs.create_dir(tmp, recursive=True)
+    with fs.open_output_stream(f"{tmp}/part-00000.parquet") as f:
+        pq.write_table(table, f)
+    if fs.get_file_info(base).type != pa.fs.FileType.NotFound:
+        fs.delete_dir(base)
+    fs.move(tmp, base)
+
+
+def read_tracks(output: str) -> pd.DataFrame:
+    """The tracks table of a featurize output (local path or URL)."""
+    url = storage.join(storage.to_url(output), TRACKS_DIR)
+    fs, base = storage.filesystem(url)
+    return pq.read_table(base, filesystem=fs, schema=TRACKS_SCHEMA).to_pandas()
+
+
+def read_recipe(output: str) -> Recipe:
+    """The recipe recorded with a featurize output."""
+    try:
+        recorded = json.loads(storage.read_text(storage.join(storage.to_url(output), RECIPE_FILE)))
+    except FileNotFoundError:
+        raise ConfigError(f"{output} is not a featurize output (no {RECIPE_FILE}); "
+                          "run ./spark-submit.sh featurize first") from None
+    recorded.pop("genreclf_version", None)
+    return Recipe.from_dict(recorded)
+
+
+def window_files(windows_url: str) -> list:
+    """Paths (within their filesystem) of the committed window files, sorted."""
+    fs, base = storage.filesystem(windows_url)
+    if fs.get_file_info(base).type == pa.fs.FileType.NotFound:
+        return []
+    return sorted(i.path for i in fs.get_file_info(pa.fs.FileSelector(base))
+                  if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+
+
+def drop_windows(windows_url: str, track_ids) -> int:
+    """Remove the windows of ``track_ids`` by rewriting only the files that hold them; returns rows removed."""
+    fs, _ = storage.filesystem(windows_url)
+    drop = pa.array(sorted(track_ids), pa.string())
+    removed = 0
+    for path in window_files(windows_url):
+        with fs.open_input_file(path) as f:
+            ids = pq.read_table(f, columns=["track_id"])["track_id"]
+        hit = pc.is_in(ids, value_set=drop)
+        if not pc.any(hit).as_py():
+            continue
+        with fs.open_input_file(path) as f:
+            table = pq.read_table(f, schema=window_arrow_schema())
+        keep = table.filter(pc.invert(pc.is_in(table["track_id"], value_set=drop)))
+        removed += table.num_rows - keep.num_rows
+        if keep.num_rows:
+            tmp = path.rsplit("/", 1)[0] + "/.rewrite.tmp"
+            with fs.open_output_stream(tmp) as out:
+                pq.write_table(keep, out, compression="none", use_dictionary=False)
+            fs.move(tmp, path)
+        else:
+            fs.delete_file(path)
+    return removed
+
+
+def write_empty(windows_url: str, run_id: str) -> None:
+    """One empty window file, so that a dataset where no file had audio still has a schema."""
+    fs, base = storage.filesystem(windows_url)
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(f"{base}/part-{run_id}-empty.parquet") as f:
+        pq.write_table(window_arrow_schema().empty_table(), f)
+
+
+def decode_npy_column(column, recipe: Recipe) -> np.ndarray:
+    """Decode a sequence of NdarrayCodec (.npy) bytes into one (n, frames, bins) array of the recipe dtype."""
+    n = len(column)
+    out = np.empty((n, *recipe.shape), dtype=recipe.dtype)
+    if n == 0:
+        return out
+    first = io.BytesIO(column[0])
+    np.lib.format.read_magic(first)
+    np.lib.format.read_array_header_1_0(first)
+    offset = first.tell()
+    count = recipe.frames * recipe.bins
+    for i, raw in enumerate(column):
+        out[i] = np.frombuffer(raw, dtype=recipe.dtype, count=count, offset=offset).reshape(recipe.shape)
+    return out
+
+
+def stft_view(column: pa.Array | pa.ChunkedArray, recipe: Recipe) -> np.ndarray:
+    """A zero-copy (n, frames, bins) view of an ``stft`` column of .npy bytes, read straight from its data buffer.
+
+    Every row of a recipe has the same length and the same .npy header, so the column's data buffer
+    is a regular (n, header + frames x bins x itemsize) byte matrix; no per-row Python work. Rows
+    are not contiguous (the header sits between them), so copy a row before handing it on.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.chunks[0] if column.num_chunks == 1 else column.combine_chunks()
+    n = len(column)
+    if n == 0:
+        return np.empty((0, *recipe.shape), recipe.dtype)
+    _, offsets, data = column.buffers()
+    offsets = np.frombuffer(offsets, np.int32, n + 1, offset=column.offset * 4)
+    row = int(offsets[1] - offsets[0])
+    payload = recipe.frames * recipe.bins * np.dtype(recipe.dtype).itemsize
+    if not (np.diff(offsets) == row).all() or row <= payload:
+        raise ValueError(f"stft rows are not .npy arrays of {recipe.shape} {recipe.dtype}: features made with "
+                         "another recipe? (re-featurize, or check recipe.json)")
+    matrix = np.frombuffer(data, np.uint8, count=n * row, offset=int(offsets[0])).reshape(n, row)
+    header = io.BytesIO(matrix[0, : row - payload].tobytes())
+    np.lib.format.read_magic(header)
+    shape, _, dtype = np.lib.format.read_array_header_1_0(header)
+    if tuple(shape) != tuple(recipe.shape) or dtype != np.dtype(recipe.dtype):
+        raise ValueError(f"stft rows hold {shape} {dtype}, the recipe says {recipe.shape} {recipe.dtype}")
+    return matrix[:, row - payload:].view(recipe.dtype).reshape(n, *recipe.shape)
