@@ -93,6 +93,51 @@ class ScoreSettings:
     max_windows: int = 0  # 0: average every window; N: only the centred N windows of longer tracks
 
 
+#: Training precisions: Keras dtype policies. float32 reproduces the reference; the mixed ones
+#: compute in 16 bits with float32 weights (GPUs; bfloat16 also on CPUs with AMX / AVX-512 BF16).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Knobs of the trainer; defaults in ``conf/genreclf.toml`` ``[train]``, each overridable by a flag."""
+
+    epochs: int = 30  # most epochs; early stopping may end sooner
+    batch_size: int = 128  # windows per step (the reference: 128)
+    val_fraction: float = 0.2  # share of tracks (whole artists/albums when known) held out for validation
+    seed: int = 0  # the split, the initial weights and the shuffling
+    patience: int = 5  # epochs without a better validation loss before stopping
+    labels_from: str = "data"  # "data": sorted labels found; "conf": [labels] genres
+    shuffle_buffer: int = 1024  # windows pooled (over all reader threads) and drawn from at random
+    reader: str = "arrow"  # "arrow": pyarrow row groups (fast); "petastorm": petastorm's make_batch_reader
+    reader_workers: int = 0  # reader threads; 0 = auto: 1 on CPU (reproducible order), up to 8 with a GPU
+    precision: str = "float32"
+    cache_dir: str = ""  # a local directory to copy remote features to once (empty: read in place)
+
+    def __post_init__(self):
+        _check(self, "train", {
+            "epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            "batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            "val_fraction": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
+            "seed": (lambda v: isinstance(v, int), "an integer"),
+            "patience": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+            "labels_from": (lambda v: v in ("data", "conf"), "'data' or 'conf'"),
+            "shuffle_buffer": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (windows)"),
+            "reader": (lambda v: v in ("arrow", "petastorm"), "'arrow' or 'petastorm'"),
+            "reader_workers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = auto)"),
+            "precision": (lambda v: v in PRECISIONS, " or ".join(repr(p) for p in PRECISIONS)),
+            "cache_dir": (lambda v: isinstance(v, str), "a directory path (or empty)"),
+        })
+
+
+def _check(obj, section: str, rules: dict) -> None:
+    """Raise ConfigError naming ``[section] key``, its value and what is allowed, for the first bad field."""
+    for key, (ok, allowed) in rules.items():
+        value = getattr(obj, key)
+        if isinstance(value, bool) or not ok(value):
+            raise ConfigError(f"[{section}] {key} = {value!r} is not allowed: must be {allowed}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a job reads from configuration."""
@@ -100,6 +145,7 @@ class Settings:
     recipe: Recipe = field(default_factory=Recipe)
     featurize: FeaturizeSettings = field(default_factory=FeaturizeSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
     genres: tuple = FMA_GENRES
 
 
@@ -124,7 +170,7 @@ def load_settings(path: str | None = None) -> Settings:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = set(data) - {"recipe", "featurize", "score", "labels"}
+    unknown = set(data) - {"recipe", "featurize", "score", "train", "labels"}
     if unknown:
         raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
     genres = tuple(data.get("labels", {}).get("genres", FMA_GENRES))
@@ -132,5 +178,6 @@ def load_settings(path: str | None = None) -> Settings:
         recipe=_section(Recipe, data.get("recipe", {}), "recipe"),
         featurize=_section(FeaturizeSettings, data.get("featurize", {}), "featurize"),
         score=_section(ScoreSettings, data.get("score", {}), "score"),
+        train=_section(TrainSettings, data.get("train", {}), "train"),
         genres=genres,
     )

@@ -12,8 +12,7 @@ import pandas as pd
 from genreclf import storage
 from genreclf.bundle import (METRICS_FILE, SPLIT_FILE, check_recipe, load_bundle_info, load_model, read_json,
                              write_json)
-from genreclf.config import Recipe
-from genreclf.dataset import iter_window_batches
+from genreclf.dataset import WindowSet
 from genreclf.errors import ConfigError
 from genreclf.featureset import read_recipe, read_tracks
 from genreclf.metrics import classification_report, track_means
@@ -23,14 +22,14 @@ from genreclf.scoring import predict
 log = logging.getLogger(__name__)
 
 
-def predict_windows(model, windows_url: str, recipe: Recipe, track_ids, *, batch_size: int = 64, workers: int = 2):
-    """Softmax outputs for every window of ``track_ids``: (track_id array, label array, probs (n, classes))."""
+def predict_windows(model, windows: WindowSet, *, batch_size: int = 64, workers: int = 1):
+    """Softmax outputs for every window of ``windows``: (track_id array, label array, probs (n, classes))."""
     ids, labels, probs = [], [], []
-    for b in iter_window_batches(windows_url, recipe, track_ids=track_ids, fields=("track_id", "label", "stft"),
-                                 workers=workers):
-        probs.append(predict(model, b["stft"], batch_size))
-        ids.append(np.asarray(b["track_id"], dtype=object))
-        labels.append(np.asarray(b["label"], dtype=object))
+    names = np.array([*windows.labels, None], dtype=object)  # index -1 (no label) -> None
+    for b in windows.batches(batch_size, shuffle=False, workers=workers):
+        probs.append(predict(model, b.x, batch_size))
+        ids.append(b.track_ids)
+        labels.append(names[b.y])
     if not probs:
         return np.array([], object), np.array([], object), np.zeros((0, model.output_shape[-1]), np.float32)
     return np.concatenate(ids), np.concatenate(labels), np.concatenate(probs)
@@ -94,8 +93,9 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
     configure_tensorflow(training=False)
     model = load_model(bundle_dir)
     started = time.time()
-    ids, window_labels, probs = predict_windows(model, storage.join(storage.to_url(features), WINDOWS_DIR), recipe,
-                                                tracks["track_id"], batch_size=batch_size, workers=workers)
+    windows = WindowSet(storage.join(storage.to_url(features), WINDOWS_DIR), recipe, track_ids=tracks["track_id"],
+                        labels=labels)
+    ids, window_labels, probs = predict_windows(model, windows, batch_size=batch_size, workers=workers)
     report = evaluate_predictions(ids, window_labels, probs, labels)
     report.update(split=split, features=storage.to_url(features), elapsed_s=round(time.time() - started, 2))
     out = output or os.path.join(bundle_dir, "evaluation")

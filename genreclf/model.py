@@ -13,13 +13,18 @@ from __future__ import annotations
 ADADELTA_LEARNING_RATE = 1.0
 
 
-def build_model(input_shape: tuple, n_classes: int):
-    """The reference network for windows of ``input_shape`` = (frames, bins, 1)."""
+def build_model(input_shape: tuple, n_classes: int, input_dtype: str = "float32"):
+    """The reference network for windows of ``input_shape`` = (frames, bins, 1).
+
+    ``input_dtype`` is the stored feature dtype (float16 by default recipe): windows travel in it
+    to the device, halving host-to-device bytes, and the first layer (BatchNorm) casts them to its
+    compute dtype. Casting float16 to float32 is exact, so float32 results equal the reference's.
+    """
     import keras
     from keras import layers
 
     frames, bins = input_shape[0], input_shape[1]
-    inputs = keras.Input(shape=input_shape, name="stft")
+    inputs = keras.Input(shape=input_shape, name="stft", dtype=input_dtype)
     x = layers.BatchNormalization()(inputs)
     x = layers.Conv2D(256, kernel_size=(4, bins), activation="relu")(x)
     shortcut = x

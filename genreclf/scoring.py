@@ -94,7 +94,7 @@ def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duratio
 
 def predict_window_partition(batches, *, bundle: str, recipe_json: str, batch_size: int):
     """mapInPandas: window rows (track_id, stft .npy bytes) -> (track_id, p0 .. p{k-1}) per window."""
-    from genreclf.dataset import decode_npy_column
+    from genreclf.featureset import decode_npy_column
     from genreclf.model_cache import get_model
 
     _maybe_inject_fault()

@@ -13,8 +13,9 @@ import os
 log = logging.getLogger(__name__)
 
 
-def configure_tensorflow(*, training: bool, threads: int | None = None, mixed_precision: bool = False):
-    """Import and configure TensorFlow: oneDNN choice, thread pools, GPU memory growth. Returns ``tf``."""
+def configure_tensorflow(*, training: bool, threads: int | None = None, precision: str = "float32"):
+    """Import and configure TensorFlow: oneDNN choice, thread pools, GPU memory growth, the Keras
+    dtype policy (``precision``: float32, mixed_float16 or mixed_bfloat16). Returns ``tf``."""
     if training:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,10 +33,9 @@ def configure_tensorflow(*, training: bool, threads: int | None = None, mixed_pr
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass
-    if mixed_precision:
-        import keras
+    import keras
 
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    log.info("TensorFlow %s on %s%s", tf.__version__, ", ".join(g.name for g in gpus) if gpus else "CPU",
-             " (mixed precision)" if mixed_precision else "")
+    keras.mixed_precision.set_global_policy(precision)
+    log.info("TensorFlow %s on %s, precision %s", tf.__version__, ", ".join(g.name for g in gpus) if gpus else "CPU",
+             precision)
     return tf
