@@ -161,5 +161,6 @@ def stft_view(column: pa.Array | pa.ChunkedArray, recipe: Recipe) -> np.ndarray:
     np.lib.format.read_magic(header)
     shape, _, dtype = np.lib.format.read_array_header_1_0(header)
     if tuple(shape) != tuple(recipe.shape) or dtype != np.dtype(recipe.dtype):
-        raise ValueError(f"stft rows hold {shape} {dtype}, the recipe says {recipe.shape} {recipe.dtype}")
+        raise ValueError(f"stft rows hold {shape} {dtype} but the recipe says {recipe.shape} {recipe.dtype}: "
+                         "features made with another recipe? (check recipe.json)")
     return matrix[:, row - payload:].view(recipe.dtype).reshape(n, *recipe.shape)

@@ -140,3 +140,36 @@ def test_training_is_reproducible_under_a_seed(bundle, tiny_features, tmp_path):
     x = (np.random.default_rng(5).random((3, 128, 513, 1)) * 10).astype(np.float32)
     np.testing.assert_allclose(load_model(str(again)).predict(x, verbose=0),
                                load_model(str(out)).predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_training_in_mixed_precision_writes_a_float32_bundle(tiny_features, tmp_path, precision):
+    """A tiny end-to-end run in each 16-bit mode; the bundle scores in float32 wherever it goes."""
+    import keras
+
+    from genreclf.bundle import load_model
+    from genreclf.train import run_train
+
+    out = tmp_path / precision
+    report = run_train(str(tiny_features), str(out), epochs=1, batch_size=8, val_fraction=0.25, seed=3,
+                       precision=precision, reader_workers=2)
+    info = load_bundle_info(str(out))
+    assert info["precision"] == precision and info["reader_workers"] == 2
+    assert report["windows"]["n"] == 6
+    model = load_model(str(out))
+    assert keras.mixed_precision.dtype_policy().name == "float32"
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    assert model.inputs[0].dtype == "float16"  # windows travel as stored
+
+
+@pytest.mark.parametrize("flag, message", [
+    (["--epochs", "0"], "[train] epochs = 0 is not allowed: must be an integer >= 1"),
+    (["--val-fraction", "1"], "[train] val_fraction = 1.0 is not allowed: must be a number in [0, 1)"),
+    (["--shuffle-buffer", "0"], "[train] shuffle_buffer = 0 is not allowed"),
+])
+def test_a_wrong_training_setting_is_refused_before_any_work(tiny_features, tmp_path, flag, message):
+    res = subprocess.run([sys.executable, "-m", "jobs.train", "--features", str(tiny_features), "--model",
+                          str(tmp_path / "m"), *flag], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 2
+    assert message in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr and not (tmp_path / "m").exists()
