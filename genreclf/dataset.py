@@ -1,11 +1,12 @@
 """The training input pipeline: window rows of a featurize output -> shuffled batches -> tf.data.
 
 A GPU trains the reference CNN on tens of thousands of windows per second, so this pipeline does
-per window only what it must: pyarrow reads a row group's ``stft`` column (one copy, with the GIL
-released), :func:`~genreclf.featureset.stft_view` sees it as an array without decoding, and each
-window is copied once more, into its batch. Batches are 64-byte aligned so that ``from_generator``
-hands them to TensorFlow without a copy (measured: 6.7 k windows/s for unaligned batches, the
-copy, vs > 100 k/s aligned), and stay float16 until the model's first layer.
+per window only what it must: one copy, from the window file into its batch. Local window files
+are memory-mapped and each row's array data is found from the Parquet page headers
+(:mod:`~genreclf.parquet_pages`); other filesystems, or files of another layout, are read a row
+group at a time by pyarrow and found from the column's offsets. Batches are 64-byte aligned so that
+``from_generator`` hands them to TensorFlow without a copy (measured: 6.7 k windows/s for unaligned
+batches, the copy, vs > 100 k/s aligned), and stay float16 until the model's first layer.
 
 * :class:`WindowSet` indexes the wanted tracks' rows once per pipeline (the small ``track_id``,
   ``window`` and ``label`` columns of every row group: a "piece"); the exact window count per split
@@ -39,7 +40,7 @@ import pyarrow.parquet as pq
 
 from genreclf import storage
 from genreclf.config import Recipe
-from genreclf.featureset import decode_npy_column, stft_view, window_files
+from genreclf.featureset import decode_npy_column, mapped_stft_rows, stft_rows, window_files
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Piece:
     track_ids: np.ndarray  # object, per wanted row
     windows: np.ndarray  # int32 window index within its track, per wanted row
     labels: np.ndarray  # int32 index into the label list, -1 when unlabelled or unknown
+    starts: np.ndarray | None = None  # where each wanted row's array data begins in the mapped file
 
 
 @dataclass
@@ -84,26 +86,39 @@ def aligned_empty(shape: tuple, dtype, align: int = 64) -> np.ndarray:
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-@numba.njit(nogil=True, cache=True)
-def _copy_rows(src, rows, dst, positions):
-    """dst[positions[i]] = src[rows[i]] for 2-D arrays of machine words, without the GIL.
+def gather_rows(buffer: np.ndarray, starts: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
+    """``out[positions[i]] = `` the array data at ``buffer[starts[i]:]``, for each i; ``out`` is C-contiguous
+    (n, ...) and each row ``out[0].nbytes`` long. One memcpy per row, without the GIL."""
+    if not len(starts):
+        return
+    rows = out.reshape(len(out), -1).view(np.uint8)
+    end = int(starts.max()) + rows.shape[1]
+    if int(starts.min()) < 0 or end > len(buffer) or int(positions.max()) >= len(out):
+        raise IndexError("row outside its buffer")
+    _gather(buffer, starts, rows, positions)
 
-    Measured ~47 k windows/s per core with 8-byte words (memcpy speed), 2 threads 1.8x that."""
-    width = src.shape[1]
-    for i in range(rows.shape[0]):
-        s = src[rows[i]]
-        d = dst[positions[i]]
-        for k in range(width):
-            d[k] = s[k]
+
+def _memcpy():
+    import ctypes
+
+    fn = ctypes.CDLL(None).memcpy
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    fn.restype = ctypes.c_void_p
+    return fn
 
 
-def _as_words(rows: np.ndarray) -> np.ndarray:
-    """A 2-D array (each row contiguous) viewed as the widest unsigned words its layout allows."""
-    nbytes = rows.shape[1] * rows.itemsize
-    for width in (8, 4, 2, 1):
-        if nbytes % width == 0 and rows.strides[0] % width == 0 and rows.ctypes.data % width == 0:
-            return rows.view(np.dtype(f"u{width}"))
-    raise AssertionError("unreachable")
+_MEMCPY = _memcpy()
+
+
+@numba.njit(nogil=True)  # not cached: numba cannot cache a function that calls through a ctypes pointer
+def _gather(buffer, starts, rows, positions):
+    # Measured on 2 cores: ~50 k windows/s per thread (a numba element loop: ~45 k with 8-byte
+    # words, ~22 k with 2-byte; numpy row assignment ~47 k but takes the GIL per window).
+    width = rows.shape[1]
+    src = buffer.ctypes.data
+    dst = rows.ctypes.data
+    for i in range(starts.shape[0]):
+        _MEMCPY(dst + positions[i] * width, src + starts[i], width)
 
 
 class BufferRing:
@@ -176,16 +191,19 @@ class WindowSet:
     index in that list (-1 when missing or not in it).
     """
 
-    def __init__(self, windows_url: str, recipe: Recipe, *, track_ids=None, labels=None):
+    def __init__(self, windows_url: str, recipe: Recipe, *, track_ids=None, labels=None, mmap: bool = True):
         self.url = storage.to_url(windows_url)
         self.recipe = recipe
         self.labels = list(labels) if labels is not None else []
         self._fs, _ = storage.filesystem(self.url)
         self._wanted = pa.array(sorted(set(track_ids)), pa.string()) if track_ids is not None else None
         self._metadata = {}
+        self._mapped = {}  # path -> the whole file, memory-mapped (local files only)
+        self._mmap = mmap and isinstance(self._fs, pa.fs.LocalFileSystem)
         self._rings = {}
         self.pieces = self._index()
         self.n_windows = int(sum(len(p.rows) for p in self.pieces))
+        self.n_mapped = sum(p.starts is not None for p in self.pieces)
 
     def _index(self) -> list:
         label_set = pa.array(self.labels, pa.string())
@@ -194,6 +212,7 @@ class WindowSet:
             with self._fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
                 self._metadata[path] = pf.metadata
+                mapped = self._map(path) if self._mmap else None
                 for g in range(pf.num_row_groups):
                     t = pf.read_row_group(g, columns=["track_id", "window", "label"])
                     keep = (np.ones(t.num_rows, bool) if self._wanted is None
@@ -201,18 +220,35 @@ class WindowSet:
                     rows = np.flatnonzero(keep)
                     if not len(rows):
                         continue
+                    starts = mapped_stft_rows(mapped, pf.metadata, g, self.recipe) if mapped is not None else None
                     labels = pc.index_in(t["label"], value_set=label_set).fill_null(-1).to_numpy(zero_copy_only=False)
                     pieces.append(Piece(path, g, rows, t["track_id"].to_numpy(zero_copy_only=False)[rows],
                                         t["window"].to_numpy(zero_copy_only=False)[rows].astype(np.int32),
-                                        labels[rows].astype(np.int32)))
+                                        labels[rows].astype(np.int32),
+                                        starts[rows] if starts is not None else None))
         return pieces
 
-    def read(self, piece: Piece) -> np.ndarray:
-        """The piece's whole row group as an (n, frames, bins) view (one read; rows not wanted included)."""
+    def _map(self, path: str) -> np.ndarray | None:
+        """The whole local file as a read-only array backed by the page cache (no descriptor kept open)."""
+        import mmap
+
+        try:
+            with open(path, "rb") as f:
+                self._mapped[path] = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+        except (OSError, ValueError):  # not mappable (e.g. empty): read through pyarrow
+            return None
+        return self._mapped[path]
+
+    def read(self, piece: Piece) -> tuple:
+        """(buffer, starts): a uint8 buffer holding the piece's windows and where each wanted row's
+        array data begins in it. Mapped pieces need no I/O here: the copy into a batch reads them."""
+        if piece.starts is not None:
+            return self._mapped[piece.path], piece.starts
         with self._fs.open_input_file(piece.path) as f:
             pf = pq.ParquetFile(f, metadata=self._metadata[piece.path], pre_buffer=True)
             table = pf.read_row_group(piece.row_group, columns=["stft"])
-        return stft_view(table["stft"], self.recipe)
+        buffer, starts = stft_rows(table["stft"], self.recipe)
+        return buffer, starts[piece.rows]
 
     def ring(self, batch_size: int, workers: int) -> BufferRing:
         """Batch buffers kept across passes: enough for the readers' queue, tf.data's prefetch and the model."""
@@ -258,30 +294,38 @@ class WindowSet:
                                        shuffle_row_groups=shuffle, seed=seed * 7919 + epoch,
                                        reader_pool_type="thread" if workers > 1 else "dummy", workers_count=workers)
         pool = _Pool(batch_size, pool_windows, np.random.default_rng([seed, epoch, 0]) if shuffle else None,
-                     self.ring(batch_size, 1))
+                     self.recipe, self.ring(batch_size, 1))
         with reader:
             for b in reader:
                 n = len(b.track_id)
-                pool.add(decode_npy_column(b.stft, self.recipe), Piece(
+                pool.add(*_compact(decode_npy_column(b.stft, self.recipe)), Piece(
                     "", 0, np.arange(n), np.asarray(b.track_id, object), np.asarray(b.window, np.int32),
                     np.array([index.get(label, -1) for label in b.label], np.int32)))
                 yield from pool.drain(final=False)
         yield from pool.drain(final=True)
 
 
+def _compact(windows: np.ndarray) -> tuple:
+    """(buffer, starts) of a C-contiguous (n, frames, bins) array."""
+    return windows.reshape(-1).view(np.uint8), np.arange(len(windows), dtype=np.int64) * windows[0].nbytes
+
+
 class _Pool:
     """Windows of several row groups, emitted as batches in random (or stored) order, each window once."""
 
-    def __init__(self, batch_size: int, pool_windows: int, rng: np.random.Generator | None,
+    def __init__(self, batch_size: int, pool_windows: int, rng: np.random.Generator | None, recipe: Recipe,
                  ring: BufferRing | None = None):
         self.batch_size = batch_size
-        self.ring = ring
         self.pool_windows = max(pool_windows, batch_size)
         self.rng = rng
-        self._views, self._pieces, self.n = [], [], 0
+        self.recipe = recipe
+        self.ring = ring
+        self._buffers, self._starts, self._pieces, self.n = [], [], [], 0
 
-    def add(self, view: np.ndarray, piece: Piece) -> None:
-        self._views.append(view)
+    def add(self, buffer: np.ndarray, starts: np.ndarray, piece: Piece) -> None:
+        """A piece's wanted windows: ``starts[i]`` is where row ``piece.rows[i]``'s array data begins in ``buffer``."""
+        self._buffers.append(buffer)
+        self._starts.append(starts)
         self._pieces.append(piece)
         self.n += len(piece.rows)
 
@@ -290,7 +334,7 @@ class _Pool:
         if not self.n or (not final and self.n < self.pool_windows):
             return
         source = np.repeat(np.arange(len(self._pieces)), [len(p.rows) for p in self._pieces])
-        rows = np.concatenate([p.rows for p in self._pieces])
+        starts = np.concatenate(self._starts)
         y = np.concatenate([p.labels for p in self._pieces])
         ids = np.concatenate([p.track_ids for p in self._pieces])
         windows = np.concatenate([p.windows for p in self._pieces])
@@ -298,40 +342,38 @@ class _Pool:
         n_out = -(-self.n // self.batch_size) if final else self.n // self.batch_size
         for k in range(n_out):
             pick = order[k * self.batch_size:(k + 1) * self.batch_size]
-            yield Batch(self._gather(source[pick], rows[pick], aligned=True), y[pick], ids[pick], windows[pick])
+            yield Batch(self._gather(source[pick], starts[pick], aligned=True), y[pick], ids[pick], windows[pick])
         rest = order[n_out * self.batch_size:]
-        views = []
         if len(rest):  # fewer than batch_size windows wait, compacted, for the next row groups
-            views = [self._gather(source[rest], rows[rest], aligned=False)]
-            rest_piece = Piece("", 0, np.arange(len(rest)), ids[rest], windows[rest], y[rest])
-        self._views, self._pieces, self.n = views, [rest_piece] if len(rest) else [], len(rest)
+            buffer, compacted = _compact(self._gather(source[rest], starts[rest], aligned=False))
+            self._buffers, self._starts = [buffer], [compacted]
+            self._pieces = [Piece("", 0, np.arange(len(rest)), ids[rest], windows[rest], y[rest])]
+        else:
+            self._buffers, self._starts, self._pieces = [], [], []
+        self.n = len(rest)
 
-    def _gather(self, source: np.ndarray, rows: np.ndarray, *, aligned: bool) -> np.ndarray:
-        """Copy the chosen windows, in order, into one new array: each window copied once, by a
-        compiled loop that releases the GIL once per source row group (numpy's take or fancy
-        indexing copy the non-contiguous views twice; a Python loop of row copies takes and
-        releases the GIL per window, and the reader threads then queue for it)."""
-        first = self._views[0]
-        shape = (len(rows), *first.shape[1:])
+    def _gather(self, source: np.ndarray, starts: np.ndarray, *, aligned: bool) -> np.ndarray:
+        """Copy the chosen windows, in order, into one new array: one memcpy per window, without the GIL,
+        one call per source buffer (a Python loop of row copies takes the GIL per window, and the
+        reader threads then queue for it)."""
+        shape = (len(starts), *self.recipe.shape)
         if aligned and self.ring is not None and shape == self.ring.shape:
             out = self.ring.get()
         else:
-            out = (aligned_empty if aligned else np.empty)(shape, first.dtype)
-        dst = _as_words(out.reshape(len(rows), -1))
+            out = (aligned_empty if aligned else np.empty)(shape, self.recipe.dtype)
         by_source = np.argsort(source, kind="stable")
         grouped = source[by_source]
         cuts = np.flatnonzero(np.diff(grouped)) + 1
         for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(grouped)]):
-            view = self._views[grouped[a]]
             positions = by_source[a:b]
-            _copy_rows(_as_words(view.reshape(len(view), -1)), rows[positions], dst, positions)
+            gather_rows(self._buffers[grouped[a]], starts[positions], out, positions)
         return out
 
-    def take_rest(self) -> tuple:
-        """The windows left (fewer than a batch) as (view, piece), or None."""
+    def take_rest(self) -> tuple | None:
+        """The windows left (fewer than a batch) as (buffer, starts, piece), or None."""
         if not self.n:
             return None
-        return self._views[0], self._pieces[0]
+        return self._buffers[0], self._starts[0], self._pieces[0]
 
 
 _DONE = object()
@@ -359,9 +401,9 @@ def _threaded_batches(windows: WindowSet, order: list, batch_size: int, *, shuff
     def read(w: int) -> None:
         try:
             pool = _Pool(batch_size, max(pool_windows // workers, batch_size),
-                         np.random.default_rng([seed, epoch, w]) if shuffle else None, ring)
+                         np.random.default_rng([seed, epoch, w]) if shuffle else None, windows.recipe, ring)
             for piece in order[w::workers]:
-                pool.add(windows.read(piece), piece)
+                pool.add(*windows.read(piece), piece)
                 for batch in pool.drain(final=False):
                     if not put(batch):
                         return
@@ -391,9 +433,10 @@ def _threaded_batches(windows: WindowSet, order: list, batch_size: int, *, shuff
                 raise item
             else:
                 yield item
-        pool = _Pool(batch_size, batch_size, np.random.default_rng([seed, epoch, workers]) if shuffle else None)
-        for _, (view, piece) in sorted(leftovers, key=lambda item: item[0]):
-            pool.add(view, piece)
+        pool = _Pool(batch_size, batch_size, np.random.default_rng([seed, epoch, workers]) if shuffle else None,
+                     windows.recipe)
+        for _, rest in sorted(leftovers, key=lambda item: item[0]):
+            pool.add(*rest)
         yield from pool.drain(final=True)
     finally:
         stop.set()

@@ -8,19 +8,21 @@ import numpy as np
 import pytest
 
 from genreclf.config import Recipe
-from genreclf.dataset import BufferRing, WindowSet, aligned_empty, cached_windows
-from genreclf.featureset import decode_npy_column, stft_view, window_files
-from tests.windowdata import LABELS, track_id, write_windows
+from genreclf.dataset import BufferRing, WindowSet, aligned_empty, cached_windows, gather_rows
+from genreclf.featureset import decode_npy_column, mapped_stft_rows, stft_rows, window_files
+from genreclf.synth import synthetic_track_id as track_id
+from genreclf.synth import write_windows
 
 R = Recipe()
+LABELS = ["ambient", "jazz", "rock"]
 
 
 @pytest.fixture(scope="module")
 def windows(tmp_path_factory):
     """30 tracks of 3-8 windows in 3 files of row groups of 11 windows: many pieces, tracks split across them."""
     root = tmp_path_factory.mktemp("windows")
-    tracks = write_windows(root)
-    return f"file://{root}/windows", tracks
+    url = f"file://{root}/windows"
+    return url, write_windows(url, labels=LABELS)
 
 
 def keys_of(batches):
@@ -127,17 +129,42 @@ def test_tf_dataset_feeds_float16_and_one_hot(windows):
         assert all(counts[int(t[5:])] == nw for t, (_, nw) in tracks.items())
 
 
-def test_stft_view_reads_the_codec_bytes_without_copying(windows):
+def test_window_data_found_from_offsets_and_from_page_headers_equals_decoding(windows):
+    import mmap
+
     import pyarrow.parquet as pq
 
     url, _ = windows
-    path = window_files(url)[0]
-    column = pq.read_table(path, columns=["stft"])["stft"]
-    view = stft_view(column, R)
-    np.testing.assert_array_equal(view, decode_npy_column(column.to_pylist(), R))
-    assert not view.flags["OWNDATA"]
+    path = window_files(url)[0]  # a path on the local filesystem
+    pf = pq.ParquetFile(path)
+    with open(path, "rb") as f:
+        mapped = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+    for g in range(pf.num_row_groups):
+        column = pf.read_row_group(g, columns=["stft"])["stft"]
+        decoded = decode_npy_column(column.to_pylist(), R)
+        buffer, starts = stft_rows(column, R)
+        out = np.empty_like(decoded)
+        gather_rows(buffer, starts, out, np.arange(len(out)))
+        np.testing.assert_array_equal(out, decoded)
+        in_file = mapped_stft_rows(mapped, pf.metadata, g, R)
+        out[:] = 0
+        gather_rows(mapped, in_file, out, np.arange(len(out))[::-1].copy())  # any order of positions
+        np.testing.assert_array_equal(out[::-1], decoded)
     with pytest.raises(ValueError, match="another recipe"):
-        stft_view(column, Recipe(n_fft=512))
+        stft_rows(column, Recipe(n_fft=512))
+
+
+def test_mapped_and_pyarrow_reads_give_the_same_batches(windows):
+    url, _ = windows
+    mapped = WindowSet(url, R, labels=LABELS)
+    plain = WindowSet(url, R, labels=LABELS, mmap=False)
+    assert mapped.n_mapped == len(mapped.pieces) and plain.n_mapped == 0
+    a = list(mapped.batches(16, shuffle=True, seed=2, workers=1))
+    b = list(plain.batches(16, shuffle=True, seed=2, workers=1))
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.x, y.x)
+        assert x.track_ids.tolist() == y.track_ids.tolist()
 
 
 def test_cache_copies_remote_features_once(windows, tmp_path):
