@@ -1,16 +1,20 @@
 # genreclf: `make demo` sets everything up and runs the pipeline on a generated corpus;
 # `make test` runs the test suite (what CI runs). Both create .venv on first use.
-PYTHON ?= python3
-VENV   := .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt setup.py | cksum | cut -d' ' -f1)
-DEMO   := demo-output
+# GPU=1 (a GPU training node) installs TensorFlow's CUDA build instead of the CPU wheel, in .venv-gpu.
+PYTHON  ?= python3
+GPU     ?= 0
+RUNTIME := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
+VENV    ?= $(if $(filter 1,$(GPU)),.venv-gpu,.venv)
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(shell cat $(RUNTIME) requirements-base.txt requirements-dev.txt setup.py | cksum | cut -d' ' -f1)
+DEMO    := demo-output
 
-.PHONY: install demo test bench clean help
+.PHONY: install install-gpu demo test bench clean help
 help:
 	@echo "make demo   - set up .venv and run the pipeline end to end on a generated corpus (local mode)"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks"
+	@echo "make install-gpu - a GPU training node's environment (.venv-gpu; then make test GPU=1 ...)"
 	@echo "make clean  - remove build outputs and demo output (keeps .venv)"
 
 install: $(STAMP)
@@ -18,10 +22,14 @@ $(STAMP):
 	@command -v java >/dev/null || { echo "Spark needs Java 17+: e.g. apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r $(RUNTIME) -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip check
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+install-gpu:
+	$(MAKE) install GPU=1
 
 demo: install
 	$(PY) -m genreclf.demo corpus --out $(DEMO)/corpus

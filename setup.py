@@ -9,8 +9,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _requirements(name):
+    """Pinned requirements of a requirements file, following its ``-r`` includes."""
+    out = []
     with open(os.path.join(HERE, name)) as f:
-        return [line.strip() for line in f if line.strip() and not line.startswith(("#", "-r"))]
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("-r"):
+                out += _requirements(line[2:].strip())
+            elif line:
+                out.append(line)
+    return out
 
 
 with open(os.path.join(HERE, "genreclf", "__init__.py")) as f:
@@ -22,10 +30,11 @@ setup(
     description="Distributed music-genre classification: featurize, train and score on Apache Spark",
     packages=find_packages(include=["genreclf", "genreclf.*"]),
     python_requires=">=3.10,<3.13",
-    install_requires=_requirements("requirements.txt"),
+    # TensorFlow comes from one extra, never both: its CPU and CUDA wheels install the same package.
+    install_requires=_requirements("requirements-base.txt"),
     extras_require={
-        # A GPU training node: TensorFlow with CUDA instead of the CPU build.
-        "gpu": ["tensorflow[and-cuda]==2.21.0"],
-        "dev": ["pytest==8.4.2", "pytest-timeout==2.4.0"],
+        "cpu": [r for r in _requirements("requirements.txt") if r.startswith("tensorflow")],
+        "gpu": [r for r in _requirements("requirements-gpu.txt") if r.startswith("tensorflow")],
+        "dev": _requirements("requirements-dev.txt"),
     },
 )

@@ -1,6 +1,7 @@
 """genreclf benchmarks: every stage against its floor and the reference recipe, ratios in one run.
 
     make bench            # or: python -m benchmarks.run [--tracks 24] [--out bench-output]
+    python -m benchmarks.pipeline    # the training-input part alone
 
 Absolute seconds on shared 2-core machines are noisy, so every figure is printed with a ratio to
 a baseline measured in the same run. Results also go to ``OUT/results.json``.
@@ -18,6 +19,7 @@ import time
 
 import numpy as np
 
+from benchmarks import pipeline
 from genreclf.config import Recipe
 
 log = logging.getLogger("genreclf.bench")
@@ -237,41 +239,10 @@ def main(argv=None) -> int:
         spark.stop()
     res["model_loop_s_per_track"] = model_loop(paths, bundle) / n
 
-    # The training input pipeline alone: petastorm -> tf.data, no model.
-    from genreclf.dataset import iter_window_batches
-    from genreclf.featureset import read_tracks
-
-    url = "file://" + os.path.join(feats, "windows")
-    for workers in (1, 4):
-        started, count = time.perf_counter(), 0
-        for b in iter_window_batches(url, R, fields=("label", "stft"), shuffle=True, seed=1, workers=workers):
-            count += len(b["stft"])
-        res[f"reader_windows_per_s_w{workers}"] = count / (time.perf_counter() - started)
-    ds = _unlabelled_dataset(url, read_tracks(feats)["track_id"].tolist(), workers=4)
-    started, count = time.perf_counter(), 0
-    for x, _ in ds:
-        count += int(x.shape[0])
-    res["tfdata_windows_per_s"] = count / (time.perf_counter() - started)
-
     res["peak_rss_mb_10min"] = peak_rss_mb(long_path)
+    res.update(pipeline.run(out))
     report(res, out)
     return 0
-
-
-def _unlabelled_dataset(url, ids, workers):
-    """tf_dataset needs labels; the benchmark corpus has none, so label every window 'x'."""
-    import tensorflow as tf
-
-    from genreclf.dataset import iter_window_batches
-
-    def gen():
-        for b in iter_window_batches(url, R, track_ids=ids, fields=("stft",), shuffle=True, seed=2, workers=workers):
-            yield b["stft"], np.zeros(len(b["stft"]), np.int32)
-
-    spec = (tf.TensorSpec((None, *R.shape), tf.float16), tf.TensorSpec((None,), tf.int32))
-    ds = tf.data.Dataset.from_generator(gen, output_signature=spec).unbatch().shuffle(1024).batch(128)
-    return ds.map(lambda x, y: (tf.cast(x, tf.float32)[..., None], tf.one_hot(y, 16)),
-                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def report(res: dict, out: str) -> None:
@@ -314,10 +285,8 @@ def report(res: dict, out: str) -> None:
          f"cost = (featurize job + model) x {ratios['score_audio_cost_vs_featurize_plus_model']:.2f}", "<= 1.3 x"),
         ("score from features local[2], per core", f"{1 / s_feat:.2f} tracks/s",
          f"model-only loop x {model_only / s_feat:.2f}", ""),
-        ("petastorm reader, 1 thread", f"{res['reader_windows_per_s_w1']:.0f} windows/s", "", ""),
-        ("petastorm reader, 4 threads", f"{res['reader_windows_per_s_w4']:.0f} windows/s", "", ""),
-        ("training input pipeline (tf.data)", f"{res['tfdata_windows_per_s']:.0f} windows/s", "", ""),
         ("peak RSS, 10-minute file (one process)", f"{res['peak_rss_mb_10min']:.0f} MB", "", "< 1 GB"),
+        *pipeline.rows(res),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"\ngenreclf benchmark: N={n} x 30 s mp3 (44.1 kHz stereo 192 kbps), {res['machine_cores']} cores; "
