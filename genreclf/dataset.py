@@ -329,9 +329,10 @@ class _Pool:
         self._pieces.append(piece)
         self.n += len(piece.rows)
 
-    def drain(self, final: bool) -> Iterator[Batch]:
-        """Full batches once the pool holds ``pool_windows`` (all windows, the last batch short, if ``final``)."""
-        if not self.n or (not final and self.n < self.pool_windows):
+    def drain(self, final: bool, flush: bool = False) -> Iterator[Batch]:
+        """Full batches once the pool holds ``pool_windows``, or now with ``flush`` (the remainder,
+        under one batch, stays); with ``final`` every window, the last batch short."""
+        if not self.n or (not (final or flush) and self.n < self.pool_windows):
             return
         source = np.repeat(np.arange(len(self._pieces)), [len(p.rows) for p in self._pieces])
         starts = np.concatenate(self._starts)
@@ -409,7 +410,7 @@ def _threaded_batches(windows: WindowSet, order: list, batch_size: int, *, shuff
                         return
                 if stop.is_set():
                     return
-            for batch in _full_batches(pool):  # the remainder (under one batch) goes to the consumer
+            for batch in pool.drain(final=False, flush=True):  # the remainder goes to the consumer
                 if not put(batch):
                     return
             rest = pool.take_rest()
@@ -442,16 +443,6 @@ def _threaded_batches(windows: WindowSet, order: list, batch_size: int, *, shuff
         stop.set()
         for t in threads:
             t.join(timeout=10)
-
-
-def _full_batches(pool: _Pool) -> Iterator[Batch]:
-    """Every full batch the pool holds now, whatever its fill level; the remainder stays."""
-    keep = pool.pool_windows
-    pool.pool_windows = 0
-    try:
-        yield from pool.drain(final=False)
-    finally:
-        pool.pool_windows = keep
 
 
 def _track_predicate(track_ids):
