@@ -126,8 +126,8 @@ class BufferRing:
 
     TensorFlow adopts a yielded aligned array and holds a reference to it until its tensor is
     freed, so a buffer whose reference count is back to ours is free to refill. Reuse avoids
-    page-faulting a fresh 16.8 MB buffer per batch: measured 72 -> ~25 us of CPU per window for
-    filling a batch and handing it to tf.data (34 -> 4 page faults per window before reuse).
+    page-faulting a fresh 16.8 MB buffer per batch: measured on 2 cores (mapped files, 2 workers)
+    60-85 -> 52-60 us of CPU per window, 1-5 -> 0.4-1.6 page faults per window.
     At most ``capacity`` buffers are kept; past that, batches get fresh memory.
     """
 
@@ -158,11 +158,12 @@ _ALLOCATORS_TUNED = False
 def tune_allocators() -> None:
     """Keep freed batch and row-group memory in the process instead of returning it to the OS.
 
-    Every batch is a fresh 16.8 MB buffer (TensorFlow keeps the memory it adopts) and every row
-    group a fresh ~33 MB Arrow buffer; glibc and jemalloc hand such blocks back to the OS when
-    freed, so each new one is page-faulted in again. Measured on 2 cores: 16 -> 1-2 page faults
-    per window and ~190 -> ~130 us of CPU per window. Bounded: what is kept is the pipeline's
-    own peak (pools + queue). Only in the training/evaluation process, never in Spark workers.
+    Matters where pyarrow decodes row groups (remote stores, other layouts): each is a fresh ~33 MB
+    Arrow buffer, and glibc and jemalloc hand such blocks back to the OS when freed, so each new one
+    is page-faulted in again. Measured on 2 cores (2 workers): 6-14 -> 0.4-3.6 page faults and
+    130-150 -> 114-137 us of CPU per window; no measurable effect on mapped files. Bounded: what is
+    kept is the pipeline's own peak (pools + queue). Called by the pipeline, so only in the training
+    and evaluation processes, never in Spark workers.
     """
     global _ALLOCATORS_TUNED
     if _ALLOCATORS_TUNED or os.environ.get("GENRECLF_TUNE_ALLOCATORS", "1") == "0":
