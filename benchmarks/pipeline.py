@@ -98,22 +98,27 @@ def copy_once(ws, workers: int) -> float:
     return _threads(ws, workers, copy)
 
 
-def petastorm_reader(url: str, workers: int) -> float:
-    """petastorm's make_batch_reader with the .npy column decoded, nothing else."""
+def petastorm_windows(url: str, workers: int):
+    """Row groups of windows through petastorm's make_batch_reader, the .npy column decoded."""
     import warnings
 
     from petastorm import make_batch_reader
 
     from genreclf.featureset import decode_npy_column
 
-    started, n = time.perf_counter(), 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reader = make_batch_reader(url, schema_fields=["label", "stft"], num_epochs=1, shuffle_row_groups=True,
                                    reader_pool_type="thread" if workers > 1 else "dummy", workers_count=workers)
     with reader:
         for b in reader:
-            n += len(decode_npy_column(b.stft, R))
+            yield decode_npy_column(b.stft, R)
+
+
+def petastorm_reader(url: str, workers: int) -> float:
+    """petastorm's make_batch_reader with the .npy column decoded, nothing else."""
+    started = time.perf_counter()
+    n = sum(len(x) for x in petastorm_windows(url, workers))
     return n / (time.perf_counter() - started)
 
 
@@ -128,26 +133,18 @@ def whole_pipeline(ds, n_windows: int) -> float:
 
 def previous_pipeline(url: str, ws, workers: int):
     """The pipeline this design replaced: petastorm rows -> from_generator -> unbatch -> shuffle -> batch -> cast."""
-    import warnings
-
     import tensorflow as tf
-    from petastorm import make_batch_reader
-
-    from genreclf.featureset import decode_npy_column
 
     def gen():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reader = make_batch_reader(url, schema_fields=["label", "stft"], num_epochs=1, shuffle_row_groups=True,
-                                       reader_pool_type="thread" if workers > 1 else "dummy", workers_count=workers)
-        with reader:
-            for b in reader:
-                yield decode_npy_column(b.stft, R), np.zeros(len(b.stft), np.int32)
+        for x in petastorm_windows(url, workers):
+            yield x, np.zeros(len(x), np.int32)
+
+    def to_model(x, y):
+        return tf.cast(x, tf.float32)[..., None], tf.one_hot(y, len(LABELS))
 
     spec = (tf.TensorSpec((None, *R.shape), tf.float16), tf.TensorSpec((None,), tf.int32))
     ds = tf.data.Dataset.from_generator(gen, output_signature=spec).unbatch().shuffle(1024).batch(128)
-    return ds.map(lambda x, y: (tf.cast(x, tf.float32)[..., None], tf.one_hot(y, len(LABELS))),
-                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 _PINNED = """

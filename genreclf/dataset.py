@@ -152,9 +152,6 @@ class BufferRing:
         return owner[start:start + nbytes].view(self.dtype).reshape(self.shape)
 
 
-_ALLOCATORS_TUNED = False
-
-
 def tune_allocators() -> None:
     """Keep freed batch and row-group memory in the process instead of returning it to the OS.
 
@@ -162,13 +159,13 @@ def tune_allocators() -> None:
     Arrow buffer, and glibc and jemalloc hand such blocks back to the OS when freed, so each new one
     is page-faulted in again. Measured on 2 cores (2 workers): 6-14 -> 0.4-3.6 page faults and
     130-150 -> 114-137 us of CPU per window; no measurable effect on mapped files. Bounded: what is
-    kept is the pipeline's own peak (pools + queue). Called by the pipeline, so only in the training
-    and evaluation processes, never in Spark workers.
+    kept is the pipeline's own peak (pools + queue). Called at the start of every pass, since
+    TensorFlow's generator dataset sets glibc's trim threshold back to 128 KB when it starts; so
+    only in the training and evaluation processes, never in Spark workers.
+    ``GENRECLF_TUNE_ALLOCATORS=0`` turns it off.
     """
-    global _ALLOCATORS_TUNED
-    if _ALLOCATORS_TUNED or os.environ.get("GENRECLF_TUNE_ALLOCATORS", "1") == "0":
+    if os.environ.get("GENRECLF_TUNE_ALLOCATORS", "1") == "0":
         return
-    _ALLOCATORS_TUNED = True
     try:
         import ctypes
 

@@ -8,23 +8,15 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def pins(name):
-    out = []
+def lines(name):
     with open(os.path.join(ROOT, name)) as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if line.startswith("-r"):
-                out += pins(line[2:].strip())
-            elif line:
-                out.append(line)
-    return out
+        return {line.split("#", 1)[0].strip() for line in f} - {""}
 
 
 def test_cpu_and_gpu_installs_differ_only_in_the_tensorflow_wheel():
-    cpu, gpu = set(pins("requirements.txt")), set(pins("requirements-gpu.txt"))
-    assert cpu - gpu == {"tensorflow-cpu==2.21.0"}
-    assert gpu - cpu == {"tensorflow[and-cuda]==2.21.0"}
-    assert not any(p.startswith("tensorflow") for p in pins("requirements-base.txt"))
+    assert lines("requirements.txt") == {"-r requirements-base.txt", "tensorflow-cpu==2.21.0"}
+    assert lines("requirements-gpu.txt") == {"-r requirements-base.txt", "tensorflow[and-cuda]==2.21.0"}
+    assert not any(p.startswith("tensorflow") for p in lines("requirements-base.txt"))
 
 
 def test_the_environment_is_consistent():
