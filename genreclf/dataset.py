@@ -197,7 +197,7 @@ class WindowSet:
         self._wanted = pa.array(sorted(set(track_ids)), pa.string()) if track_ids is not None else None
         self._metadata = {}
         self._mapped = {}  # path -> the whole file, memory-mapped (local files only)
-        self._mmap = mmap and isinstance(self._fs, pa.fs.LocalFileSystem)
+        self._mmap = mmap
         self._rings = {}
         self.pieces = self._index()
         self.n_windows = int(sum(len(p.rows) for p in self.pieces))
@@ -210,7 +210,9 @@ class WindowSet:
             with self._fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
                 self._metadata[path] = pf.metadata
-                mapped = self._map(path) if self._mmap else None
+                mapped = storage.map_local(self._fs, path) if self._mmap else None
+                if mapped is not None:
+                    self._mapped[path] = mapped
                 for g in range(pf.num_row_groups):
                     t = pf.read_row_group(g, columns=["track_id", "window", "label"])
                     keep = (np.ones(t.num_rows, bool) if self._wanted is None
@@ -225,17 +227,6 @@ class WindowSet:
                                         labels[rows].astype(np.int32),
                                         starts[rows] if starts is not None else None))
         return pieces
-
-    def _map(self, path: str) -> np.ndarray | None:
-        """The whole local file as a read-only array backed by the page cache (no descriptor kept open)."""
-        import mmap
-
-        try:
-            with open(path, "rb") as f:
-                self._mapped[path] = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
-        except (OSError, ValueError):  # not mappable (e.g. empty): read through pyarrow
-            return None
-        return self._mapped[path]
 
     def read(self, piece: Piece) -> tuple:
         """(buffer, starts): a uint8 buffer holding the piece's windows and where each wanted row's

@@ -1,4 +1,4 @@
-"""Output locations as URLs (file://, hdfs://, s3://...), with pyarrow filesystems for small side files."""
+"""Locations as URLs (file://, hdfs://, s3://...), with pyarrow filesystems; local files memory-mapped."""
 
 from __future__ import annotations
 
@@ -49,3 +49,19 @@ def read_text(url: str) -> str:
     fs, path = filesystem(url)
     with fs.open_input_stream(path) as f:
         return f.read().decode()
+
+
+def map_local(fs, path: str):
+    """A file of a local filesystem as a read-only uint8 array backed by the page cache (no descriptor
+    kept open), or None when ``fs`` is not local or the file cannot be mapped (e.g. empty)."""
+    import mmap
+
+    import numpy as np
+
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return None
+    try:
+        with open(path, "rb") as f:
+            return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+    except (OSError, ValueError):
+        return None
