@@ -261,12 +261,12 @@ class WindowSet:
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be >= 1")
         tune_allocators()
-        order = list(self.pieces)
-        if shuffle:
-            order = [order[i] for i in np.random.default_rng([seed, epoch]).permutation(len(order))]
         if reader == "petastorm":
             yield from self._petastorm_batches(batch_size, shuffle, seed, epoch, workers, pool_windows)
             return
+        order = list(self.pieces)
+        if shuffle:
+            order = [order[i] for i in np.random.default_rng([seed, epoch]).permutation(len(order))]
         yield from _threaded_batches(self, order, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
                                      workers=workers, pool_windows=pool_windows)
 
@@ -287,6 +287,8 @@ class WindowSet:
         with reader:
             for b in reader:
                 n = len(b.track_id)
+                if not n:
+                    continue
                 pool.add(*_compact(decode_npy_column(b.stft, self.recipe)), Piece(
                     "", 0, np.arange(n), np.asarray(b.track_id, object), np.asarray(b.window, np.int32),
                     np.array([index.get(label, -1) for label in b.label], np.int32)))
