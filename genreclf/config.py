@@ -84,6 +84,13 @@ class FeaturizeSettings:
     row_group_size_mb: int = 32  # Parquet row group of the windows dataset (~250 windows); petastorm reads by row group
     max_duration_s: float = 3600.0  # longer files get an error row; bounds worker memory per file
 
+    def __post_init__(self):
+        _check(self, "featurize", {
+            "files_per_task": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            "row_group_size_mb": (lambda v: isinstance(v, int) and 1 <= v <= 2047, "an integer in [1, 2047] (MB)"),
+            "max_duration_s": (lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),
+        })
+
 
 @dataclass(frozen=True)
 class ScoreSettings:
@@ -91,6 +98,12 @@ class ScoreSettings:
 
     batch_size: int = 64  # windows per model call: bounds a worker's memory
     max_windows: int = 0  # 0: average every window; N: only the centred N windows of longer tracks
+
+    def __post_init__(self):
+        _check(self, "score", {
+            "batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            "max_windows": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = every window)"),
+        })
 
 
 #: Training precisions: Keras dtype policies. float32 reproduces the reference; the mixed ones
