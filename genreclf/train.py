@@ -35,9 +35,9 @@ def choose_labels(tracks, vocabulary: str, settings: Settings) -> list:
 
 
 def reader_threads(requested: int, on_gpu: bool) -> int:
-    """``requested`` reader threads, or for 0 (auto): 1 on CPU, where the model step (~60 windows/s)
-    is far slower than one reader (~7 k/s) and one thread keeps the order reproducible; with a GPU,
-    one per core up to 8 (measured ~6-7 k windows/s per reader thread; a GPU trains ~10^4/s)."""
+    """``requested`` reader threads, or for 0 (auto): 1 on CPU, where the model step (~70 windows/s)
+    is far slower than one reader (~15-30 k/s) and one thread keeps the order reproducible; with a
+    GPU, one per core up to 8 (measured ~15-17 k windows/s per core; a GPU trains 10^4-10^5/s)."""
     if requested:
         return requested
     return max(1, min(8, os.cpu_count() or 1)) if on_gpu else 1

@@ -31,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
                    help="window reader: pyarrow row groups (default, fast) or petastorm's make_batch_reader")
     p.add_argument("--reader-workers", type=int, metavar="N",
                    help="reader threads; 0 = auto (default): 1 on CPU, which keeps the order reproducible, "
-                        "up to 8 on a GPU node (each thread reads ~6-7 k windows/s)")
+                        "up to 8 on a GPU node (measured ~15 k windows/s per core)")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="float32 (default, the reference), mixed_float16 (GPUs) or mixed_bfloat16 (GPUs, CPUs "
                         "with AMX/AVX-512 BF16); the bundle's weights are float32 either way")
