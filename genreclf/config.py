@@ -109,6 +109,10 @@ class ScoreSettings:
 #: Training precisions: Keras dtype policies. float32 reproduces the reference; the mixed ones
 #: compute in 16 bits with float32 weights (GPUs; bfloat16 also on CPUs with AMX / AVX-512 BF16).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+#: Window readers of the training pipeline (genreclf.dataset).
+READERS = ("arrow", "petastorm")
+#: Where the label list comes from: the sorted labels of the data, or [labels] genres.
+LABEL_SOURCES = ("data", "conf")
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,9 @@ class TrainSettings:
             "val_fraction": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
             "seed": (lambda v: isinstance(v, int), "an integer"),
             "patience": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-            "labels_from": (lambda v: v in ("data", "conf"), "'data' or 'conf'"),
+            "labels_from": (lambda v: v in LABEL_SOURCES, " or ".join(repr(v) for v in LABEL_SOURCES)),
             "shuffle_buffer": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (windows)"),
-            "reader": (lambda v: v in ("arrow", "petastorm"), "'arrow' or 'petastorm'"),
+            "reader": (lambda v: v in READERS, " or ".join(repr(r) for r in READERS)),
             "reader_workers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = auto)"),
             "precision": (lambda v: v in PRECISIONS, " or ".join(repr(p) for p in PRECISIONS)),
             "cache_dir": (lambda v: isinstance(v, str), "a directory path (or empty)"),

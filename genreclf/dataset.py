@@ -39,12 +39,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genreclf import storage
-from genreclf.config import Recipe
+from genreclf.config import READERS, Recipe
 from genreclf.featureset import decode_npy_column, mapped_stft_rows, stft_rows, window_files
 
 log = logging.getLogger(__name__)
-
-READERS = ("arrow", "petastorm")
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,12 @@ def aligned_empty(shape: tuple, dtype, align: int = 64) -> np.ndarray:
     (EIGEN_MAX_ALIGN_BYTES); numpy aligns large arrays to 16 bytes.
     """
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = np.empty(nbytes + align, np.uint8)
+    return _aligned_view(np.empty(nbytes + align, np.uint8), shape, dtype, align)
+
+
+def _aligned_view(raw: np.ndarray, shape: tuple, dtype, align: int = 64) -> np.ndarray:
+    """An ``align``-byte aligned array of ``shape`` inside the uint8 buffer ``raw`` (``align`` bytes spare)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     start = (-raw.ctypes.data) % align
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
@@ -140,16 +143,11 @@ class BufferRing:
         with self._lock:
             for owner in self._owners:
                 if sys.getrefcount(owner) <= 3:  # the list, the loop variable, getrefcount's argument
-                    return self._view(owner)
+                    return _aligned_view(owner, self.shape, self.dtype)
             view = aligned_empty(self.shape, self.dtype)
             if len(self._owners) < self.capacity:
                 self._owners.append(view.base)
             return view
-
-    def _view(self, owner: np.ndarray) -> np.ndarray:
-        nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-        start = (-owner.ctypes.data) % 64
-        return owner[start:start + nbytes].view(self.dtype).reshape(self.shape)
 
 
 def tune_allocators() -> None:

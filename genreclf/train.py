@@ -25,10 +25,8 @@ def choose_labels(tracks, vocabulary: str, settings: Settings) -> list:
     """The label list in output order: sorted labels of the data, or the configured genres."""
     if vocabulary == "data":
         labels = sorted(tracks.loc[(tracks["status"] == STATUS_OK) & tracks["label"].notna(), "label"].unique())
-    elif vocabulary == "conf":
+    else:  # "conf"; TrainSettings has checked the choice
         labels = list(settings.genres)
-    else:
-        raise ConfigError(f"--labels-from must be 'data' or 'conf', not {vocabulary!r}")
     if len(labels) < 2:
         raise ConfigError(f"need at least two labels to train, found {labels}; featurize with --labels")
     return labels

@@ -5,10 +5,11 @@
 """
 
 import argparse
+import dataclasses
 import sys
 
 from genreclf.cli import run_main
-from genreclf.config import PRECISIONS
+from genreclf.config import LABEL_SOURCES, PRECISIONS, READERS, TrainSettings
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,11 +24,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, help="share of tracks for validation, in [0, 1) (default 0.2)")
     p.add_argument("--seed", type=int, help="seed for the split, weights and shuffling (default 0)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
-    p.add_argument("--labels-from", choices=("data", "conf"),
+    p.add_argument("--labels-from", choices=LABEL_SOURCES,
                    help="label list: sorted labels found in the data (default), or [labels] genres of the config")
     p.add_argument("--shuffle-buffer", type=int, metavar="WINDOWS",
                    help="windows pooled from several row groups and drawn from at random (default 1024)")
-    p.add_argument("--reader", choices=("arrow", "petastorm"),
+    p.add_argument("--reader", choices=READERS,
                    help="window reader: pyarrow row groups (default, fast) or petastorm's make_batch_reader")
     p.add_argument("--reader-workers", type=int, metavar="N",
                    help="reader threads; 0 = auto (default): 1 on CPU, which keeps the order reproducible, "
@@ -42,9 +43,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-#: Flags that override a [train] setting of the same name.
-TRAIN_FLAGS = ("epochs", "batch_size", "val_fraction", "seed", "patience", "labels_from", "shuffle_buffer",
-               "reader", "reader_workers", "precision", "cache_dir")
+#: Flags that override a [train] setting of the same name: one per setting.
+TRAIN_FLAGS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 
 
 def train(args, settings):
