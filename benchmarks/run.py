@@ -58,10 +58,10 @@ def make_corpus(out: str, n: int) -> tuple:
 
 # ---------------------------------------------------------------- single-process baselines
 def floor_loop(paths) -> float:
-    """The unavoidable work, one core: decode -> resample -> window STFTs. Returns seconds."""
+    """The unavoidable work, one core: decode -> resample -> window features (STFT, stored dtype). Returns seconds."""
     from genreclf.audio import AudioReader
     from genreclf.featurize import STFT_BATCH
-    from genreclf.features import stft_magnitudes
+    from genreclf.features import window_features
     from genreclf.windows import iter_windows
 
     started = time.perf_counter()
@@ -71,10 +71,10 @@ def floor_loop(paths) -> float:
             for w in iter_windows(reader.chunks(), R):
                 batch.append(w)
                 if len(batch) == STFT_BATCH:
-                    stft_magnitudes(np.stack(batch), R)
+                    window_features(np.stack(batch), R)
                     batch = []
             if batch:
-                stft_magnitudes(np.stack(batch), R)
+                window_features(np.stack(batch), R)
     return time.perf_counter() - started
 
 

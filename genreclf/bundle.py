@@ -61,6 +61,14 @@ def check_recipe(info: dict, recipe: Recipe, where: str) -> None:
                           + "; re-featurize with the model's recipe (bundle.json) or train a new model")
 
 
+def calibration_of(info: dict, enabled: bool = True) -> tuple:
+    """(mode, temperature) the bundle's predictions are calibrated with; ("none", 1.0) when disabled
+    (``--no-calibration``: the reference's plain mean of window softmaxes) or for older bundles."""
+    if not enabled or info.get("calibration", "none") == "none":
+        return "none", 1.0
+    return info["calibration"], float(info.get("temperature", 1.0))
+
+
 def load_model(bundle_dir: str):
     import keras
 

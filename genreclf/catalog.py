@@ -31,6 +31,9 @@ SIDECAR_EXTENSIONS = frozenset({
     ".bmp", ".webp", ".m3u", ".m3u8", ".pls", ".cue", ".sfv", ".md5", ".sha1", ".sha256", ".xml",
     ".parquet", ".crc",
 })
+#: Column names a labels CSV may use instead of ours (a dataset manifest's ``file`` and ``label``).
+LABEL_ALIASES = {"file": "path", "label": "genre"}
+
 SIDECAR_NAMES = frozenset({"checksums", "README", "LICENSE", "_SUCCESS"})
 
 
@@ -177,8 +180,10 @@ def apply_labels(table: pd.DataFrame, labels_csv: str) -> pd.DataFrame:
         table.loc[fma, "track_id"] = table.loc[fma, "path"].map(lambda p: os.path.splitext(os.path.basename(p))[0])
         return table
     labels = pd.read_csv(labels_csv, dtype=str, keep_default_na=False, na_values=[""])
+    labels = labels.rename(columns={a: b for a, b in LABEL_ALIASES.items()
+                                    if a in labels.columns and b not in labels.columns})
     if "genre" not in labels.columns or not ({"path", "track_id"} & set(labels.columns)):
-        raise ConfigError(f"labels {labels_csv} needs a 'genre' column and a 'path' or 'track_id' column "
+        raise ConfigError(f"labels {labels_csv} needs a 'genre' (or 'label') column and a 'path' (or 'file') or 'track_id' column "
                           f"(has {list(labels.columns)}), or must be FMA's tracks.csv")
     if "path" in labels.columns:
         base = os.path.dirname(os.path.abspath(labels_csv))

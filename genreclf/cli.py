@@ -20,7 +20,8 @@ def featurize_parser() -> argparse.ArgumentParser:
                         "(optional 'track_id', 'genre')")
     p.add_argument("--output", required=True, metavar="DIR", help="output directory or URL")
     p.add_argument("--labels", metavar="CSV",
-                   help="labels: a CSV mapping 'path' or 'track_id' to 'genre', or FMA's tracks.csv")
+                   help="labels: a CSV mapping 'path' (or 'file') or 'track_id' to 'genre' (or 'label'), optionally "
+                        "'artist' or 'album' (kept on one side of splits), or FMA's tracks.csv")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an existing output")
     mode.add_argument("--incremental", action="store_true",
@@ -43,6 +44,8 @@ def score_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR", help="output directory or URL")
     p.add_argument("--csv", action="store_true", help="also write DIR/submission.csv (crowdAI layout)")
     p.add_argument("--overwrite", action="store_true", help="replace existing scores (atomically)")
+    p.add_argument("--no-calibration", dest="calibrate", action="store_false",
+                   help="ignore the bundle's temperature: the reference's plain mean of window softmaxes")
     p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
     return p
 

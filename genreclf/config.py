@@ -26,6 +26,20 @@ FMA_GENRES = (
 DEFAULT_CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "genreclf.toml")
 
 
+#: Window functions of the STFT: the reference's symmetric Hann (``scipy.signal.hanning``).
+WINDOW_FUNCTIONS = ("hann-symmetric",)
+#: Magnitude compressions (genreclf.features.compress): none (the reference), log1p(C*|X|), decibels.
+MAGNITUDES = ("linear", "log", "db")
+#: Floor of the "db" magnitude (-100 dB): silence maps to -100, not -inf.
+DB_FLOOR = 1e-5
+#: Stored feature dtypes.
+FEATURE_DTYPES = ("float16", "float32")
+
+
+def _choices(values) -> str:
+    return " or ".join(repr(v) for v in values)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How audio becomes model input: mono at ``sample_rate``, windows, one STFT magnitude per window.
@@ -43,8 +57,27 @@ class Recipe:
     stft_hop: int = 512
     frames: int = 128
     window_function: str = "hann-symmetric"
-    magnitude: str = "linear"
+    magnitude: str = "linear"  # "linear" (the reference), "log": log1p(log_scale*|X|), "db": 20*log10(max(|X|, DB_FLOOR))
+    log_scale: float = 100.0  # C of the "log" magnitude (unused otherwise)
     dtype: str = "float16"
+
+    def __post_init__(self):
+        _check(self, "recipe", {
+            "sample_rate": (lambda v: isinstance(v, int) and 1000 <= v <= 384000, "an integer in [1000, 384000] (Hz)"),
+            "n_fft": (lambda v: isinstance(v, int) and 16 <= v <= 65536, "an integer in [16, 65536]"),
+            "window": (lambda v: isinstance(v, int) and v >= self.n_fft,
+                       f"an integer of samples >= n_fft ({self.n_fft})"),
+            "hop": (lambda v: isinstance(v, int) and v >= 1, "an integer of samples >= 1"),
+            "min_window_fraction": (lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "a number in (0, 1]"),
+            "stft_hop": (lambda v: isinstance(v, int) and v >= 1, "an integer of samples >= 1"),
+            "frames": (lambda v: isinstance(v, int) and 4 <= v <= self.window // self.stft_hop + 1,
+                       f"an integer in [4, window // stft_hop + 1 = {self.window // self.stft_hop + 1}] "
+                       "(the model's first convolution spans 4 frames; a window holds no more)"),
+            "window_function": (lambda v: v in WINDOW_FUNCTIONS, _choices(WINDOW_FUNCTIONS)),
+            "magnitude": (lambda v: v in MAGNITUDES, _choices(MAGNITUDES)),
+            "log_scale": (lambda v: isinstance(v, (int, float)) and 0 < v < float("inf"), "a number > 0"),
+            "dtype": (lambda v: v in FEATURE_DTYPES, _choices(FEATURE_DTYPES)),
+        })
 
     @property
     def bins(self) -> int:
@@ -109,6 +142,8 @@ class ScoreSettings:
 #: Training precisions: Keras dtype policies. float32 reproduces the reference; the mixed ones
 #: compute in 16 bits with float32 weights (GPUs; bfloat16 also on CPUs with AMX / AVX-512 BF16).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+#: Where a fitted temperature is applied (genreclf.calibration): the track's mean, every window, or nowhere.
+CALIBRATION_MODES = ("track", "window", "none")
 #: Window readers of the training pipeline (genreclf.dataset).
 READERS = ("arrow", "petastorm")
 #: Where the label list comes from: the sorted labels of the data, or [labels] genres.
@@ -130,6 +165,7 @@ class TrainSettings:
     reader_workers: int = 0  # reader threads; 0 = auto: 1 on CPU (reproducible order), up to 8 with a GPU
     precision: str = "float32"
     cache_dir: str = ""  # a local directory to copy remote features to once (empty: read in place)
+    calibration: str = "track"  # temperature fitted on validation tracks, applied to: "track", "window", "none"
 
     def __post_init__(self):
         _check(self, "train", {
@@ -138,12 +174,13 @@ class TrainSettings:
             "val_fraction": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
             "seed": (lambda v: isinstance(v, int), "an integer"),
             "patience": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-            "labels_from": (lambda v: v in LABEL_SOURCES, " or ".join(repr(v) for v in LABEL_SOURCES)),
+            "labels_from": (lambda v: v in LABEL_SOURCES, _choices(LABEL_SOURCES)),
             "shuffle_buffer": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (windows)"),
-            "reader": (lambda v: v in READERS, " or ".join(repr(r) for r in READERS)),
+            "reader": (lambda v: v in READERS, _choices(READERS)),
             "reader_workers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = auto)"),
-            "precision": (lambda v: v in PRECISIONS, " or ".join(repr(p) for p in PRECISIONS)),
+            "precision": (lambda v: v in PRECISIONS, _choices(PRECISIONS)),
             "cache_dir": (lambda v: isinstance(v, str), "a directory path (or empty)"),
+            "calibration": (lambda v: v in CALIBRATION_MODES, _choices(CALIBRATION_MODES)),
         })
 
 

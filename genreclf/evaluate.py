@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 
 from genreclf import storage
-from genreclf.bundle import (METRICS_FILE, SPLIT_FILE, check_recipe, load_bundle_info, load_model, read_json,
-                             write_json)
+from genreclf.bundle import (METRICS_FILE, SPLIT_FILE, calibration_of, check_recipe, load_bundle_info, load_model,
+                             read_json, write_json)
 from genreclf.dataset import WindowSet
 from genreclf.errors import ConfigError
 from genreclf.featureset import read_recipe, read_tracks
-from genreclf.metrics import classification_report, track_means
+from genreclf.calibration import apply_temperature, track_probabilities
+from genreclf.metrics import classification_report
 from genreclf.schema import STATUS_OK, WINDOWS_DIR
 from genreclf.scoring import predict
 
@@ -35,15 +36,33 @@ def predict_windows(model, windows: WindowSet, *, batch_size: int = 64, workers:
     return np.concatenate(ids), np.concatenate(labels), np.concatenate(probs)
 
 
-def evaluate_predictions(track_ids, window_labels, probs, labels: list) -> dict:
-    """Window-level and track-level (mean of window probabilities) reports."""
+def track_codes(track_ids, window_labels, labels: list):
+    """(codes, track ids, track label indices): each window's track index, sorted by track id."""
+    codes, uniques = pd.factorize(np.asarray(track_ids, dtype=object), sort=True)
+    index = {lab: i for i, lab in enumerate(labels)}
+    first = pd.Series(np.asarray(window_labels, dtype=object)).groupby(codes).first()
+    return codes, np.asarray(uniques, dtype=object), np.array([index[first[i]] for i in range(len(uniques))], np.int64)
+
+
+def evaluate_predictions(track_ids, window_labels, probs, labels: list, *, temperature: float = 1.0,
+                         calibration: str = "none") -> dict:
+    """Window-level and track-level reports; tracks are the mean of their windows, calibrated as given."""
     index = {lab: i for i, lab in enumerate(labels)}
     y_windows = np.array([index[lab] for lab in window_labels], np.int64)
-    means = track_means(track_ids, probs)
-    track_label = pd.Series(window_labels, index=track_ids).groupby(level=0).first()
-    y_tracks = np.array([index[track_label[t]] for t in means.index], np.int64)
-    return {"windows": classification_report(y_windows, probs, labels),
-            "tracks": classification_report(y_tracks, means.to_numpy(), labels)}
+    codes, _, y_tracks = track_codes(track_ids, window_labels, labels)
+    tracks = track_probabilities(probs, codes, len(y_tracks), temperature=temperature, mode=calibration)
+    windows = apply_temperature(probs, temperature) if calibration != "none" and temperature != 1.0 else probs
+    return {"windows": classification_report(y_windows, windows, labels),
+            "tracks": classification_report(y_tracks, tracks, labels),
+            "calibration": calibration, "temperature": temperature}
+
+
+def calibrated_report(track_ids, window_labels, probs, labels: list, mode: str, temperature: float) -> dict:
+    """The report with calibration applied, plus the uncalibrated track-level one beside it."""
+    report = evaluate_predictions(track_ids, window_labels, probs, labels, temperature=temperature, calibration=mode)
+    if mode != "none":
+        report["uncalibrated"] = evaluate_predictions(track_ids, window_labels, probs, labels)["tracks"]
+    return report
 
 
 def usable_tracks(tracks: pd.DataFrame, labels: list) -> pd.DataFrame:
@@ -57,7 +76,8 @@ def usable_tracks(tracks: pd.DataFrame, labels: list) -> pd.DataFrame:
 
 
 def write_reports(out_dir: str, report: dict, labels: list) -> None:
-    from genreclf.plots import confusion
+    """metrics.json, the track-level confusion matrix (CSV, PNG) and reliability diagram (PNG)."""
+    from genreclf.plots import confusion, reliability_diagram
 
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, METRICS_FILE), report)
@@ -65,16 +85,26 @@ def write_reports(out_dir: str, report: dict, labels: list) -> None:
     pd.DataFrame(cm, index=pd.Index(labels, name="true"), columns=labels).to_csv(
         os.path.join(out_dir, "confusion_matrix.csv"))
     confusion(cm, labels, os.path.join(out_dir, "confusion_matrix.png"))
+    if report["tracks"].get("reliability"):
+        curves = {f"calibrated (T={report['temperature']:.2f}, {report['calibration']})"
+                  if report.get("calibration", "none") != "none" else "as predicted": report["tracks"]["reliability"]}
+        if report.get("uncalibrated", {}).get("reliability"):
+            curves["uncalibrated"] = report["uncalibrated"]["reliability"]
+        reliability_diagram(curves, os.path.join(out_dir, "reliability.png"))
 
 
 def format_report(report: dict) -> str:
-    w, t = report["windows"], report["tracks"]
-    return (f"windows: n={w['n']} accuracy={w['accuracy']:.4f} log_loss={w['log_loss']:.4f} macro_f1={w['macro_f1']:.4f}\n"
-            f"tracks:  n={t['n']} accuracy={t['accuracy']:.4f} log_loss={t['log_loss']:.4f} macro_f1={t['macro_f1']:.4f}")
+    lines = [f"{name + ':':8s} n={r['n']} accuracy={r['accuracy']:.4f} log_loss={r['log_loss']:.4f} "
+             f"macro_f1={r['macro_f1']:.4f} ece={r['ece']:.4f}"
+             for name, r in (("windows", report["windows"]), ("tracks", report["tracks"]),
+                             ("uncalibrated tracks", report.get("uncalibrated"))) if r]
+    if report.get("calibration", "none") != "none":
+        lines.append(f"calibration: temperature {report['temperature']:.3f} applied per {report['calibration']}")
+    return "\n".join(lines)
 
 
 def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, split: str = "val",
-                 batch_size: int = 64, workers: int = 2) -> dict:
+                 batch_size: int = 64, workers: int = 2, calibrate: bool = True) -> dict:
     """Evaluate a bundle on ``features`` (its validation tracks, or ``split='all'``); writes the reports."""
     from genreclf.tfsetup import configure_tensorflow
 
@@ -96,7 +126,7 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
     windows = WindowSet(storage.join(storage.to_url(features), WINDOWS_DIR), recipe, track_ids=tracks["track_id"],
                         labels=labels)
     ids, window_labels, probs = predict_windows(model, windows, batch_size=batch_size, workers=workers)
-    report = evaluate_predictions(ids, window_labels, probs, labels)
+    report = calibrated_report(ids, window_labels, probs, labels, *calibration_of(info, calibrate))
     report.update(split=split, features=storage.to_url(features), elapsed_s=round(time.time() - started, 2))
     out = output or os.path.join(bundle_dir, "evaluation")
     write_reports(out, report, labels)

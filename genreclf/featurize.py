@@ -17,7 +17,7 @@ import pyarrow as pa
 from genreclf.audio import AudioReader
 from genreclf.config import Recipe
 from genreclf.errors import TrackError
-from genreclf.features import stft_magnitudes, to_dtype
+from genreclf.features import window_features
 from genreclf.schema import STATUS_ERROR, STATUS_OK, TRACKS_SCHEMA, window_arrow_schema
 from genreclf.windows import iter_windows
 
@@ -52,10 +52,10 @@ def _features(reader: AudioReader, recipe: Recipe) -> list:
     for window in iter_windows(reader.chunks(), recipe):
         batch.append(window)
         if len(batch) == STFT_BATCH:
-            batches.append(to_dtype(stft_magnitudes(np.stack(batch), recipe), recipe.dtype))
+            batches.append(window_features(np.stack(batch), recipe))
             batch = []
     if batch:
-        batches.append(to_dtype(stft_magnitudes(np.stack(batch), recipe), recipe.dtype))
+        batches.append(window_features(np.stack(batch), recipe))
     if not batches:
         raise TrackError("shorter than one 3 s window",
                          f"decoded {reader.duration_s:.2f} s; a window needs "

@@ -1,4 +1,4 @@
-"""PNG figures for the bundle: training curves and the confusion matrix (matplotlib, no display)."""
+"""PNG figures for the bundle: training curves, confusion matrix, reliability diagram (matplotlib, no display)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,26 @@ def confusion(cm, labels: list, path: str, title: str = "confusion matrix (track
             ax.text(j, i, str(cm[i, j]), ha="center", va="center",
                     color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
     fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def reliability_diagram(curves: dict, path: str, title: str = "reliability (tracks, top-1)") -> None:
+    """Accuracy against confidence per bin for each named curve (``metrics.reliability`` dicts):
+    on the diagonal a model is calibrated; below it, over-confident."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for name, r in curves.items():
+        ax.plot(r["confidence"], r["accuracy"], marker="o", label=f"{name}: ECE {r['ece']:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -21,7 +21,8 @@ import uuid
 import pandas as pd
 
 from genreclf import storage
-from genreclf.bundle import MODEL_FILE, check_recipe, load_bundle_info
+from genreclf.bundle import MODEL_FILE, calibration_of, check_recipe, load_bundle_info
+from genreclf.calibration import TINY
 from genreclf.catalog import expand_inputs
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import ConfigError, GenreclfError, OutputExistsError
@@ -86,17 +87,27 @@ def _finish(df, labels: list):
     )
 
 
-def _from_audio(spark, bundle_name, recipe, settings, inputs):
+def _from_audio(spark, bundle_name, recipe, settings, inputs, calibration):
     catalog = expand_inputs(inputs)
     table = catalog.entries
     n_parts = task_count(len(table), settings.featurize.files_per_task, spark.sparkContext.defaultParallelism)
     fn = functools.partial(score_audio_partition, bundle=bundle_name, recipe_json=json.dumps(recipe.to_dict()),
                            max_duration_s=settings.featurize.max_duration_s, max_windows=settings.score.max_windows,
-                           batch_size=settings.score.batch_size)
+                           batch_size=settings.score.batch_size, calibration=calibration[0],
+                           temperature=calibration[1])
     return entries_frame(spark, table, n_parts).mapInPandas(fn, schema=_score_schema()), len(table)
 
 
-def _from_features(spark, bundle_name, recipe, settings, features, n_classes):
+def _tempered_mean(columns: list, temperature: float) -> list:
+    """softmax(log p / T) of averaged probability columns, in Spark: p^(1/T) / sum_j p_j^(1/T)."""
+    from pyspark.sql import functions as F
+
+    powered = [F.pow(F.greatest(c, F.lit(TINY)), F.lit(1.0 / temperature)) for c in columns]
+    total = functools.reduce(lambda a, b: a + b, powered)
+    return [p / total for p in powered]
+
+
+def _from_features(spark, bundle_name, recipe, settings, features, n_classes, calibration):
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
@@ -117,31 +128,41 @@ def _from_features(spark, bundle_name, recipe, settings, features, n_classes):
     out = StructType([StructField("track_id", StringType())] +
                      [StructField(f"p{i}", DoubleType()) for i in range(n_classes)])
     fn = functools.partial(predict_window_partition, bundle=bundle_name, recipe_json=json.dumps(recipe.to_dict()),
-                           batch_size=settings.score.batch_size)
+                           batch_size=settings.score.batch_size,
+                           window_temperature=calibration[1] if calibration[0] == "window" else 1.0)
     per_window = windows.mapInPandas(fn, schema=out)
     means = per_window.groupBy("track_id").agg(
         F.count("*").alias("scored_windows"), *[F.avg(f"p{i}").alias(f"p{i}") for i in range(n_classes)])
     joined = tracks_df.join(means, "track_id", "left")
     has = F.col("scored_windows").isNotNull()
+    probs = [F.col(f"p{i}") for i in range(n_classes)]
+    if calibration[0] == "track" and calibration[1] != 1.0:
+        probs = _tempered_mean(probs, calibration[1])
     scored = joined.select(
         "track_id", "path",
         F.when((F.col("status") == STATUS_OK) & ~has, F.lit(STATUS_ERROR)).otherwise(F.col("status")).alias("status"),
         F.when((F.col("status") == STATUS_OK) & ~has, F.lit("no windows: the features hold none for this track"))
         .otherwise(F.col("error")).alias("error"),
         F.coalesce(F.col("scored_windows"), F.lit(0)).cast("int").alias("n_windows"),
-        F.when(has, F.array(*[F.col(f"p{i}") for i in range(n_classes)])).alias("probs"))
+        F.when(has, F.array(*probs)).alias("probs"))
     return scored, len(tracks)
 
 
 def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, features: str | None = None,
-              csv: bool = False, overwrite: bool = False, settings: Settings | None = None) -> dict:
-    """Score raw audio (``inputs``) or a featurize output (``features``) into ``output/scores``."""
+              csv: bool = False, overwrite: bool = False, settings: Settings | None = None,
+              calibrate: bool = True) -> dict:
+    """Score raw audio (``inputs``) or a featurize output (``features``) into ``output/scores``,
+    with the bundle's calibration unless ``calibrate`` is false (the reference's plain mean)."""
     if bool(inputs) == bool(features):
         raise ConfigError("give either --input (raw audio) or --features (a featurize output), not both or neither")
     settings = settings or load_settings()
     info = load_bundle_info(bundle)
     labels = info["labels"]
     recipe = Recipe.from_dict(info["recipe"])
+    calibration = calibration_of(info, calibrate)
+    if calibration[0] != "none":
+        log.info("score: calibrated with temperature %.3f per %s (--no-calibration: the plain mean)",
+                 calibration[1], calibration[0])
     if features:
         check_recipe(info, read_recipe(features), features)
     out_url = storage.to_url(output)
@@ -152,9 +173,9 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     sc = spark.sparkContext
     name = ship_bundle(sc, bundle)
     if features:
-        scored, n_inputs = _from_features(spark, name, recipe, settings, features, len(labels))
+        scored, n_inputs = _from_features(spark, name, recipe, settings, features, len(labels), calibration)
     else:
-        scored, n_inputs = _from_audio(spark, name, recipe, settings, inputs)
+        scored, n_inputs = _from_audio(spark, name, recipe, settings, inputs, calibration)
     result = _finish(scored, labels)
 
     tmp_url = storage.join(out_url, f"{SCORES_DIR}.tmp-{uuid.uuid4().hex[:8]}")  # Spark skips hidden names
@@ -182,6 +203,7 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     summary = summarize(rows.assign(warning=None), time.time() - started, n_inputs=n_inputs)
     summary["genres"] = rows["genre"].value_counts().to_dict()
     summary["output"] = scores_url
+    summary["calibration"] = {"mode": calibration[0], "temperature": calibration[1]}
     log.info("score summary: %d tracks, %d scored, %d errors, %.1f s, %s tracks/s", n_inputs, summary["ok"],
              summary["errors"], summary["elapsed_s"], summary["tracks_per_s"])
     for reason, n in summary["errors_by_reason"].items():

@@ -1,7 +1,8 @@
 """Scoring logic, pure of Spark where it can be: window predictions -> one probability vector per track.
 
 A track's probability vector is the mean of its windows' softmax outputs (19 for a 30 s track), as
-the reference scored; optionally only a centred excerpt of ``max_windows`` windows is used.
+the reference scored, calibrated with the bundle's temperature (genreclf.calibration) unless
+disabled; optionally only a centred excerpt of ``max_windows`` windows is used.
 The partition functions below run inside Spark tasks and take the model from :mod:`model_cache`.
 """
 
@@ -13,6 +14,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from genreclf.calibration import apply_temperature
 from genreclf.config import Recipe
 from genreclf.schema import STATUS_OK
 
@@ -37,9 +39,14 @@ def predict(model, windows: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def mean_probabilities(probs: np.ndarray) -> np.ndarray:
-    """The track's vector: the mean of its window probabilities (float64)."""
-    return np.asarray(probs, np.float64).mean(axis=0)
+def mean_probabilities(probs: np.ndarray, *, temperature: float = 1.0, calibration: str = "none") -> np.ndarray:
+    """The track's vector: the mean of its window probabilities (float64), calibrated as the bundle says."""
+    if calibration == "window" and temperature != 1.0:
+        probs = apply_temperature(probs, temperature)
+    mean = np.asarray(probs, np.float64).mean(axis=0)
+    if calibration == "track" and temperature != 1.0:
+        mean = apply_temperature(mean[None, :], temperature)[0]
+    return mean
 
 
 def _bundle_dir(bundle: str) -> str:
@@ -66,7 +73,8 @@ def _maybe_inject_fault():
 
 
 def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duration_s: float, max_windows: int,
-                          batch_size: int, rows_per_batch: int = 16):
+                          batch_size: int, temperature: float = 1.0, calibration: str = "none",
+                          rows_per_batch: int = 16):
     """mapInPandas: catalogue rows -> one score row per file (decode, windows and STFT as featurize)."""
     from genreclf.featurize import featurize_file
     from genreclf.model_cache import get_model
@@ -83,7 +91,9 @@ def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duratio
             if row["status"] == STATUS_OK:
                 feats = result.features
                 feats = feats[excerpt(len(feats), max_windows)]
-                probs, n = mean_probabilities(predict(model, feats, batch_size)).tolist(), len(feats)
+                probs = mean_probabilities(predict(model, feats, batch_size), temperature=temperature,
+                                           calibration=calibration).tolist()
+                n = len(feats)
             rows.append((row["track_id"], row["path"], row["status"], row["error"], n, probs))
             if len(rows) >= rows_per_batch:
                 yield pd.DataFrame(rows, columns=SCORE_FIELDS)
@@ -92,8 +102,9 @@ def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duratio
         yield pd.DataFrame(rows, columns=SCORE_FIELDS)
 
 
-def predict_window_partition(batches, *, bundle: str, recipe_json: str, batch_size: int):
-    """mapInPandas: window rows (track_id, stft .npy bytes) -> (track_id, p0 .. p{k-1}) per window."""
+def predict_window_partition(batches, *, bundle: str, recipe_json: str, batch_size: int, window_temperature: float = 1.0):
+    """mapInPandas: window rows (track_id, stft .npy bytes) -> (track_id, p0 .. p{k-1}) per window
+    (tempered by ``window_temperature``: the bundle's temperature when it calibrates per window)."""
     from genreclf.featureset import decode_npy_column
     from genreclf.model_cache import get_model
 
@@ -104,6 +115,8 @@ def predict_window_partition(batches, *, bundle: str, recipe_json: str, batch_si
         if batch.empty:
             continue
         probs = predict(model, decode_npy_column(batch["stft"].to_numpy(), recipe), batch_size)
+        if window_temperature != 1.0:
+            probs = apply_temperature(probs, window_temperature)
         out = pd.DataFrame(probs.astype(np.float64), columns=[f"p{i}" for i in range(probs.shape[1])])
         out.insert(0, "track_id", batch["track_id"].to_numpy())
         yield out

@@ -13,7 +13,9 @@ from genreclf.bundle import (BUNDLE_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_FILE, 
 from genreclf.config import Settings, load_settings
 from genreclf.dataset import WindowSet, cached_windows, tf_dataset
 from genreclf.errors import ConfigError, OutputExistsError
-from genreclf.evaluate import evaluate_predictions, format_report, predict_windows, usable_tracks, write_reports
+from genreclf.calibration import fit_temperature
+from genreclf.evaluate import (calibrated_report, format_report, predict_windows, track_codes, usable_tracks,
+                               write_reports)
 from genreclf.featureset import read_recipe, read_tracks
 from genreclf.schema import STATUS_OK, WINDOWS_DIR
 from genreclf.split import split_tracks
@@ -42,11 +44,12 @@ def reader_threads(requested: int, on_gpu: bool) -> int:
 
 
 def run_train(features: str, model_out: str, *, overwrite: bool = False, settings: Settings | None = None,
-              group_col: str | None = None, **overrides) -> dict:
+              group_col: str | None = None, exclude_tracks=(), labels: list | None = None, **overrides) -> dict:
     """Fit the model; returns the validation report. Writes the bundle to ``model_out`` atomically.
 
     ``overrides`` replace fields of the ``[train]`` settings (:class:`~genreclf.config.TrainSettings`),
-    validated the same way.
+    validated the same way. ``exclude_tracks`` are left out entirely (a cross-validation test fold);
+    ``labels`` fixes the output classes (default: ``[train] labels_from``).
     """
     settings = settings or load_settings()
     try:
@@ -57,8 +60,9 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
         raise OutputExistsError(f"{model_out} already exists; pass --overwrite to replace it")
     recipe = read_recipe(features)
     tracks = read_tracks(features)
-    labels = choose_labels(tracks, cfg.labels_from, settings)
+    labels = list(labels) if labels else choose_labels(tracks, cfg.labels_from, settings)
     usable = usable_tracks(tracks, labels)
+    usable = usable[~usable["track_id"].isin(set(exclude_tracks))]
     if group_col is None and "group" in usable and usable["group"].notna().any():
         group_col = "group"  # the catalogue named artists or albums: keep each on one side
         log.info("train: splitting by group (artist/album) for %d tracks", int(usable["group"].notna().sum()))
@@ -106,14 +110,19 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
     model = as_float32(model, recipe, len(labels))  # the bundle's weights and compute stay float32
     model.save(os.path.join(tmp, MODEL_FILE))  # the best weights (restored by early stopping)
 
-    report = {}
+    report, temperatures, calibration = {}, {}, cfg.calibration
     if val_set:
         ids, window_labels, probs = predict_windows(model, val_set, batch_size=cfg.batch_size, workers=workers)
-        report = evaluate_predictions(ids, window_labels, probs, labels)
+        codes, _, y_tracks = track_codes(ids, window_labels, labels)
+        temperatures = {mode: fit_temperature(probs, codes, y_tracks, mode=mode) for mode in ("track", "window")}
+        report = calibrated_report(ids, window_labels, probs, labels, calibration, temperatures.get(calibration, 1.0))
         report.update(split="val", features=storage.to_url(features))
         write_reports(tmp, report, labels)
         for line in format_report(report).splitlines():
             log.info("validation %s", line)
+    elif calibration != "none":
+        log.warning("train: no validation tracks to fit a temperature on; the bundle is not calibrated")
+        calibration = "none"
     from genreclf.plots import training_curves
 
     write_json(os.path.join(tmp, HISTORY_FILE), hist)
@@ -122,7 +131,8 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
     write_json(os.path.join(tmp, BUNDLE_FILE), bundle_info(
         labels, recipe, trained_on=storage.to_url(features), epochs_run=epochs_run,
         batch_size=cfg.batch_size, seed=cfg.seed, optimizer="Adadelta", learning_rate=1.0,
-        parameters=model.count_params(), precision=cfg.precision, reader=cfg.reader, reader_workers=workers,
+        parameters=model.count_params(), calibration=calibration, temperature=temperatures.get(calibration, 1.0),
+        temperatures_fitted=temperatures, excluded_tracks=len(set(exclude_tracks)), precision=cfg.precision, reader=cfg.reader, reader_workers=workers,
         device="GPU" if on_gpu else "CPU", train_tracks=len(train_ids), val_tracks=len(val_ids),
         train_seconds=round(train_s, 1), windows_per_s=round(windows_per_s, 1),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))

@@ -1,31 +1,57 @@
-"""evaluate: a model bundle on featurize output -> accuracy, log loss, macro-F1, confusion matrix.
+"""evaluate: a model bundle on featurize output, or K-fold cross-validation of training itself.
 
     ./spark-submit.sh evaluate --model out/model --features out/features [--split val|all]
+    ./spark-submit.sh evaluate --cv 5 --features out/features --output out/cv [--conf conf/quality.toml]
 """
 
 import argparse
 import sys
 
-from genreclf.cli import run_main
+from genreclf.cli import EPILOG, run_main
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spark-submit.sh evaluate",
-                                description="Window- and track-level accuracy, mean log loss, macro-F1, per-class "
-                                            "precision/recall and confusion matrix (CSV, PNG).")
-    p.add_argument("--model", required=True, metavar="BUNDLE")
+                                description="Track- and window-level accuracy, mean log loss, macro-F1, expected "
+                                            "calibration error, per-class precision/recall, confusion matrix and "
+                                            "reliability diagram (CSV, PNG) of a bundle; or, with --cv K, K-fold "
+                                            "cross-validation of the training recipe (folds grouped by artist, "
+                                            "stratified by label), mean ± sd over the folds.",
+                                epilog=EPILOG)
+    p.add_argument("--model", metavar="BUNDLE", help="the bundle to evaluate (not with --cv)")
     p.add_argument("--features", required=True, metavar="DIR", help="featurize output with labels")
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="the bundle's validation tracks (default) or every labelled track")
+    p.add_argument("--cv", type=int, metavar="K",
+                   help="train and test K times, each fold's tracks held out once (needs --output; trains "
+                        "with [train] settings; fold bundles are kept and reused by a rerun)")
+    p.add_argument("--seed", type=int, help="with --cv: seed of the folds (default [train] seed)")
     p.add_argument("--output", metavar="DIR", help="where reports go (default BUNDLE/evaluation)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-calibration", dest="calibrate", action="store_false",
+                   help="ignore the bundle's temperature: the reference's plain mean of window softmaxes")
+    p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
     return p
 
 
 def evaluate(args, settings):
+    from genreclf.errors import ConfigError
+
+    if args.cv is not None:
+        if args.model or not args.output:
+            raise ConfigError("--cv K trains its own fold models: give --features and --output, not --model")
+        from genreclf.crossval import run_crossval
+
+        overrides = {} if args.calibrate else {"calibration": "none"}
+        run_crossval(args.features, args.output, args.cv, settings=settings, seed=args.seed,
+                     batch_size=args.batch_size, **overrides)
+        return
+    if not args.model:
+        raise ConfigError("give --model BUNDLE to evaluate a bundle, or --cv K to cross-validate")
     from genreclf.evaluate import run_evaluate
 
-    run_evaluate(args.model, args.features, output=args.output, split=args.split, batch_size=args.batch_size)
+    run_evaluate(args.model, args.features, output=args.output, split=args.split, batch_size=args.batch_size,
+                 calibrate=args.calibrate)
 
 
 def main(argv=None) -> int:

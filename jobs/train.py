@@ -9,7 +9,7 @@ import dataclasses
 import sys
 
 from genreclf.cli import run_main
-from genreclf.config import LABEL_SOURCES, PRECISIONS, READERS, TrainSettings
+from genreclf.config import CALIBRATION_MODES, LABEL_SOURCES, PRECISIONS, READERS, TrainSettings
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,6 +38,12 @@ def parser() -> argparse.ArgumentParser:
                         "with AMX/AVX-512 BF16); the bundle's weights are float32 either way")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="copy remote features (s3://, gs://, hdfs://) here once instead of reading them every epoch")
+    cal = p.add_mutually_exclusive_group()
+    cal.add_argument("--calibration", choices=CALIBRATION_MODES,
+                     help="fit a temperature on the validation tracks and apply it to each track's mean "
+                          "(default: accuracy unchanged) or to every window; 'none' = the reference")
+    cal.add_argument("--no-calibration", dest="calibration", action="store_const", const="none",
+                     help="same as --calibration none: scores are the reference's plain mean of window softmaxes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
     return p

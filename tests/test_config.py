@@ -34,3 +34,40 @@ def test_a_wrong_value_in_a_config_file_is_refused_on_load(tmp_path):
     conf.write_text('[featurize]\nfiles_per_task = "many"\n')
     with pytest.raises(ConfigError, match=r"\[featurize\] files_per_task = 'many' is not allowed"):
         load_settings(str(conf))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"magnitude": "sqrt"}, "[recipe] magnitude = 'sqrt' is not allowed: must be 'linear' or 'log' or 'db'"),
+    ({"sample_rate": 0}, "[recipe] sample_rate = 0 is not allowed: must be an integer in [1000, 384000] (Hz)"),
+    ({"sample_rate": 22050.0}, "[recipe] sample_rate = 22050.0 is not allowed"),
+    ({"n_fft": 8}, "[recipe] n_fft = 8 is not allowed"),
+    ({"window": 512}, "[recipe] window = 512 is not allowed: must be an integer of samples >= n_fft (1024)"),
+    ({"hop": 0}, "[recipe] hop = 0 is not allowed"),
+    ({"min_window_fraction": 0}, "[recipe] min_window_fraction = 0 is not allowed: must be a number in (0, 1]"),
+    ({"frames": 200}, "[recipe] frames = 200 is not allowed: must be an integer in [4, window // stft_hop + 1 = 130]"),
+    ({"frames": 3}, "[recipe] frames = 3 is not allowed"),
+    ({"window_function": "hamming"}, "[recipe] window_function = 'hamming' is not allowed: must be 'hann-symmetric'"),
+    ({"log_scale": 0.0}, "[recipe] log_scale = 0.0 is not allowed: must be a number > 0"),
+    ({"dtype": "int8"}, "[recipe] dtype = 'int8' is not allowed: must be 'float16' or 'float32'"),
+])
+def test_a_wrong_recipe_names_its_key_and_what_is_allowed(values, message):
+    from genreclf.config import Recipe
+
+    with pytest.raises(ConfigError) as e:
+        Recipe(**values)
+    assert message in str(e.value)
+
+
+def test_an_impossible_recipe_is_refused_before_spark_starts(tmp_path, capsys):
+    """The job exits 2 at settings load, naming the key, instead of turning every file into an error row."""
+    import time
+
+    from jobs.featurize import main
+
+    conf = tmp_path / "bad.toml"
+    conf.write_text('[recipe]\nframes = 500\n')
+    started = time.time()
+    rc = main(["--input", str(tmp_path), "--output", str(tmp_path / "out"), "--conf", str(conf)])
+    assert rc == 2 and "[recipe] frames = 500 is not allowed" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and time.time() - started < 10  # no Spark session was started
+

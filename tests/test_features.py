@@ -2,6 +2,7 @@
 
 import librosa
 import numpy as np
+import pytest
 import scipy.signal
 
 from genreclf.config import Recipe
@@ -59,3 +60,32 @@ def test_float16_cast_is_bit_identical_to_numpy():
     got = to_dtype(values, "float16")
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
+
+
+@pytest.mark.parametrize("magnitude, formula", [
+    ("linear", lambda m: m),
+    ("log", lambda m: np.log1p(100.0 * m)),
+    ("db", lambda m: 20 * np.log10(np.maximum(m, 1e-5))),
+])
+def test_compressed_features_equal_their_formula(magnitude, formula):
+    """window_features = formula(|librosa STFT|) in the stored float16, for every magnitude recipe."""
+    from genreclf.features import window_features
+
+    rng = np.random.default_rng(1)
+    windows = (0.3 * rng.standard_normal((2, R.window))).astype(np.float32)
+    windows[1, : R.window // 2] = 0  # silence: the log's and the floor's domain
+    recipe = Recipe(magnitude=magnitude)
+    got = window_features(windows, recipe)
+    assert got.dtype == np.float16 and got.shape == (2, 128, 513)
+    expected = np.stack([formula(reference(w).astype(np.float64)) for w in windows]).astype(np.float16)
+    np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_featurize_uses_the_recipe_magnitude(tmp_path, make_audio):
+    """The one seam: a file featurized with magnitude = log holds log1p(C |X|) of the linear features."""
+    from genreclf.featurize import featurize_file
+
+    path = make_audio(tmp_path / "a.mp3", 4.5, style="techno")
+    linear = featurize_file(str(path), Recipe(dtype="float32")).features
+    logged = featurize_file(str(path), Recipe(dtype="float32", magnitude="log", log_scale=10.0)).features
+    np.testing.assert_allclose(logged, np.log1p(10.0 * linear), rtol=1e-5, atol=1e-6)

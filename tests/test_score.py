@@ -1,6 +1,8 @@
 """Scoring on a real local Spark session: one row per file, exactly the mean of the window predictions."""
 
+import json
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -71,18 +73,53 @@ def test_one_row_per_file_with_status_and_top_genre(scored_from_audio, corpus):
     assert ok.loc["techno2.mp3", "n_windows"] == 4  # 7.5 s
 
 
+def _by_hand(model, features, temperature=1.0, per="track"):
+    """Predict each window, average, temper: softmax(log p / T) = p^(1/T) / sum p^(1/T)."""
+    p = model.predict(features.astype(np.float32)[..., None], verbose=0).astype(np.float64)
+    if per == "window":
+        p = p ** (1 / temperature) / (p ** (1 / temperature)).sum(axis=1, keepdims=True)
+    mean = p.mean(axis=0)
+    if per == "track":
+        mean = mean ** (1 / temperature) / (mean ** (1 / temperature)).sum()
+    return mean
+
+
 def test_scores_equal_an_independent_recomputation(scored_from_audio, trained, corpus):
-    """Load model.keras by hand, featurize, predict each window, average: the same within 1e-5."""
+    """Load model.keras by hand, featurize, predict each window, average, apply the bundle's
+    temperature to the mean: the same within 1e-5."""
     import keras
 
     out, _, _ = scored_from_audio
     _, bundle = trained
+    info = json.loads((bundle / "bundle.json").read_text())
+    assert info["calibration"] == "track"
     model = keras.saving.load_model(str(bundle / "model.keras"), compile=False)
     scores = read_scores(str(out)).set_index("track_id")
     for name in ("techno0.mp3", "ambient2.mp3", "jazz1.mp3"):
-        feats = featurize_file(str(corpus / name), Recipe()).features.astype(np.float32)[..., None]
-        by_hand = model.predict(feats, verbose=0).mean(axis=0)
-        np.testing.assert_allclose(scores.loc[name, "probability_vector"], by_hand, atol=1e-5)
+        feats = featurize_file(str(corpus / name), Recipe()).features
+        np.testing.assert_allclose(scores.loc[name, "probability_vector"],
+                                   _by_hand(model, feats, info["temperature"]), atol=1e-5)
+
+
+@pytest.mark.parametrize("per, calibrate", [("window", True), ("track", True), ("track", False)])
+def test_calibration_per_window_or_switched_off(spark, trained, corpus, tmp_path, per, calibrate):
+    """A bundle calibrated per window tempers every window before the mean, per track the mean
+    (in Spark SQL when scoring features); --no-calibration gives the reference's plain mean."""
+    import keras
+
+    features, bundle = trained
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    info = json.loads((copy / "bundle.json").read_text())
+    info.update(calibration=per, temperature=2.5)
+    (copy / "bundle.json").write_text(json.dumps(info))
+    run_score(spark, str(copy), str(tmp_path / "s"), features=str(features), calibrate=calibrate)
+    scores = read_scores(str(tmp_path / "s")).set_index("track_id")
+    model = keras.saving.load_model(str(copy / "model.keras"), compile=False)
+    for name in ("techno0.mp3", "jazz1.mp3"):
+        feats = featurize_file(str(corpus / name), Recipe()).features
+        expected = _by_hand(model, feats, 2.5 if calibrate else 1.0, per)
+        np.testing.assert_allclose(scores.loc[name, "probability_vector"], expected, atol=1e-5)
 
 
 def test_scoring_from_features_gives_the_same_numbers(spark, scored_from_audio, trained, tmp_path):

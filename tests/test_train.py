@@ -73,7 +73,7 @@ def bundle(tiny_features, tmp_path_factory):
 def test_train_writes_a_complete_bundle(bundle):
     out, report = bundle
     for name in ("model.keras", "bundle.json", "metrics.json", "history.json", "training_curves.png",
-                 "confusion_matrix.png", "confusion_matrix.csv", "split.json"):
+                 "confusion_matrix.png", "confusion_matrix.csv", "reliability.png", "split.json"):
         assert (out / name).is_file(), name
     info = load_bundle_info(str(out))
     assert info["labels"] == ["ambient", "rock", "techno"]
@@ -82,6 +82,36 @@ def test_train_writes_a_complete_bundle(bundle):
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss"]) == 1 and "val_loss" in history
     assert report["tracks"]["n"] == 3 and report["windows"]["n"] == 6  # one val track per style
+
+
+def test_the_bundle_is_calibrated_on_its_validation_tracks(bundle):
+    """The default: a temperature fitted on validation tracks, applied to each track's mean; it can
+    only lower the validation log loss it was fitted on and leaves accuracy as it was."""
+    out, report = bundle
+    info = load_bundle_info(str(out))
+    assert info["calibration"] == "track" and info["temperature"] == report["temperature"] > 0
+    assert set(info["temperatures_fitted"]) == {"track", "window"}
+    assert report["tracks"]["log_loss"] <= report["uncalibrated"]["log_loss"] + 1e-12
+    assert report["tracks"]["accuracy"] == report["uncalibrated"]["accuracy"]
+
+
+def test_cross_validation_trains_and_tests_every_fold(tiny_features, tmp_path):
+    """evaluate --cv: each track tested once, by a model that never saw it; mean ± sd per variant."""
+    from genreclf.crossval import VARIANTS, run_crossval
+    from genreclf.featureset import read_tracks
+
+    result = run_crossval(str(tiny_features), str(tmp_path / "cv"), 2, epochs=1, batch_size=8, val_fraction=0.34)
+    tested = [t for fold in result["folds"] for t in fold["test"]]
+    assert sorted(tested) == sorted(read_tracks(str(tiny_features))["track_id"])
+    for i, fold in enumerate(result["folds"], 1):
+        val = json.loads((tmp_path / "cv" / f"fold-{i}" / "model" / "split.json").read_text())["val"]
+        assert not set(val) & set(fold["test"])
+        assert load_bundle_info(str(tmp_path / "cv" / f"fold-{i}" / "model"))["excluded_tracks"] == len(fold["test"])
+    assert set(result["mean_sd"]) == {name for name, _ in VARIANTS}
+    assert len(result["per_fold"]) == 2 * len(VARIANTS)
+    for name in ("cv.json", "cv.csv", "cv.md", "confusion_matrix.png", "reliability.png"):
+        assert (tmp_path / "cv" / name).is_file(), name
+    assert "| uncalibrated |" in (tmp_path / "cv" / "cv.md").read_text()
 
 
 def test_split_is_by_track(bundle, tiny_features):

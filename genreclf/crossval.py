@@ -1,0 +1,163 @@
+"""K-fold cross-validation on featurize output: folds grouped by artist and stratified by label.
+
+Each fold trains a full bundle (``run_train``: its own inner, artist-grouped validation split for
+early stopping and the temperature) on the other folds' tracks and is tested on its own. Every
+fold is reported three ways from the same predictions: uncalibrated (the reference), with the
+temperature applied to the track means, and applied to every window. Fold bundles are kept, so a
+rerun with the same folds resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import numpy as np
+import pandas as pd
+
+from genreclf import storage
+from genreclf.bundle import load_bundle_info, load_model, read_json, write_json
+from genreclf.calibration import track_probabilities
+from genreclf.config import Settings, load_settings
+from genreclf.dataset import WindowSet
+from genreclf.errors import ConfigError
+from genreclf.evaluate import evaluate_predictions, predict_windows, track_codes, usable_tracks
+from genreclf.featureset import read_recipe, read_tracks
+from genreclf.metrics import classification_report
+from genreclf.schema import WINDOWS_DIR
+
+log = logging.getLogger(__name__)
+
+#: The ways each fold is scored: (name, calibration mode applied with the bundle's fitted temperature).
+VARIANTS = (("uncalibrated", "none"), ("temperature per track", "track"), ("temperature per window", "window"))
+METRICS = ("accuracy", "macro_f1", "log_loss", "ece")
+FOLDS_FILE = "folds.json"
+
+
+def cv_folds(tracks: pd.DataFrame, k: int, seed: int, group_col: str = "group") -> list:
+    """K (train_ids, test_ids) pairs of sorted track ids: scikit-learn's ``StratifiedGroupKFold``
+    (shuffled with ``seed``); tracks without a group are their own group. No group, hence no
+    artist and no track, is in two test folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise ConfigError(f"--cv {k!r} is not allowed: must be an integer >= 2 (folds)")
+    ids = tracks["track_id"].astype(str).to_numpy()
+    groups = (tracks[group_col].fillna(tracks["track_id"]) if group_col in tracks else tracks["track_id"]).astype(str)
+    n_groups = groups.nunique()
+    if n_groups < k:
+        raise ConfigError(f"--cv {k}: only {n_groups} groups (artists, or tracks without one) to spread over "
+                          f"{k} folds; use --cv {max(2, n_groups)} or fewer")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(sorted(ids[tr]), sorted(ids[te]))
+            for tr, te in splitter.split(ids, tracks["label"].astype(str).to_numpy(), groups.to_numpy())]
+
+
+def _fold_bundle(fold_dir: str, features: str, test_ids: list, settings: Settings, labels: list, overrides: dict):
+    """The fold's bundle: reused when one trained on the same held-out tracks is there, else trained."""
+    from genreclf.train import run_train
+
+    bundle = os.path.join(fold_dir, "model")
+    marker = os.path.join(fold_dir, FOLDS_FILE)
+    if os.path.isfile(os.path.join(bundle, "bundle.json")) and os.path.isfile(marker):
+        if read_json(marker) == {"test": test_ids, "settings": _jsonable(settings, overrides)}:
+            log.info("crossval: %s already trained on these folds and settings: reused", bundle)
+            return bundle
+    os.makedirs(fold_dir, exist_ok=True)
+    run_train(features, bundle, overwrite=True, settings=settings, exclude_tracks=test_ids, labels=labels, **overrides)
+    write_json(marker, {"test": test_ids, "settings": _jsonable(settings, overrides)})
+    return bundle
+
+
+def _jsonable(settings: Settings, overrides: dict) -> dict:
+    return {"train": {**dataclasses.asdict(settings.train), **overrides}, "recipe": settings.recipe.to_dict()}
+
+
+def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings | None = None, seed: int | None = None,
+                 batch_size: int = 64, workers: int = 1, **overrides) -> dict:
+    """Cross-validate the training recipe on ``features``; writes OUTPUT/cv.json, cv.csv, cv.md and
+    the pooled confusion matrix and reliability diagram. Returns the summary."""
+    from genreclf.plots import confusion, reliability_diagram
+    from genreclf.train import choose_labels
+
+    settings = settings or load_settings()
+    cfg = dataclasses.replace(settings.train, **overrides)  # validates the overrides before any work
+    seed = cfg.seed if seed is None else seed
+    recipe = read_recipe(features)
+    tracks = read_tracks(features)
+    labels = choose_labels(tracks, cfg.labels_from, settings)
+    usable = usable_tracks(tracks, labels).reset_index(drop=True)
+    folds = cv_folds(usable, k, seed)
+    artist = usable.set_index("track_id")["group"] if "group" in usable else None
+    log.info("crossval: %d tracks, %d labels, %d folds (grouped by artist, stratified by label), seed %d",
+             len(usable), len(labels), k, seed)
+    windows_url = storage.join(storage.to_url(features), WINDOWS_DIR)
+    os.makedirs(output, exist_ok=True)
+    rows, pooled = [], {name: [] for name, _ in VARIANTS}
+    pooled_y = []
+    started = time.time()
+    for i, (train_ids, test_ids) in enumerate(folds, 1):
+        counts = usable.set_index("track_id").loc[test_ids, "label"].value_counts().to_dict()
+        log.info("crossval: fold %d/%d: %d training tracks, %d test tracks %s", i, k, len(train_ids), len(test_ids),
+                 counts)
+        fold_dir = os.path.join(output, f"fold-{i}")
+        bundle = _fold_bundle(fold_dir, features, test_ids, settings, labels, overrides)
+        info = load_bundle_info(bundle)
+        import keras
+
+        keras.backend.clear_session()
+        model = load_model(bundle)
+        test = WindowSet(windows_url, recipe, track_ids=test_ids, labels=labels)
+        ids, window_labels, probs = predict_windows(model, test, batch_size=batch_size, workers=workers)
+        codes, _, y_tracks = track_codes(ids, window_labels, labels)
+        pooled_y.append(y_tracks)
+        fitted = info.get("temperatures_fitted", {})
+        fold_report = {"fold": i, "test_tracks": len(test_ids), "epochs_run": info.get("epochs_run"),
+                       "temperatures": fitted}
+        for name, mode in VARIANTS:
+            t = fitted.get(mode, 1.0) if mode != "none" else 1.0
+            report = evaluate_predictions(ids, window_labels, probs, labels, temperature=t, calibration=mode)
+            pooled[name].append(track_probabilities(probs, codes, len(y_tracks), temperature=t, mode=mode))
+            rows.append({"fold": i, "variant": name, "temperature": t,
+                         **{m: report["tracks"][m] for m in METRICS}})
+            fold_report[name] = report
+        write_json(os.path.join(fold_dir, "test_metrics.json"), fold_report)
+        if artist is not None:
+            assert not set(artist.loc[test_ids].dropna()) & set(artist.loc[train_ids].dropna()), "artist leak"
+        del model
+    table = pd.DataFrame(rows)
+    summary = table.groupby("variant", sort=False)[list(METRICS)].agg(["mean", "std"])
+    y_all = np.concatenate(pooled_y)
+    pooled_reports = {name: classification_report(y_all, np.concatenate(p), labels) for name, p in pooled.items()}
+    chosen = next(name for name, mode in VARIANTS if mode == cfg.calibration)
+    confusion(np.asarray(pooled_reports[chosen]["confusion_matrix"]), labels,
+              os.path.join(output, "confusion_matrix.png"), title=f"pooled over {k} folds ({chosen})")
+    reliability_diagram({name: r["reliability"] for name, r in pooled_reports.items()},
+                        os.path.join(output, "reliability.png"), title=f"reliability, pooled over {k} folds")
+    table.to_csv(os.path.join(output, "cv.csv"), index=False)
+    result = {
+        "features": storage.to_url(features), "k": k, "seed": seed, "labels": labels, "recipe": recipe.to_dict(),
+        "train": _jsonable(settings, overrides)["train"], "folds": [{"test": te} for _, te in folds],
+        "per_fold": rows, "pooled": pooled_reports,
+        "mean_sd": {v: {m: [float(summary.loc[v, (m, "mean")]), float(summary.loc[v, (m, "std")])] for m in METRICS}
+                    for v in summary.index},
+        "elapsed_s": round(time.time() - started, 1),
+    }
+    write_json(os.path.join(output, "cv.json"), result)
+    markdown = format_table(result)
+    storage.write_text(storage.join(storage.to_url(output), "cv.md"), markdown + "\n")
+    for line in markdown.splitlines():
+        log.info("crossval %s", line)
+    log.info("crossval: %d folds in %.0f s; reports in %s", k, result["elapsed_s"], output)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """Mean ± sd over the folds per variant, as a Markdown table (track level)."""
+    head = "| variant | accuracy | macro-F1 | log loss | ECE |\n|---|---|---|---|---|"
+    lines = [head]
+    for variant, cells in result["mean_sd"].items():
+        lines.append(f"| {variant} | " + " | ".join(f"{cells[m][0]:.3f} ± {cells[m][1]:.3f}" for m in METRICS) + " |")
+    return "\n".join(lines)
