@@ -144,6 +144,8 @@ class ScoreSettings:
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 #: Where a fitted temperature is applied (genreclf.calibration): the track's mean, every window, or nowhere.
 CALIBRATION_MODES = ("track", "window", "none")
+#: Loss weights per class: equal (the reference), or inverse to the class's share of training windows.
+CLASS_WEIGHTS = ("none", "balanced")
 #: Window readers of the training pipeline (genreclf.dataset).
 READERS = ("arrow", "petastorm")
 #: Where the label list comes from: the sorted labels of the data, or [labels] genres.
@@ -166,6 +168,7 @@ class TrainSettings:
     precision: str = "float32"
     cache_dir: str = ""  # a local directory to copy remote features to once (empty: read in place)
     calibration: str = "track"  # temperature fitted on validation tracks, applied to: "track", "window", "none"
+    class_weight: str = "none"  # "balanced": weight each class's windows by n / (classes * class count)
 
     def __post_init__(self):
         _check(self, "train", {
@@ -181,6 +184,7 @@ class TrainSettings:
             "precision": (lambda v: v in PRECISIONS, _choices(PRECISIONS)),
             "cache_dir": (lambda v: isinstance(v, str), "a directory path (or empty)"),
             "calibration": (lambda v: v in CALIBRATION_MODES, _choices(CALIBRATION_MODES)),
+            "class_weight": (lambda v: v in CLASS_WEIGHTS, _choices(CLASS_WEIGHTS)),
         })
 
 

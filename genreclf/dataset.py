@@ -226,6 +226,11 @@ class WindowSet:
                                         starts[rows] if starts is not None else None))
         return pieces
 
+    def label_counts(self) -> np.ndarray:
+        """Windows per label (in ``labels`` order), unlabelled ones left out."""
+        found = np.concatenate([p.labels for p in self.pieces]) if self.pieces else np.zeros(0, np.int32)
+        return np.bincount(found[found >= 0], minlength=len(self.labels))
+
     def read(self, piece: Piece) -> tuple:
         """(buffer, starts): a uint8 buffer holding the piece's windows and where each wanted row's
         array data begins in it. Mapped pieces need no I/O here: the copy into a batch reads them."""

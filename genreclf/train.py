@@ -99,9 +99,12 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
         keras.callbacks.ModelCheckpoint(os.path.join(tmp, MODEL_FILE), monitor=monitor, save_best_only=True),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
     ]
+    weights = class_weights(train_set.label_counts()) if cfg.class_weight == "balanced" else None
+    if weights:
+        log.info("train: class weights %s", ", ".join(f"{labels[i]} {w:.2f}" for i, w in weights.items()))
     started = time.time()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2,
-                        shuffle=False)  # tf_dataset shuffles windows itself
+                        shuffle=False, class_weight=weights)  # tf_dataset shuffles windows itself
     train_s = time.time() - started
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     epochs_run = len(hist.get("loss", []))
@@ -132,7 +135,7 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
         labels, recipe, trained_on=storage.to_url(features), epochs_run=epochs_run,
         batch_size=cfg.batch_size, seed=cfg.seed, optimizer="Adadelta", learning_rate=1.0,
         parameters=model.count_params(), calibration=calibration, temperature=temperatures.get(calibration, 1.0),
-        temperatures_fitted=temperatures, excluded_tracks=len(set(exclude_tracks)), precision=cfg.precision, reader=cfg.reader, reader_workers=workers,
+        temperatures_fitted=temperatures, excluded_tracks=len(set(exclude_tracks)), class_weight=cfg.class_weight, precision=cfg.precision, reader=cfg.reader, reader_workers=workers,
         device="GPU" if on_gpu else "CPU", train_tracks=len(train_ids), val_tracks=len(val_ids),
         train_seconds=round(train_s, 1), windows_per_s=round(windows_per_s, 1),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
@@ -141,6 +144,13 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
     os.replace(tmp, model_out)
     log.info("train: bundle written to %s", model_out)
     return report
+
+
+def class_weights(counts) -> dict:
+    """sklearn's "balanced" weights, n / (classes present * count), by class index; 1.0 for a class
+    without training windows (it has no loss term to weight)."""
+    total, present = int(sum(counts)), int(sum(c > 0 for c in counts))
+    return {i: (total / (present * c) if c else 1.0) for i, c in enumerate(counts)}
 
 
 def as_float32(model, recipe, n_classes: int):

@@ -9,7 +9,7 @@ import dataclasses
 import sys
 
 from genreclf.cli import run_main
-from genreclf.config import CALIBRATION_MODES, LABEL_SOURCES, PRECISIONS, READERS, TrainSettings
+from genreclf.config import CALIBRATION_MODES, CLASS_WEIGHTS, LABEL_SOURCES, PRECISIONS, READERS, TrainSettings
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
                           "(default: accuracy unchanged) or to every window; 'none' = the reference")
     cal.add_argument("--no-calibration", dest="calibration", action="store_const", const="none",
                      help="same as --calibration none: scores are the reference's plain mean of window softmaxes")
+    p.add_argument("--class-weight", choices=CLASS_WEIGHTS,
+                   help="'balanced': weight each class's loss by the inverse of its share of training windows "
+                        "(unbalanced labels); 'none' (default): the reference")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
     return p

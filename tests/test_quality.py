@@ -113,3 +113,15 @@ def test_a_dataset_manifest_works_as_a_labels_csv(tmp_path):
     table = apply_labels(expand_inputs([str(tmp_path / "clips")]).entries, str(tmp_path / "MANIFEST.csv"))
     assert table.set_index("track_id")[["label", "group"]].to_dict("index") == {
         "a.mp3": {"label": "jazz", "group": "Ann"}, "b.mp3": {"label": "rock", "group": "Bob"}}
+
+
+def test_balanced_class_weights_as_sklearn():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from genreclf.train import class_weights
+
+    counts = [30, 10, 0, 5]
+    y = np.repeat([0, 1, 3], [30, 10, 5])
+    expected = compute_class_weight("balanced", classes=np.array([0, 1, 3]), y=y)
+    got = class_weights(counts)
+    assert [got[0], got[1], got[3]] == pytest.approx(list(expected)) and got[2] == 1.0

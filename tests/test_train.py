@@ -96,17 +96,20 @@ def test_the_bundle_is_calibrated_on_its_validation_tracks(bundle):
 
 
 def test_cross_validation_trains_and_tests_every_fold(tiny_features, tmp_path):
-    """evaluate --cv: each track tested once, by a model that never saw it; mean ± sd per variant."""
+    """evaluate --cv: each track tested once, by a model that never saw it; mean ± sd per variant
+    (here with balanced class weights, which the folds pass on to training)."""
     from genreclf.crossval import VARIANTS, run_crossval
     from genreclf.featureset import read_tracks
 
-    result = run_crossval(str(tiny_features), str(tmp_path / "cv"), 2, epochs=1, batch_size=8, val_fraction=0.34)
+    result = run_crossval(str(tiny_features), str(tmp_path / "cv"), 2, epochs=1, batch_size=8, val_fraction=0.34,
+                          class_weight="balanced")
     tested = [t for fold in result["folds"] for t in fold["test"]]
     assert sorted(tested) == sorted(read_tracks(str(tiny_features))["track_id"])
     for i, fold in enumerate(result["folds"], 1):
         val = json.loads((tmp_path / "cv" / f"fold-{i}" / "model" / "split.json").read_text())["val"]
         assert not set(val) & set(fold["test"])
-        assert load_bundle_info(str(tmp_path / "cv" / f"fold-{i}" / "model"))["excluded_tracks"] == len(fold["test"])
+        info = load_bundle_info(str(tmp_path / "cv" / f"fold-{i}" / "model"))
+        assert info["excluded_tracks"] == len(fold["test"]) and info["class_weight"] == "balanced"
     assert set(result["mean_sd"]) == {name for name, _ in VARIANTS}
     assert len(result["per_fold"]) == 2 * len(VARIANTS)
     for name in ("cv.json", "cv.csv", "cv.md", "confusion_matrix.png", "reliability.png"):
