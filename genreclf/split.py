@@ -2,6 +2,12 @@
 
 A track's windows overlap by half and are near-duplicates, so splitting windows would leak. When a
 group column (artist or album) is given, all tracks of a group land on the same side.
+
+Cross-validation folds use scikit-learn's ``StratifiedGroupKFold`` (genreclf.crossval). This
+hold-out split stays ours because sklearn has no stratified *group* split by an arbitrary fraction
+(``GroupShuffleSplit`` ignores labels; ``StratifiedGroupKFold`` only cuts 1/K and may leave a
+label without a validation group), and early stopping and the temperature need every label that
+has two or more groups represented.
 """
 
 from __future__ import annotations
