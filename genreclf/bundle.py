@@ -1,11 +1,13 @@
 """The model bundle: one self-contained directory that scoring needs and nothing else.
 
     model.keras           the trained network (Keras 3 native format)
-    bundle.json           labels in output order, the feature recipe, genreclf version, training facts
+    bundle.json           labels in output order, the feature recipe, the calibration (mode, temperature),
+                          genreclf version, training facts
     metrics.json          evaluation results (window- and track-level)
     history.json          per-epoch loss/accuracy
     training_curves.png   loss and accuracy per epoch
     confusion_matrix.csv/.png   track-level confusion on the validation split
+    reliability.png       accuracy against confidence on the validation tracks, calibrated and not
     split.json            the validation track ids (for evaluate)
 """
 

@@ -125,3 +125,13 @@ def test_balanced_class_weights_as_sklearn():
     expected = compute_class_weight("balanced", classes=np.array([0, 1, 3]), y=y)
     got = class_weights(counts)
     assert [got[0], got[1], got[3]] == pytest.approx(list(expected)) and got[2] == 1.0
+
+
+def test_a_model_trained_on_linear_magnitudes_refuses_log_features():
+    from genreclf.bundle import bundle_info, check_recipe
+    from genreclf.config import Recipe
+
+    info = bundle_info(["a", "b"], Recipe())
+    check_recipe(info, Recipe(), "the same features")
+    with pytest.raises(ConfigError, match="magnitude model='linear' features='log'"):
+        check_recipe(info, Recipe(magnitude="log"), "log features")
