@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from genreclf import storage
-from genreclf.bundle import load_bundle_info, load_model, read_json, write_json
-from genreclf.calibration import track_probabilities
+from genreclf.bundle import SPLIT_FILE, load_bundle_info, load_model, read_json, write_json
+from genreclf.calibration import fit_temperatures, track_probabilities
 from genreclf.config import Settings, load_settings
 from genreclf.dataset import WindowSet
 from genreclf.errors import ConfigError
@@ -30,7 +30,8 @@ from genreclf.schema import WINDOWS_DIR
 
 log = logging.getLogger(__name__)
 
-#: The ways each fold is scored: (name, calibration mode applied with the bundle's fitted temperature).
+#: The ways each fold is scored: (name, calibration mode), with temperatures fitted on the fold
+#: bundle's validation tracks.
 VARIANTS = (("uncalibrated", "none"), ("temperature per track", "track"), ("temperature per window", "window"))
 METRICS = ("accuracy", "macro_f1", "log_loss", "ece")
 FOLDS_FILE = "folds.json"
@@ -69,6 +70,18 @@ def _fold_bundle(fold_dir: str, features: str, test_ids: list, settings: Setting
     run_train(features, bundle, overwrite=True, settings=settings, exclude_tracks=test_ids, labels=labels, **overrides)
     write_json(marker, {"test": test_ids, "settings": _jsonable(settings, overrides)})
     return bundle
+
+
+def _temperatures(model, bundle: str, windows_url: str, recipe, labels: list, batch_size: int, workers: int) -> dict:
+    """Each mode's temperature fitted on the fold bundle's validation tracks (split.json), as train
+    does, by this code: a rerun re-reports reused bundles with the current calibration."""
+    val = read_json(os.path.join(bundle, SPLIT_FILE))["val"]
+    if not val:
+        return {"track": 1.0, "window": 1.0}
+    ids, window_labels, probs = predict_windows(model, WindowSet(windows_url, recipe, track_ids=val, labels=labels),
+                                                batch_size=batch_size, workers=workers)
+    codes, _, y_tracks = track_codes(ids, window_labels, labels)
+    return fit_temperatures(probs, codes, y_tracks)
 
 
 def _jsonable(settings: Settings, overrides: dict) -> dict:
@@ -113,7 +126,7 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
         ids, window_labels, probs = predict_windows(model, test, batch_size=batch_size, workers=workers)
         codes, _, y_tracks = track_codes(ids, window_labels, labels)
         pooled_y.append(y_tracks)
-        fitted = info.get("temperatures_fitted", {})
+        fitted = _temperatures(model, bundle, windows_url, recipe, labels, batch_size, workers)
         fold_report = {"fold": i, "test_tracks": len(test_ids), "epochs_run": info.get("epochs_run"),
                        "temperatures": fitted}
         for name, mode in VARIANTS:

@@ -13,7 +13,7 @@ from genreclf.bundle import (BUNDLE_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_FILE, 
 from genreclf.config import Settings, load_settings
 from genreclf.dataset import WindowSet, cached_windows, tf_dataset
 from genreclf.errors import ConfigError, OutputExistsError
-from genreclf.calibration import fit_temperature
+from genreclf.calibration import fit_temperatures
 from genreclf.evaluate import (calibrated_report, format_report, predict_windows, track_codes, usable_tracks,
                                write_reports)
 from genreclf.featureset import read_recipe, read_tracks
@@ -117,7 +117,7 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
     if val_set:
         ids, window_labels, probs = predict_windows(model, val_set, batch_size=cfg.batch_size, workers=workers)
         codes, _, y_tracks = track_codes(ids, window_labels, labels)
-        temperatures = {mode: fit_temperature(probs, codes, y_tracks, mode=mode) for mode in ("track", "window")}
+        temperatures = fit_temperatures(probs, codes, y_tracks)
         report = calibrated_report(ids, window_labels, probs, labels, calibration, temperatures.get(calibration, 1.0))
         report.update(split="val", features=storage.to_url(features))
         write_reports(tmp, report, labels)
