@@ -71,3 +71,13 @@ def test_an_impossible_recipe_is_refused_before_spark_starts(tmp_path, capsys):
     assert rc == 2 and "[recipe] frames = 500 is not allowed" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and time.time() - started < 10  # no Spark session was started
 
+
+
+def test_the_quality_preset_is_a_complete_configuration():
+    import os
+
+    from genreclf.config import DEFAULT_CONF, Recipe
+
+    preset = load_settings(os.path.join(os.path.dirname(DEFAULT_CONF), "quality.toml"))
+    assert preset.recipe != Recipe() and preset.recipe.magnitude != "linear"
+    assert preset.train.calibration != "none"
