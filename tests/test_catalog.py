@@ -63,7 +63,7 @@ def test_labels_without_genre_column_are_refused(tmp_path):
     touch(tmp_path / "a.mp3")
     labels = tmp_path / "labels.csv"
     labels.write_text("track_id,style\na.mp3,Folk\n")
-    with pytest.raises(ConfigError, match="'genre' column"):
+    with pytest.raises(ConfigError, match=r"needs a 'genre' \(or 'label'\) column"):
         apply_labels(expand_inputs([str(tmp_path / "a.mp3")]).entries, str(labels))
 
 
