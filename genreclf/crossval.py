@@ -56,19 +56,22 @@ def cv_folds(tracks: pd.DataFrame, k: int, seed: int, group_col: str = "group") 
             for tr, te in splitter.split(ids, tracks["label"].astype(str).to_numpy(), groups.to_numpy())]
 
 
-def _fold_bundle(fold_dir: str, features: str, test_ids: list, settings: Settings, labels: list, overrides: dict):
-    """The fold's bundle: reused when one trained on the same held-out tracks is there, else trained."""
+def _fold_bundle(fold_dir: str, features: str, test_ids: list, settings: Settings, labels: list, overrides: dict,
+                 recipe) -> str:
+    """The fold's bundle: reused when one trained on the same held-out tracks, features recipe and
+    training settings is there (calibration aside: it is refitted and reported every way), else trained."""
     from genreclf.train import run_train
 
     bundle = os.path.join(fold_dir, "model")
     marker = os.path.join(fold_dir, FOLDS_FILE)
+    trained_as = {"test": test_ids, "recipe": recipe.to_dict(), "train": _training(settings, overrides)}
     if os.path.isfile(os.path.join(bundle, "bundle.json")) and os.path.isfile(marker):
-        if read_json(marker) == {"test": test_ids, "settings": _jsonable(settings, overrides)}:
+        if read_json(marker) == trained_as:
             log.info("crossval: %s already trained on these folds and settings: reused", bundle)
             return bundle
     os.makedirs(fold_dir, exist_ok=True)
     run_train(features, bundle, overwrite=True, settings=settings, exclude_tracks=test_ids, labels=labels, **overrides)
-    write_json(marker, {"test": test_ids, "settings": _jsonable(settings, overrides)})
+    write_json(marker, trained_as)
     return bundle
 
 
@@ -84,8 +87,11 @@ def _temperatures(model, bundle: str, windows_url: str, recipe, labels: list, ba
     return fit_temperatures(probs, codes, y_tracks)
 
 
-def _jsonable(settings: Settings, overrides: dict) -> dict:
-    return {"train": {**dataclasses.asdict(settings.train), **overrides}, "recipe": settings.recipe.to_dict()}
+def _training(settings: Settings, overrides: dict) -> dict:
+    """The [train] settings that shape a fold's weights (all but the post-hoc calibration)."""
+    train = {**dataclasses.asdict(settings.train), **overrides}
+    train.pop("calibration")
+    return train
 
 
 def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings | None = None, seed: int | None = None,
@@ -116,7 +122,7 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
         log.info("crossval: fold %d/%d: %d training tracks, %d test tracks %s", i, k, len(train_ids), len(test_ids),
                  counts)
         fold_dir = os.path.join(output, f"fold-{i}")
-        bundle = _fold_bundle(fold_dir, features, test_ids, settings, labels, overrides)
+        bundle = _fold_bundle(fold_dir, features, test_ids, settings, labels, overrides, recipe)
         info = load_bundle_info(bundle)
         import keras
 
@@ -152,7 +158,7 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
     table.to_csv(os.path.join(output, "cv.csv"), index=False)
     result = {
         "features": storage.to_url(features), "k": k, "seed": seed, "labels": labels, "recipe": recipe.to_dict(),
-        "train": _jsonable(settings, overrides)["train"], "folds": [{"test": te} for _, te in folds],
+        "train": {**dataclasses.asdict(settings.train), **overrides}, "folds": [{"test": te} for _, te in folds],
         "per_fold": rows, "pooled": pooled_reports,
         "mean_sd": {v: {m: [float(summary.loc[v, (m, "mean")]), float(summary.loc[v, (m, "std")])] for m in METRICS}
                     for v in summary.index},
