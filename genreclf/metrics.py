@@ -1,13 +1,11 @@
 """Classification metrics: scikit-learn's, so numbers match what users compute themselves, plus
-what it lacks (expected calibration error, the challenge's clipping, per-track means).
-
-Track-level predictions are the mean of a track's window probabilities, as the reference scored.
+what it lacks (expected calibration error, the challenge's clipping). Track-level predictions
+(the mean of a track's window probabilities) come from genreclf.calibration.track_probabilities.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from sklearn import metrics as skm
 
 #: Probabilities are clipped to [EPS, 1 - EPS] in log loss, as the challenge's scorer (sklearn's
@@ -71,9 +69,3 @@ def classification_report(y_true, probs, labels: list) -> dict:
         "confusion_matrix": cm.tolist(),
     }
 
-
-def track_means(track_ids, probs: np.ndarray) -> pd.DataFrame:
-    """Mean window probability per track: a DataFrame indexed by track_id, one column per class."""
-    frame = pd.DataFrame(np.asarray(probs, np.float64))
-    frame["track_id"] = np.asarray(track_ids)
-    return frame.groupby("track_id", sort=True).mean()

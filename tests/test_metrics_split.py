@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genreclf.metrics import classification_report, log_loss, track_means
+from genreclf.calibration import track_probabilities
+from genreclf.metrics import classification_report, log_loss
 from genreclf.split import split_tracks
 
 
@@ -35,10 +36,10 @@ def test_report_by_hand():
     assert r["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
 
-def test_track_means_average_windows():
-    means = track_means(["a", "b", "a"], np.array([[1.0, 0.0], [0.2, 0.8], [0.0, 1.0]]))
-    np.testing.assert_allclose(means.loc["a"].to_numpy(), [0.5, 0.5])
-    np.testing.assert_allclose(means.loc["b"].to_numpy(), [0.2, 0.8])
+def test_track_probabilities_average_windows():
+    means = track_probabilities(np.array([[1.0, 0.0], [0.2, 0.8], [0.0, 1.0]]), np.array([0, 1, 0]), 2)
+    np.testing.assert_allclose(means[0], [0.5, 0.5])
+    np.testing.assert_allclose(means[1], [0.2, 0.8])
 
 
 def _tracks(n_per_label=10, labels=("rock", "jazz", "folk")):
