@@ -9,11 +9,16 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat $(RUNTIME) requirements-base.txt requirements-dev.txt setup.py | cksum | cut -d' ' -f1)
 DEMO    := demo-output
 
-.PHONY: install install-gpu demo test bench clean help
+CORPUS  ?= ../shared/corpus-train
+CONF    ?= conf/genreclf.toml
+CV_OUT  ?= cv-output/$(basename $(notdir $(CONF)))
+
+.PHONY: install install-gpu demo test bench crossval clean help
 help:
 	@echo "make demo   - set up .venv and run the pipeline end to end on a generated corpus (local mode)"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks"
+	@echo "make crossval [CONF=conf/quality.toml] - 5-fold artist-grouped cross-validation on $(CORPUS) (~30-45 min)"
 	@echo "make install-gpu - a GPU training node's environment (.venv-gpu; then make test GPU=1 ...)"
 	@echo "make clean  - remove build outputs and demo output (keeps .venv)"
 
@@ -53,8 +58,15 @@ test: install
 	$(PY) -m pytest -m "not cluster"
 	$(PY) -m pytest -m cluster
 
+# Featurize the labelled corpus with CONF's recipe, then cross-validate CONF's training (docs/quality.md).
+# A rerun re-featurizes (~15 s) and reuses the fold bundles trained with the same recipe and settings.
+crossval: install
+	./spark-submit.sh featurize --input $(CORPUS)/clips --labels $(CORPUS)/MANIFEST.csv \
+	    --output $(CV_OUT)/features --conf $(CONF) --overwrite
+	./spark-submit.sh evaluate --cv 5 --features $(CV_OUT)/features --output $(CV_OUT) --conf $(CONF)
+
 bench: install
 	$(PY) -m benchmarks.run --out bench-output
 
 clean:
-	rm -rf build $(DEMO) bench-output .pytest_cache
+	rm -rf build $(DEMO) bench-output cv-output .pytest_cache
