@@ -9,7 +9,6 @@ count, never a header's; a header's duration is only used to notice truncation.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -17,6 +16,7 @@ import av
 import numpy as np
 import soxr
 
+from genreclf import storage
 from genreclf.errors import TrackError
 
 #: Demuxers whose duration is an estimate from the bitrate unless a Xing/Info/VBRI header states it.
@@ -82,20 +82,15 @@ def _id3_length(head: bytes) -> int:
     return 10 + size + (10 if head[5] & 0x10 else 0)
 
 
-def _open_reason(path: str, size: int) -> TrackError:
-    with open(path, "rb") as f:
-        tag = _id3_length(f.read(10))
-    if tag and tag >= size - 128:
-        return TrackError("no audio frames", "an ID3 tag and no audio after it")
-    return TrackError("not audio", "FFmpeg recognises no audio format in its content")
-
-
-def _has_frame_count_header(path: str) -> bool:
-    """Whether an MPEG audio file starts with a Xing/Info/VBRI header (a trustworthy frame count)."""
-    with open(path, "rb") as f:
-        f.seek(_id3_length(f.read(10)))
-        first = f.read(200)
-    return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
+def _sniff(f) -> tuple:
+    """(ID3 tag length, whether a Xing/Info/VBRI header follows it) read from the file's start;
+    leaves ``f`` at offset 0 for the decoder. The header is a trustworthy frame count for MPEG audio."""
+    f.seek(0)
+    tag = _id3_length(f.read(10))
+    f.seek(tag)
+    first = f.read(200)
+    f.seek(0)
+    return tag, any(t in first for t in (b"Xing", b"Info", b"VBRI"))
 
 
 class AudioReader:
@@ -118,27 +113,32 @@ class AudioReader:
 
     def __enter__(self):
         try:
-            size = os.path.getsize(self.path)
+            # One handle for everything (a remote file is buffered and retried by genreclf.storage).
+            self._file = storage.open_input(self.path)
+            size = storage.size_of(self._file)
+            tag, counted = _sniff(self._file) if size else (0, False)
         except OSError as e:
-            raise TrackError("unreadable file", e.strerror or str(e)) from None
+            self.close()
+            raise TrackError("unreadable file", storage.describe(e)) from None
         if size == 0:
+            self.close()
             raise TrackError("empty file", "0 bytes")
-        try:
-            self._file = open(self.path, "rb")
-        except OSError as e:
-            raise TrackError("unreadable file", e.strerror or str(e)) from None
         try:
             # A file object, not a name: FFmpeg then probes content alone, ignoring the extension.
             self._container = av.open(self._file, mode="r")
-        except (av.error.FFmpegError, ValueError, OSError):
+        except (av.error.FFmpegError, ValueError, OSError) as e:
             self.close()
-            raise _open_reason(self.path, size) from None
+            if isinstance(e, OSError) and not isinstance(e, av.error.FFmpegError):
+                raise TrackError("unreadable file", storage.describe(e)) from None
+            if tag and tag >= size - 128:
+                raise TrackError("no audio frames", "an ID3 tag and no audio after it") from None
+            raise TrackError("not audio", "FFmpeg recognises no audio format in its content") from None
         if not self._container.streams.audio:
             self.close()
             raise TrackError("not audio", f"the {self._container.format.name} container has no audio stream")
         stream = self._container.streams.audio[0]
         announced = None
-        if self._container.format.name not in _ESTIMATED_FORMATS or _has_frame_count_header(self.path):
+        if self._container.format.name not in _ESTIMATED_FORMATS or counted:
             if stream.duration is not None and stream.time_base is not None:
                 announced = float(stream.duration * stream.time_base)
             elif self._container.duration:
@@ -174,7 +174,10 @@ class AudioReader:
                 packet = next(packets)
             except StopIteration:
                 return
-            except av.error.FFmpegError:
+            except (av.error.FFmpegError, OSError):  # PyAV re-raises our file object's OSError
+                failed = storage.read_error(self._file)
+                if failed is not None:  # the store failed us, after retries: not the file's fault
+                    raise TrackError("unreadable file", f"read failed mid-file: {storage.describe(failed)}") from None
                 return  # a read error ends the stream; the truncation check judges what is left
             try:
                 frames = packet.decode()

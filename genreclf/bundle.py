@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 
-from genreclf import __version__
+from genreclf import __version__, storage
 from genreclf.config import Recipe
 from genreclf.errors import ConfigError
 
@@ -27,16 +27,13 @@ HISTORY_FILE = "history.json"
 SPLIT_FILE = "split.json"
 
 
-def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=float)
-    os.replace(tmp, path)
+def write_json(location: str, obj) -> None:
+    """``obj`` as indented JSON at a local path or URL, replaced atomically."""
+    storage.write_text(location, json.dumps(obj, indent=2, sort_keys=True, default=float))
 
 
-def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+def read_json(location: str):
+    return json.loads(storage.read_text(location))
 
 
 def bundle_info(labels: list, recipe: Recipe, **extra) -> dict:
@@ -45,9 +42,13 @@ def bundle_info(labels: list, recipe: Recipe, **extra) -> dict:
 
 
 def load_bundle_info(bundle_dir: str) -> dict:
-    """bundle.json of a bundle directory, with a clear error when it is not one."""
-    path = os.path.join(bundle_dir, BUNDLE_FILE)
-    if not os.path.isfile(path) or not os.path.isfile(os.path.join(bundle_dir, MODEL_FILE)):
+    """bundle.json of a bundle directory (a local path or URL), with a clear error when it is not one."""
+    path = storage.join(bundle_dir, BUNDLE_FILE)
+    try:
+        found = storage.is_file(path) and storage.is_file(storage.join(bundle_dir, MODEL_FILE))
+    except OSError as e:
+        raise ConfigError(f"model bundle {bundle_dir} cannot be reached: {storage.describe(e)}") from None
+    if not found:
         raise ConfigError(f"{bundle_dir} is not a genreclf model bundle (needs {BUNDLE_FILE} and {MODEL_FILE}); "
                           "make one with ./spark-submit.sh train")
     return read_json(path)
@@ -72,6 +73,8 @@ def calibration_of(info: dict, enabled: bool = True) -> tuple:
 
 
 def load_model(bundle_dir: str):
+    """The bundle's Keras model; a remote bundle is fetched to a local cache once (storage.fetch_dir)."""
     import keras
 
-    return keras.saving.load_model(os.path.join(bundle_dir, MODEL_FILE), compile=False)
+    local = storage.fetch_dir(bundle_dir, names={MODEL_FILE, BUNDLE_FILE})
+    return keras.saving.load_model(os.path.join(local, MODEL_FILE), compile=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 
@@ -139,6 +140,33 @@ class ScoreSettings:
         })
 
 
+@dataclass(frozen=True)
+class StorageSettings:
+    """How object stores are reached (genreclf.storage); credentials come from the environment
+    (AWS_ACCESS_KEY_ID / AWS_PROFILE ...), never from a config file."""
+
+    endpoint_url: str = ""  # S3-compatible endpoint (MinIO, Ceph...), e.g. "http://10.0.0.5:9000"; "" = AWS
+    region: str = ""  # S3 region; "" = the environment's (AWS_REGION / AWS_DEFAULT_REGION / profile)
+    retries: int = 3  # further attempts after a transient read error (connection reset, throttling)
+    retry_backoff_s: float = 0.5  # first wait; doubles per retry
+    read_ahead_kb: int = 1024  # remote reads are buffered in requests of this size
+    list_progress_s: float = 5.0  # a progress line this often while listing a large input
+
+    def __post_init__(self):
+        _check(self, "storage", {
+            "endpoint_url": (lambda v: isinstance(v, str) and (v == "" or re.match(r"^https?://[^/]+/?$", v)),
+                             'a URL "http://host:port" or "https://host" (or "" for AWS)'),
+            "region": (lambda v: isinstance(v, str), "a region name (or empty)"),
+            "retries": (lambda v: isinstance(v, int) and 0 <= v <= 20, "an integer in [0, 20]"),
+            "retry_backoff_s": (lambda v: isinstance(v, (int, float)) and 0 <= v <= 60, "seconds in [0, 60]"),
+            "read_ahead_kb": (lambda v: isinstance(v, int) and 4 <= v <= 262144, "an integer in [4, 262144] (KiB)"),
+            "list_progress_s": (lambda v: isinstance(v, (int, float)) and v > 0, "seconds > 0"),
+        })
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 #: Training precisions: Keras dtype policies. float32 reproduces the reference; the mixed ones
 #: compute in 16 bits with float32 weights (GPUs; bfloat16 also on CPUs with AMX / AVX-512 BF16).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -204,6 +232,7 @@ class Settings:
     featurize: FeaturizeSettings = field(default_factory=FeaturizeSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     genres: tuple = FMA_GENRES
 
 
@@ -221,14 +250,15 @@ def load_settings(path: str | None = None) -> Settings:
         path = DEFAULT_CONF if os.path.exists(DEFAULT_CONF) else None
     if path is None:
         return Settings()
+    from genreclf import storage
+
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        data = tomllib.loads(storage.read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = set(data) - {"recipe", "featurize", "score", "train", "labels"}
+    unknown = set(data) - {"recipe", "featurize", "score", "train", "storage", "labels"}
     if unknown:
         raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
     genres = tuple(data.get("labels", {}).get("genres", FMA_GENRES))
@@ -237,5 +267,6 @@ def load_settings(path: str | None = None) -> Settings:
         featurize=_section(FeaturizeSettings, data.get("featurize", {}), "featurize"),
         score=_section(ScoreSettings, data.get("score", {}), "score"),
         train=_section(TrainSettings, data.get("train", {}), "train"),
+        storage=_section(StorageSettings, data.get("storage", {}), "storage"),
         genres=genres,
     )

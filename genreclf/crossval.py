@@ -102,6 +102,10 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
     from genreclf.train import choose_labels
 
     settings = settings or load_settings()
+    if not storage.is_local(output):  # k bundles and their reports are re-read by reruns: kept local
+        raise ConfigError(f"evaluate --cv --output {output}: cross-validation writes to a local directory; "
+                          "copy the reports to a store afterwards")
+    output = storage.to_location(output)
     cfg = dataclasses.replace(settings.train, **overrides)  # validates the overrides before any work
     seed = cfg.seed if seed is None else seed
     recipe = read_recipe(features)

@@ -76,7 +76,8 @@ def usable_tracks(tracks: pd.DataFrame, labels: list) -> pd.DataFrame:
 
 
 def write_reports(out_dir: str, report: dict, labels: list) -> None:
-    """metrics.json, the track-level confusion matrix (CSV, PNG) and reliability diagram (PNG)."""
+    """metrics.json, the track-level confusion matrix (CSV, PNG) and reliability diagram (PNG), into
+    a local directory (see :func:`storage.local_output` for other locations)."""
     from genreclf.plots import confusion, reliability_diagram
 
     os.makedirs(out_dir, exist_ok=True)
@@ -114,8 +115,8 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
     labels = info["labels"]
     tracks = usable_tracks(read_tracks(features), labels)
     if split == "val":
-        split_path = os.path.join(bundle_dir, SPLIT_FILE)
-        if not os.path.isfile(split_path):
+        split_path = storage.join(bundle_dir, SPLIT_FILE)
+        if not storage.is_file(split_path):
             raise ConfigError(f"{bundle_dir} records no validation split; use --split all")
         tracks = tracks[tracks["track_id"].isin(read_json(split_path)["val"])]
     if tracks.empty:
@@ -128,8 +129,9 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
     ids, window_labels, probs = predict_windows(model, windows, batch_size=batch_size, workers=workers)
     report = calibrated_report(ids, window_labels, probs, labels, *calibration_of(info, calibrate))
     report.update(split=split, features=storage.to_url(features), elapsed_s=round(time.time() - started, 2))
-    out = output or os.path.join(bundle_dir, "evaluation")
-    write_reports(out, report, labels)
+    out = output or storage.join(bundle_dir, "evaluation")
+    with storage.local_output(out) as local:
+        write_reports(local, report, labels)
     for line in format_report(report).splitlines():
         log.info("evaluate %s", line)
     log.info("evaluate: reports in %s", out)

@@ -20,45 +20,66 @@ import pyarrow.parquet as pq
 from genreclf import storage
 from genreclf.config import Recipe
 from genreclf.errors import ConfigError
-from genreclf.schema import RECIPE_FILE, TRACKS_DIR, TRACKS_SCHEMA, window_arrow_schema
+from genreclf.schema import RECIPE_FILE, TRACKS_DIR, TRACKS_SCHEMA, window_arrow_schema, window_schema
 
 
 def write_window_file(windows_url: str, name: str, attempt: int, tables) -> int:
-    """Write ``tables`` (one row group each) to ``name`` atomically; no file when there are no rows."""
-    fs, base = storage.filesystem(windows_url)
-    fs.create_dir(base, recursive=True)
-    tmp = f"{base}/.{name}.attempt-{attempt}.tmp"  # hidden: readers skip it if the attempt dies
+    """Write ``tables`` (one row group each) to ``name`` atomically; no file when there are no rows.
+
+    All windows of a track are in one file: a featurize task writes each of its tracks whole, and
+    score-from-features averages tracks inside the task that reads their file (no shuffle).
+    """
     rows = 0
-    writer = None
-    try:
-        for table in tables:
-            if writer is None:
-                writer = pq.ParquetWriter(fs.open_output_stream(tmp), window_arrow_schema(),
-                                          compression="none", use_dictionary=False, write_statistics=["track_id", "window"])
-            writer.write_table(table)
-            rows += table.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is not None:
-        fs.move(tmp, f"{base}/{name}")
+    tables = iter(tables)
+    first = next(tables, None)
+    if first is None:
+        return 0
+    # hidden until complete: readers skip it, and a retried attempt writes its own and replaces the file
+    with storage.atomic_output(storage.join(windows_url, name), tag=f"attempt-{attempt}") as out:
+        with pq.ParquetWriter(out, window_arrow_schema(), compression="none", use_dictionary=False,
+                              write_statistics=["track_id", "window"]) as writer:
+            for table in _chain(first, tables):
+                writer.write_table(table)
+                rows += table.num_rows
     return rows
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
 
 
 def write_tracks(tracks_url: str, tracks: pd.DataFrame) -> None:
     """The tracks table as one Parquet file in ``tracks/`` (sorted by track_id), replaced atomically."""
-    fs, base = storage.filesystem(tracks_url)
     table = pa.Table.from_pandas(tracks.sort_values("track_id", kind="stable"), schema=TRACKS_SCHEMA,
                                  preserve_index=False)
-    tmp = base + ".tmp"
-    if fs.get_file_info(tmp).type != pa.fs.FileType.NotFound:
-        fs.delete_dir(tmp)
-    fs.create_dir(tmp, recursive=True)
-    with fs.open_output_stream(f"{tmp}/part-00000.parquet") as f:
-        pq.write_table(table, f)
-    if fs.get_file_info(base).type != pa.fs.FileType.NotFound:
-        fs.delete_dir(base)
-    fs.move(tmp, base)
+    with storage.atomic_output(storage.join(tracks_url, "part-00000.parquet")) as out:
+        pq.write_table(table, out)
+
+
+def write_dataset_metadata(windows_url: str, recipe: Recipe) -> None:
+    """petastorm's dataset metadata (``_common_metadata``: the pickled Unischema and the row groups
+    per file), written with pyarrow so that any store works (petastorm's ``materialize_dataset``
+    needs a legacy filesystem and a Spark job); ``make_reader``/``make_batch_reader`` read it."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
+
+    fs, base = storage.filesystem(windows_url)
+    files = window_files(windows_url)
+
+    def row_groups(path):
+        with fs.open_input_file(path) as f:
+            return path[len(base):].lstrip("/"), pq.read_metadata(f).num_row_groups
+
+    with ThreadPoolExecutor(16) as pool:
+        counts = dict(pool.map(row_groups, files))
+    schema = window_arrow_schema().with_metadata({
+        UNISCHEMA_KEY: pickle.dumps(window_schema(recipe)),
+        ROW_GROUPS_PER_FILE_KEY: json.dumps(counts).encode()})
+    with storage.atomic_output(storage.join(windows_url, "_common_metadata")) as out:
+        pq.write_metadata(schema, out)
 
 
 def read_tracks(output: str) -> pd.DataFrame:
@@ -104,10 +125,8 @@ def drop_windows(windows_url: str, track_ids) -> int:
         keep = table.filter(pc.invert(pc.is_in(table["track_id"], value_set=drop)))
         removed += table.num_rows - keep.num_rows
         if keep.num_rows:
-            tmp = path.rsplit("/", 1)[0] + "/.rewrite.tmp"
-            with fs.open_output_stream(tmp) as out:
+            with storage.atomic_output(storage.located(windows_url, path)) as out:
                 pq.write_table(keep, out, compression="none", use_dictionary=False)
-            fs.move(tmp, path)
         else:
             fs.delete_file(path)
     return removed
@@ -115,9 +134,7 @@ def drop_windows(windows_url: str, track_ids) -> int:
 
 def write_empty(windows_url: str, run_id: str) -> None:
     """One empty window file, so that a dataset where no file had audio still has a schema."""
-    fs, base = storage.filesystem(windows_url)
-    fs.create_dir(base, recursive=True)
-    with fs.open_output_stream(f"{base}/part-{run_id}-empty.parquet") as f:
+    with storage.atomic_output(storage.join(windows_url, f"part-{run_id}-empty.parquet")) as f:
         pq.write_table(window_arrow_schema().empty_table(), f)
 
 

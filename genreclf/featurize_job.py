@@ -28,10 +28,11 @@ from genreclf.catalog import apply_labels, expand_inputs
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import GenreclfError, OutputExistsError
 from genreclf.featurize import window_tables
-from genreclf.featureset import (drop_windows, read_recipe, read_tracks, window_files, write_empty,
-                                 write_tracks, write_window_file)
+from genreclf.featureset import (drop_windows, read_recipe, read_tracks, window_files, write_dataset_metadata,
+                                 write_empty, write_tracks, write_window_file)
 from genreclf.progress import SparkProgress
-from genreclf.schema import RECIPE_FILE, STATUS_OK, TRACKS_DIR, TRACKS_SCHEMA, WINDOWS_DIR, window_schema
+from genreclf.schema import RECIPE_FILE, STATUS_OK, TRACKS_DIR, TRACKS_SCHEMA, WINDOWS_DIR, summarize, window_schema
+from genreclf.spark import entries_frame, task_count
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,11 @@ def _rows_per_group(recipe: Recipe, row_group_size_mb: int) -> int:
 
 
 def _partition_fn(batches, *, recipe_json: str, windows_url: str, run_id: str, row_group_size_mb: int,
-                  max_duration_s: float):
+                  max_duration_s: float, storage_options: dict):
     """Runs in a Spark task: featurize this partition's files into one Parquet file; yield status rows."""
     from pyspark import TaskContext
 
+    storage.configure(storage_options)
     recipe = Recipe.from_dict(json.loads(recipe_json))
     ctx = TaskContext.get()
     rows = []
@@ -84,40 +86,13 @@ def _unchanged_ok(catalog: pd.DataFrame, prior: pd.DataFrame) -> pd.Series:
     return same.astype(bool)
 
 
-def task_count(n_files: int, files_per_task: int, parallelism: int) -> int:
-    """Spark tasks for ``n_files``: at most ``files_per_task`` each, and enough to use every core.
-
-    Each Python task costs ~0.25 s of fixed overhead on our 2-core machines (measured: an empty
-    mapInPandas over 16 partitions takes ~2 s, over 2 ~0.3 s), so tasks should hold many files;
-    but never fewer tasks than cores, or small inputs would run on one core.
-    """
-    if n_files <= 0:
-        return 1
-    return max(min(n_files, parallelism), -(-n_files // files_per_task))
-
-
-def entries_frame(spark, table: pd.DataFrame, n_parts: int):
-    """The catalogue as a Spark DataFrame of ``n_parts`` partitions, one row per input file."""
-    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
-
-    schema = StructType([StructField("path", StringType()), StructField("track_id", StringType()),
-                         StructField("label", StringType()), StructField("group", StringType()),
-                         StructField("size_bytes", LongType()), StructField("mtime", DoubleType())])
-    text = lambda v: None if pd.isna(v) else str(v)  # noqa: E731
-    records = [(r.path, r.track_id, text(r.label), text(r.group),
-                None if pd.isna(r.size_bytes) else int(r.size_bytes), None if pd.isna(r.mtime) else float(r.mtime))
-               for r in table.itertuples(index=False)]
-    # parallelize() slices the list deterministically: a retried task gets exactly the same files.
-    return spark.createDataFrame(spark.sparkContext.parallelize(records, n_parts), schema)
-
-
 def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None,
                   settings: Settings | None = None, overwrite: bool = False, incremental: bool = False) -> dict:
     """Featurize ``inputs`` into ``output``; returns the summary (also logged)."""
-    from petastorm.etl.dataset_metadata import materialize_dataset
     from pyspark.sql.pandas.types import from_arrow_schema
 
     settings = settings or load_settings()
+    storage.configure(settings.storage.to_dict())
     recipe, fs_settings = settings.recipe, settings.featurize
     started = time.time()
     out_url = storage.to_url(output)
@@ -149,17 +124,16 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
     fn = functools.partial(_partition_fn, recipe_json=json.dumps(recipe.to_dict()), windows_url=windows_url,
                            run_id=run_id, row_group_size_mb=fs_settings.row_group_size_mb,
-                           max_duration_s=fs_settings.max_duration_s)
+                           max_duration_s=fs_settings.max_duration_s, storage_options=settings.storage.to_dict())
     statuses = entries_frame(spark, table, n_parts).mapInPandas(fn, schema=from_arrow_schema(TRACKS_SCHEMA))
 
     sc.setJobDescription(f"genreclf featurize: {len(table)} files in {n_parts} tasks")
-    schema = window_schema(recipe)
-    with materialize_dataset(spark, windows_url, schema, fs_settings.row_group_size_mb):
-        with SparkProgress(sc, "featurize"):
-            new_rows = statuses.toPandas() if len(table) else TRACKS_SCHEMA.empty_table().to_pandas()
-        if not window_files(windows_url):  # no file had audio: an empty dataset still has a schema
-            write_empty(windows_url, run_id)
+    with SparkProgress(sc, "featurize"):
+        new_rows = statuses.toPandas() if len(table) else TRACKS_SCHEMA.empty_table().to_pandas()
     sc.setJobDescription(None)
+    if not window_files(windows_url):  # no file had audio: an empty dataset still has a schema
+        write_empty(windows_url, run_id)
+    write_dataset_metadata(windows_url, recipe)
 
     missing = set(table["path"]) - set(new_rows["path"])
     if missing or len(new_rows) != len(table):
@@ -176,25 +150,6 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     for line in format_summary(summary).splitlines():
         log.info(line)
     return summary
-
-
-def summarize(rows: pd.DataFrame, elapsed_s: float, *, n_inputs: int, skipped: int = 0, unchanged: int = 0) -> dict:
-    """Counts for the closing summary: files, ok, errors by reason, windows, elapsed, tracks/s."""
-    errors = rows.loc[rows["status"] != STATUS_OK, "error"].fillna("unknown")
-    reasons = errors.str.split(":", n=1).str[0].value_counts().sort_index()
-    return {
-        "files_in": int(n_inputs),
-        "processed": int(len(rows)),
-        "unchanged_skipped": int(unchanged),
-        "sidecar_files_passed_over": int(skipped),
-        "ok": int((rows["status"] == STATUS_OK).sum()),
-        "errors": int(len(errors)),
-        "errors_by_reason": {k: int(v) for k, v in reasons.items()},
-        "warnings": int(rows["warning"].notna().sum()),
-        "windows_written": int(rows["n_windows"].fillna(0).sum()),
-        "elapsed_s": round(elapsed_s, 2),
-        "tracks_per_s": round(len(rows) / elapsed_s, 2) if elapsed_s > 0 else None,
-    }
 
 
 def format_summary(s: dict) -> str:

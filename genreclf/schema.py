@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from genreclf.config import Recipe
@@ -55,3 +56,22 @@ def window_arrow_schema() -> pa.Schema:
         pa.field("label", pa.string()),
         pa.field("stft", pa.binary(), nullable=False),
     ])
+
+
+def summarize(rows: pd.DataFrame, elapsed_s: float, *, n_inputs: int, skipped: int = 0, unchanged: int = 0) -> dict:
+    """Counts for the closing summary: files, ok, errors by reason, windows, elapsed, tracks/s."""
+    errors = rows.loc[rows["status"] != STATUS_OK, "error"].fillna("unknown")
+    reasons = errors.str.split(":", n=1).str[0].value_counts().sort_index()
+    return {
+        "files_in": int(n_inputs),
+        "processed": int(len(rows)),
+        "unchanged_skipped": int(unchanged),
+        "sidecar_files_passed_over": int(skipped),
+        "ok": int((rows["status"] == STATUS_OK).sum()),
+        "errors": int(len(errors)),
+        "errors_by_reason": {k: int(v) for k, v in reasons.items()},
+        "warnings": int(rows["warning"].notna().sum()),
+        "windows_written": int(rows["n_windows"].fillna(0).sum()),
+        "elapsed_s": round(elapsed_s, 2),
+        "tracks_per_s": round(len(rows) / elapsed_s, 2) if elapsed_s > 0 else None,
+    }

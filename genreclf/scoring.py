@@ -3,7 +3,8 @@
 A track's probability vector is the mean of its windows' softmax outputs (19 for a 30 s track), as
 the reference scored, calibrated with the bundle's temperature (genreclf.calibration) unless
 disabled; optionally only a centred excerpt of ``max_windows`` windows is used.
-The partition functions below run inside Spark tasks and take the model from :mod:`model_cache`.
+The partition functions below run inside Spark tasks, take the model from :mod:`model_cache` and
+write their rows themselves (:mod:`scoreset`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ import pandas as pd
 from genreclf.calibration import apply_temperature
 from genreclf.config import Recipe
 from genreclf.schema import STATUS_OK
-
-#: Columns the scoring UDFs return (``probs`` in the bundle's label order; turned into a map later).
-SCORE_FIELDS = ["track_id", "path", "status", "error", "n_windows", "probs"]
-
 
 def excerpt(n_windows: int, max_windows: int | None) -> slice:
     """The windows to average: all, or the centred ``max_windows`` of a longer track."""
@@ -72,16 +69,30 @@ def _maybe_inject_fault():
         os._exit(17)
 
 
+def _write_task_rows(rows: list, labels: list, staging: str):
+    """Write a task's score rows as its part of the staged output; the task's one returned row."""
+    from pyspark import TaskContext
+
+    from genreclf.scoreset import score_table, write_part
+
+    ctx = TaskContext.get()
+    n = write_part(staging, f"part-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(), score_table(rows, labels))
+    return pd.DataFrame({"partition": [ctx.partitionId()], "rows": [n]})
+
+
 def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duration_s: float, max_windows: int,
-                          batch_size: int, temperature: float = 1.0, calibration: str = "none",
-                          rows_per_batch: int = 16):
-    """mapInPandas: catalogue rows -> one score row per file (decode, windows and STFT as featurize)."""
+                          batch_size: int, staging: str, storage_options: dict, temperature: float = 1.0,
+                          calibration: str = "none"):
+    """mapInPandas: catalogue rows -> one score row per file (decode, windows and STFT as featurize),
+    written by the task to its part of the staged output."""
+    from genreclf import storage
     from genreclf.featurize import featurize_file
     from genreclf.model_cache import get_model
 
     _maybe_inject_fault()
+    storage.configure(storage_options)
     recipe = Recipe.from_dict(json.loads(recipe_json))
-    _, model = get_model(_bundle_dir(bundle))
+    info, model = get_model(_bundle_dir(bundle))
     rows = []
     for batch in batches:
         for entry in batch.itertuples(index=False):
@@ -95,28 +106,49 @@ def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duratio
                                            calibration=calibration).tolist()
                 n = len(feats)
             rows.append((row["track_id"], row["path"], row["status"], row["error"], n, probs))
-            if len(rows) >= rows_per_batch:
-                yield pd.DataFrame(rows, columns=SCORE_FIELDS)
-                rows = []
-    if rows:
-        yield pd.DataFrame(rows, columns=SCORE_FIELDS)
+    yield _write_task_rows(rows, info["labels"], staging)
 
 
-def predict_window_partition(batches, *, bundle: str, recipe_json: str, batch_size: int, window_temperature: float = 1.0):
-    """mapInPandas: window rows (track_id, stft .npy bytes) -> (track_id, p0 .. p{k-1}) per window
-    (tempered by ``window_temperature``: the bundle's temperature when it calibrates per window)."""
+def score_window_files_partition(batches, *, bundle: str, recipe_json: str, batch_size: int, max_windows: int,
+                                 staging: str, storage_options: dict, paths, temperature: float = 1.0,
+                                 calibration: str = "none"):
+    """mapInPandas: window files (``location``) -> one score row per track they hold.
+
+    A featurize output keeps all of a track's windows in one file, so each track is averaged here,
+    in the task that reads its file: no shuffle. Memory: one row group of windows at a time.
+    ``paths`` (a broadcast of track_id -> path) gives each row its input's path.
+    """
+    import pyarrow.parquet as pq
+
+    from genreclf import storage
     from genreclf.featureset import decode_npy_column
     from genreclf.model_cache import get_model
 
     _maybe_inject_fault()
+    storage.configure(storage_options)
     recipe = Recipe.from_dict(json.loads(recipe_json))
-    _, model = get_model(_bundle_dir(bundle))
+    info, model = get_model(_bundle_dir(bundle))
+    path_of = paths.value
+    rows = []
     for batch in batches:
-        if batch.empty:
-            continue
-        probs = predict(model, decode_npy_column(batch["stft"].to_numpy(), recipe), batch_size)
-        if window_temperature != 1.0:
-            probs = apply_temperature(probs, window_temperature)
-        out = pd.DataFrame(probs.astype(np.float64), columns=[f"p{i}" for i in range(probs.shape[1])])
-        out.insert(0, "track_id", batch["track_id"].to_numpy())
-        yield out
+        for location in batch["location"]:
+            per_track: dict = {}
+            fs, path = storage.filesystem(location)
+            with fs.open_input_file(path) as f:
+                parquet = pq.ParquetFile(f)
+                for group in range(parquet.num_row_groups):
+                    table = parquet.read_row_group(group, columns=["track_id", "window", "stft"])
+                    if not table.num_rows:
+                        continue
+                    probs = predict(model, decode_npy_column(table["stft"].to_numpy(zero_copy_only=False), recipe),
+                                    batch_size)
+                    for tid, w, p in zip(table["track_id"].to_pylist(), table["window"].to_pylist(), probs):
+                        per_track.setdefault(tid, []).append((w, p))
+            for tid, windows in per_track.items():
+                if tid not in path_of:  # not an ok track of the committed tracks table
+                    continue
+                windows.sort(key=lambda item: item[0])
+                chosen = np.stack([p for _, p in windows])[excerpt(len(windows), max_windows)]
+                mean = mean_probabilities(chosen, temperature=temperature, calibration=calibration)
+                rows.append((tid, path_of.get(tid), STATUS_OK, None, len(chosen), mean.tolist()))
+    yield _write_task_rows(rows, info["labels"], staging)

@@ -1,54 +1,557 @@
-"""Locations as URLs (file://, hdfs://, s3://...), with pyarrow filesystems; local files memory-mapped."""
+"""Every location a user gives, a local path or a URL, read and written here with pyarrow filesystems.
+
+Local paths, ``file://``, ``s3://`` (pyarrow's S3: the standard AWS environment variables and
+profile, ``AWS_ENDPOINT_URL`` included, or ``[storage] endpoint_url``), ``gs://``, ``hdfs://`` (where
+libhdfs is installed) and, when ``fsspec`` and its backend are installed, any other fsspec protocol.
+A *location* is what the tables hold: a plain absolute path for local files, a full URL otherwise.
+
+Writes are "hidden, then commit": data goes to a name starting with ``.`` in the target's directory
+(every reader here and in Spark skips it) and is moved into place when complete. A file move is
+atomic on local disks and HDFS; on object stores a move is a server-side copy then a delete, so a
+committed object appears whole but a directory replaced by :func:`replace_dir` is swapped object
+by object (what that means for each output is said where it is used).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import glob as _glob
+import io
+import logging
 import os
+import posixpath
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+log = logging.getLogger(__name__)
+
+#: Settings that shape how stores are reached ([storage] in conf/genreclf.toml); set by configure().
+_OPTIONS = {"endpoint_url": "", "region": "", "retries": 3, "retry_backoff_s": 0.5, "read_ahead_kb": 1024,
+            "list_progress_s": 5.0}
+_FILESYSTEMS: dict = {}
+_LOCK = threading.Lock()
+
+
+def configure(options: dict | None) -> None:
+    """Use ``options`` (StorageSettings.to_dict()) from now on in this process (driver or worker)."""
+    if not options:
+        return
+    with _LOCK:
+        if {**_OPTIONS, **options} != _OPTIONS:
+            _OPTIONS.update(options)
+            _FILESYSTEMS.clear()
+
+
+def options() -> dict:
+    return dict(_OPTIONS)
+
+
+def is_url(location: str) -> bool:
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location))
+
+
+def is_local(location: str) -> bool:
+    return not is_url(location) or location.startswith("file://")
+
 
 def to_url(location: str) -> str:
-    """A local path becomes an absolute ``file://`` URL; URLs pass through."""
-    if urlparse(location).scheme:
-        return location.rstrip("/")
+    """A local path becomes an absolute ``file://`` URL; URLs pass through (without a trailing /)."""
+    if is_url(location):
+        return location.rstrip("/") if not location.endswith("://") else location
     return "file://" + os.path.abspath(os.path.expanduser(location))
+
+
+def to_location(location: str) -> str:
+    """What tables hold: an absolute local path for local files (``file://`` stripped), else the URL."""
+    if not is_url(location):
+        return os.path.abspath(os.path.expanduser(location))
+    if location.startswith("file://"):
+        return urlparse(location).path
+    return location.rstrip("/")
 
 
 def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *parts])
 
 
+def parent(location: str) -> str:
+    if not is_url(location):
+        return os.path.dirname(os.path.abspath(location))
+    scheme, rest = location.split("://", 1)
+    return f"{scheme}://{posixpath.dirname(rest.rstrip('/'))}"
+
+
+def basename(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[-1]
+
+
+def resolve(base_dir: str, relative: str) -> str:
+    """``relative`` (a path in a CSV) against the CSV's directory; absolute paths and URLs stay."""
+    if is_url(relative):
+        return to_location(relative)
+    if not is_url(base_dir):
+        return os.path.normpath(os.path.join(base_dir, os.path.expanduser(relative)))
+    scheme, rest = base_dir.split("://", 1)
+    if relative.startswith("/"):
+        return f"{scheme}://{rest.split('/', 1)[0]}{posixpath.normpath(relative)}"
+    return f"{scheme}://{posixpath.normpath(posixpath.join(rest, relative))}"
+
+
+def relative(location: str, root: str) -> str:
+    if not is_url(location):
+        return os.path.relpath(location, root)
+    return posixpath.relpath(location.split("://", 1)[1], root.split("://", 1)[1])
+
+
+def _s3(netloc: str):
+    kwargs = {}
+    endpoint = _OPTIONS["endpoint_url"] or os.environ.get("AWS_ENDPOINT_URL_S3") or ""
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    if _OPTIONS["region"]:
+        kwargs["region"] = _OPTIONS["region"]
+    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=int(_OPTIONS["retries"]) + 1)
+    return pafs.S3FileSystem(**kwargs)
+
+
 def filesystem(url: str):
-    """(pyarrow FileSystem, path within it) for a URL."""
-    return pafs.FileSystem.from_uri(url)
+    """(pyarrow FileSystem, path within it) for a location; filesystems are reused per process."""
+    if not is_url(url):
+        return _cached("local", "", lambda: pafs.LocalFileSystem()), os.path.abspath(os.path.expanduser(url))
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
+        return _cached("local", "", lambda: pafs.LocalFileSystem()), parsed.path
+    if scheme in ("s3", "s3a"):
+        return _cached("s3", "", lambda: _s3(parsed.netloc)), (parsed.netloc + parsed.path).rstrip("/")
+    try:
+        fs, path = pafs.FileSystem.from_uri(url)
+        return _cached(scheme, parsed.netloc, lambda: fs), path
+    except (pafs.ArrowInvalid, ValueError, OSError) as e:
+        try:
+            import fsspec
+        except ImportError:
+            raise _config_error(f"{url}: pyarrow cannot open {scheme}:// ({e}); install fsspec and its "
+                                f"{scheme} backend to use other stores") from None
+        ffs, path = fsspec.core.url_to_fs(url)
+        return _cached(scheme, parsed.netloc, lambda: pafs.PyFileSystem(pafs.FSSpecHandler(ffs))), path
 
 
-def exists(url: str) -> bool:
-    fs, path = filesystem(url)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+def _cached(scheme, netloc, make):
+    key = (scheme, netloc)
+    with _LOCK:
+        if key not in _FILESYSTEMS:
+            _FILESYSTEMS[key] = make()
+        return _FILESYSTEMS[key]
 
 
-def delete(url: str) -> None:
-    fs, path = filesystem(url)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
+def _config_error(message: str):
+    from genreclf.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def _prefix(url: str, path: str) -> str:
+    """What goes before a filesystem path to make the location again ('' for local files)."""
+    if not is_url(url) or url.startswith("file://"):
+        return ""
+    scheme, rest = url.split("://", 1)
+    netloc = rest.split("/", 1)[0]
+    return f"{scheme}://" if path.startswith(netloc) else f"{scheme}://{netloc}"
+
+
+def located(url: str, path: str) -> str:
+    """The location of ``path``, a path within the filesystem of ``url``."""
+    return _prefix(url, path) + path
+
+
+def info(location: str) -> pafs.FileInfo:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path)
+
+
+def exists(location: str) -> bool:
+    return info(location).type != pafs.FileType.NotFound
+
+
+def is_dir(location: str) -> bool:
+    return info(location).type == pafs.FileType.Directory
+
+
+def is_file(location: str) -> bool:
+    return info(location).type == pafs.FileType.File
+
+
+def delete(location: str) -> None:
+    fs, path = filesystem(location)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
         fs.delete_dir(path)
-    elif info.type == pafs.FileType.File:
+    elif kind == pafs.FileType.File:
         fs.delete_file(path)
 
 
-def write_text(url: str, text: str) -> None:
-    fs, path = filesystem(url)
-    fs.create_dir(os.path.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
+def list_dir(location: str) -> list:
+    """FileInfos directly in a directory (none when it does not exist)."""
+    fs, path = filesystem(location)
+    return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
 
 
-def read_text(url: str) -> str:
-    fs, path = filesystem(url)
+# --- listing -------------------------------------------------------------------------------------
+
+def walk_files(root: str, *, skip_dir=lambda name: name.startswith(".")) -> list:
+    """Every file under ``root`` as (location, size, mtime seconds), sorted by location.
+
+    Breadth-first, one listing call per directory (sizes and mtimes come with it: no per-file stat),
+    with a progress line every ``list_progress_s`` seconds; directories ``skip_dir`` names are not
+    entered. A directory already visited (a symlink loop) is not listed again.
+    """
+    fs, base = filesystem(root)
+    prefix = _prefix(to_url(root) if not is_url(root) else root, base)
+    found, pending, seen = [], [base], set()
+    started = last = time.monotonic()
+    dirs = 0
+    while pending:
+        current = pending.pop()
+        key = os.path.realpath(current) if isinstance(fs, pafs.LocalFileSystem) else current
+        if key in seen:
+            log.warning("listing: %s%s was visited already (a symlink loop?): not listed twice", prefix, current)
+            continue
+        seen.add(key)
+        dirs += 1
+        for entry in fs.get_file_info(pafs.FileSelector(current)):
+            if entry.type == pafs.FileType.Directory:
+                if not skip_dir(entry.base_name):
+                    pending.append(entry.path)
+            elif entry.type == pafs.FileType.File:
+                found.append((prefix + entry.path, entry.size, entry.mtime_ns / 1e9 if entry.mtime_ns else None))
+        now = time.monotonic()
+        if now - last >= _OPTIONS["list_progress_s"]:
+            log.info("listing %s: %d files in %d directories so far (%.0f s)", root, len(found), dirs, now - started)
+            last = now
+    found.sort()
+    return found
+
+
+def has_magic(pattern: str) -> bool:
+    return _glob.has_magic(pattern)
+
+
+def glob(pattern: str) -> tuple:
+    """(root, [(location, size, mtime)]) of the files a glob matches (``**`` crosses directories)."""
+    if not is_url(pattern):
+        root = _glob_root(os.path.expanduser(pattern), os.sep)
+        files = sorted(os.path.abspath(p) for p in _glob.glob(os.path.expanduser(pattern), recursive=True)
+                       if os.path.isfile(p))
+        return os.path.abspath(root), [(p, *stat_of(p)) for p in files]
+    root = _glob_root(pattern, "/")
+    regex = re.compile(_glob_regex(pattern))
+    return root, [entry for entry in walk_files(root, skip_dir=lambda name: False) if regex.match(entry[0])]
+
+
+def stat_of(location: str) -> tuple:
+    """(size, mtime seconds) of one file, or (None, None) when it cannot be reached."""
+    try:
+        entry = info(location)
+    except OSError:
+        return None, None
+    if entry.type != pafs.FileType.File:
+        return None, None
+    return entry.size, (entry.mtime_ns / 1e9 if entry.mtime_ns else None)
+
+
+def _glob_root(pattern: str, sep: str) -> str:
+    parts = []
+    for part in pattern.split(sep):
+        if _glob.has_magic(part):
+            break
+        parts.append(part)
+    return sep.join(parts) or "."
+
+
+def _glob_regex(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.find("]", i)
+            out.append(fnmatch.translate(pattern[i:end + 1])[4:-3] if end > 0 else re.escape("["))
+            i = end + 1 if end > 0 else i + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out) + r"\Z"
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def _permanent(error: Exception) -> bool:
+    text = str(error)
+    return isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)) or any(
+        k in text for k in ("ACCESS_DENIED", "AccessDenied", "NO_SUCH_KEY", "NO_SUCH_BUCKET", "HTTP status 403",
+                            "HTTP status 404", "Forbidden"))
+
+
+def describe(error: Exception) -> str:
+    """A short reason for an I/O error, as rows and logs give it."""
+    if isinstance(error, FileNotFoundError):
+        return "not found"
+    if isinstance(error, PermissionError) or any(k in str(error) for k in ("ACCESS_DENIED", "AccessDenied",
+                                                                           "HTTP status 403", "Forbidden")):
+        return "permission denied"
+    return (getattr(error, "strerror", None) or str(error)).splitlines()[0][:200]
+
+
+class _RetryingRaw(io.RawIOBase):
+    """A remote file as a seekable raw stream that retries a failed read (reopening at the same
+    offset, waiting ``retry_backoff_s`` doubling each time) up to ``retries`` times."""
+
+    def __init__(self, fs, path: str):
+        self._fs, self._path = fs, path
+        self._pos = 0
+        self.error = None  # the error that ended reading, after the retries
+        self._file = self._attempt(lambda: fs.open_input_file(path))
+        self.size = self._file.size()
+
+    def _attempt(self, call):
+        wait = float(_OPTIONS["retry_backoff_s"])
+        for attempt in range(int(_OPTIONS["retries"]) + 1):
+            try:
+                return call()
+            except OSError as e:
+                if _permanent(e) or attempt == int(_OPTIONS["retries"]):
+                    self.error = e
+                    raise
+                log.warning("read of %s failed (%s): retry %d in %.1f s", self._path, describe(e), attempt + 1, wait)
+                time.sleep(wait)
+                wait *= 2
+                with contextlib.suppress(Exception):
+                    self._file.close()
+                with contextlib.suppress(OSError):
+                    self._file = self._fs.open_input_file(self._path)
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer):
+        want = min(len(buffer), max(0, self.size - self._pos))
+        if want == 0:
+            return 0
+
+        def read():
+            return self._file.read_at(want, self._pos)
+
+        data = self._attempt(read)
+        n = len(data)
+        memoryview(buffer)[:n] = data
+        self._pos += n
+        return n
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self._file.close()
+        super().close()
+
+
+def open_input(location: str):
+    """A buffered, seekable binary file object; remote reads come in ``read_ahead_kb`` requests and
+    are retried on transient errors. Raises FileNotFoundError / PermissionError / OSError."""
+    size = int(_OPTIONS["read_ahead_kb"]) * 1024
+    if is_local(location):
+        path = filesystem(location)[1]
+        if os.path.exists(path) and not os.path.isfile(path):  # a FIFO or device would block or never end
+            raise IsADirectoryError(f"not a regular file: {path}") if os.path.isdir(path) else \
+                OSError(f"not a regular file: {path}")
+        return open(path, "rb", buffering=size)
+    fs, path = filesystem(location)
+    raw = _RetryingRaw(fs, path)
+    reader = io.BufferedReader(raw, buffer_size=size)
+    reader.size = raw.size
+    return reader
+
+
+def read_error(f) -> Exception | None:
+    """The error that ended reads of a file from :func:`open_input` after its retries, if any."""
+    return getattr(getattr(f, "raw", None), "error", None)
+
+
+def size_of(f) -> int:
+    """The size of a file object from :func:`open_input`."""
+    if hasattr(f, "size"):
+        return f.size
+    return os.fstat(f.fileno()).st_size
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = filesystem(location)
     with fs.open_input_stream(path) as f:
-        return f.read().decode()
+        return f.read()
+
+
+def read_text(location: str) -> str:
+    return read_bytes(location).decode()
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def hidden_name(location: str, tag: str = "") -> str:
+    """A hidden sibling of ``location`` for writing before the commit."""
+    return join(parent(location), f".{basename(location)}.{tag or uuid.uuid4().hex[:8]}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_output(location: str, tag: str = ""):
+    """An output stream to a hidden name, moved to ``location`` when the block ends without error
+    (deleted otherwise): readers see the old file or the new one, whole."""
+    fs, path = filesystem(location)
+    tmp_path = filesystem(hidden_name(location, tag))[1]
+    fs.create_dir(posixpath.dirname(path) if not isinstance(fs, pafs.LocalFileSystem) else os.path.dirname(path),
+                  recursive=True)
+    out = fs.open_output_stream(tmp_path)
+    try:
+        yield out
+        out.close()
+        fs.move(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            out.close()
+        with contextlib.suppress(Exception):
+            fs.delete_file(tmp_path)
+        raise
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    with atomic_output(location) as f:
+        f.write(data)
+
+
+def write_text(location: str, text: str) -> None:
+    write_bytes(location, text.encode())
+
+
+def make_dirs(location: str) -> None:
+    fs, path = filesystem(location)
+    fs.create_dir(path, recursive=True)
+
+
+def replace_dir(staged: str, final: str) -> None:
+    """Move a complete directory ``staged`` (written beside ``final`` under a hidden name) to ``final``.
+
+    Local disks and HDFS: the old directory is removed and the new one renamed into place (a reader
+    sees one or the other). Object stores have no directory rename: the old objects are deleted and
+    the new ones moved one by one; a reader during those seconds may see part of the new output, and
+    a crash leaves the staged directory for the next run to finish or remove.
+    """
+    fs, src = filesystem(staged)
+    _, dst = filesystem(final)
+    if fs.get_file_info(dst).type != pafs.FileType.NotFound:
+        if fs.get_file_info(dst).type == pafs.FileType.Directory:
+            fs.delete_dir(dst)
+        else:
+            fs.delete_file(dst)
+    if isinstance(fs, (pafs.LocalFileSystem, pafs.HadoopFileSystem)):
+        fs.move(src, dst)
+        return
+    for entry in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+        if entry.type == pafs.FileType.File:
+            target = dst + entry.path[len(src):]
+            fs.create_dir(posixpath.dirname(target), recursive=True)
+            fs.move(entry.path, target)
+    with contextlib.suppress(OSError):
+        fs.delete_dir(src)
+
+
+def upload_dir(local_dir: str, location: str) -> None:
+    """Copy a local directory's files to ``location`` (a directory), keeping relative names."""
+    fs, dst = filesystem(location)
+    fs.create_dir(dst, recursive=True)
+    pafs.copy_files(os.path.abspath(local_dir), dst, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+@contextlib.contextmanager
+def local_output(location: str):
+    """A local directory to write into, that becomes ``location`` when the block succeeds: local
+    outputs are written under a hidden sibling and renamed; remote ones are written to a scratch
+    directory, uploaded under a hidden name and committed with :func:`replace_dir`."""
+    final = to_location(location)
+    if is_local(location):
+        os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
+        staged = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{uuid.uuid4().hex[:8]}.tmp")
+        os.makedirs(staged)
+        try:
+            yield staged
+            replace_dir(staged, final)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        return
+    scratch = tempfile.mkdtemp(prefix="genreclf-out-")
+    try:
+        yield scratch
+        staged = hidden_name(final)
+        upload_dir(scratch, staged)
+        replace_dir(staged, final)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def fetch_dir(location: str, names=None) -> str:
+    """A local directory holding ``location``'s files (``names`` only, when given): the directory
+    itself when local, else a copy in a per-user cache keyed by the URL and the files' sizes and
+    mtimes (fetched once; a changed remote bundle is fetched again)."""
+    if is_local(location):
+        return filesystem(location)[1]
+    import hashlib
+
+    fs, path = filesystem(location)
+    entries = [e for e in fs.get_file_info(pafs.FileSelector(path)) if e.type == pafs.FileType.File
+               and (names is None or e.base_name in names)]
+    if not entries:
+        raise FileNotFoundError(f"{location}: no files")
+    key = hashlib.sha1(repr([location] + sorted((e.base_name, e.size, e.mtime_ns) for e in entries)).encode())
+    target = os.path.join(tempfile.gettempdir(), f"genreclf-fetched-{os.getuid()}", key.hexdigest()[:16])
+    if not os.path.isdir(target):
+        staged = f"{target}.{uuid.uuid4().hex[:6]}.tmp"
+        os.makedirs(staged)
+        for e in entries:
+            with fs.open_input_stream(e.path) as src, open(os.path.join(staged, e.base_name), "wb") as dst:
+                while chunk := src.read(8 << 20):
+                    dst.write(chunk)
+        try:
+            os.rename(staged, target)
+        except OSError:  # fetched meanwhile by another process
+            shutil.rmtree(staged, ignore_errors=True)
+    return target
 
 
 def map_local(fs, path: str):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
 
 from genreclf import storage
@@ -56,7 +55,7 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
         cfg = dataclasses.replace(settings.train, **overrides)
     except TypeError as e:
         raise ConfigError(f"unknown training setting: {e}") from None
-    if os.path.exists(model_out) and not overwrite:
+    if storage.exists(model_out) and not overwrite:
         raise OutputExistsError(f"{model_out} already exists; pass --overwrite to replace it")
     recipe = read_recipe(features)
     tracks = read_tracks(features)
@@ -91,57 +90,54 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
     train_ds = tf_dataset(train_set, shuffle=True, seed=cfg.seed, **pipeline)
     val_ds = tf_dataset(val_set, shuffle=False, **pipeline) if val_set else None
 
-    tmp = model_out.rstrip("/") + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    monitor = "val_loss" if val_ds is not None else "loss"
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(os.path.join(tmp, MODEL_FILE), monitor=monitor, save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
-    ]
-    weights = class_weights(train_set.label_counts()) if cfg.class_weight == "balanced" else None
-    if weights:
-        log.info("train: class weights %s", ", ".join(f"{labels[i]} {w:.2f}" for i, w in weights.items()))
-    started = time.time()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2,
-                        shuffle=False, class_weight=weights)  # tf_dataset shuffles windows itself
-    train_s = time.time() - started
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    epochs_run = len(hist.get("loss", []))
-    windows_per_s = train_set.n_windows * epochs_run / max(train_s, 1e-9)
-    log.info("train: %d epochs in %.0f s (%.1f windows/s, validation included)", epochs_run, train_s, windows_per_s)
-    model = as_float32(model, recipe, len(labels))  # the bundle's weights and compute stay float32
-    model.save(os.path.join(tmp, MODEL_FILE))  # the best weights (restored by early stopping)
+    # The bundle is built in a local directory and committed whole at the end (storage.local_output):
+    # a kill leaves the old bundle, never half of a new one.
+    with storage.local_output(model_out) as tmp:
+        monitor = "val_loss" if val_ds is not None else "loss"
+        callbacks = [
+            keras.callbacks.ModelCheckpoint(os.path.join(tmp, MODEL_FILE), monitor=monitor, save_best_only=True),
+            keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
+        ]
+        weights = class_weights(train_set.label_counts()) if cfg.class_weight == "balanced" else None
+        if weights:
+            log.info("train: class weights %s", ", ".join(f"{labels[i]} {w:.2f}" for i, w in weights.items()))
+        started = time.time()
+        history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2,
+                            shuffle=False, class_weight=weights)  # tf_dataset shuffles windows itself
+        train_s = time.time() - started
+        hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        epochs_run = len(hist.get("loss", []))
+        windows_per_s = train_set.n_windows * epochs_run / max(train_s, 1e-9)
+        log.info("train: %d epochs in %.0f s (%.1f windows/s, validation included)", epochs_run, train_s, windows_per_s)
+        model = as_float32(model, recipe, len(labels))  # the bundle's weights and compute stay float32
+        model.save(os.path.join(tmp, MODEL_FILE))  # the best weights (restored by early stopping)
 
-    report, temperatures, calibration = {}, {}, cfg.calibration
-    if val_set:
-        ids, window_labels, probs = predict_windows(model, val_set, batch_size=cfg.batch_size, workers=workers)
-        codes, _, y_tracks = track_codes(ids, window_labels, labels)
-        temperatures = fit_temperatures(probs, codes, y_tracks)
-        report = calibrated_report(ids, window_labels, probs, labels, calibration, temperatures.get(calibration, 1.0))
-        report.update(split="val", features=storage.to_url(features))
-        write_reports(tmp, report, labels)
-        for line in format_report(report).splitlines():
-            log.info("validation %s", line)
-    elif calibration != "none":
-        log.warning("train: no validation tracks to fit a temperature on; the bundle is not calibrated")
-        calibration = "none"
-    from genreclf.plots import training_curves
+        report, temperatures, calibration = {}, {}, cfg.calibration
+        if val_set:
+            ids, window_labels, probs = predict_windows(model, val_set, batch_size=cfg.batch_size, workers=workers)
+            codes, _, y_tracks = track_codes(ids, window_labels, labels)
+            temperatures = fit_temperatures(probs, codes, y_tracks)
+            report = calibrated_report(ids, window_labels, probs, labels, calibration, temperatures.get(calibration, 1.0))
+            report.update(split="val", features=storage.to_url(features))
+            write_reports(tmp, report, labels)
+            for line in format_report(report).splitlines():
+                log.info("validation %s", line)
+        elif calibration != "none":
+            log.warning("train: no validation tracks to fit a temperature on; the bundle is not calibrated")
+            calibration = "none"
+        from genreclf.plots import training_curves
 
-    write_json(os.path.join(tmp, HISTORY_FILE), hist)
-    training_curves(hist, os.path.join(tmp, "training_curves.png"))
-    write_json(os.path.join(tmp, SPLIT_FILE), {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "val": list(val_ids)})
-    write_json(os.path.join(tmp, BUNDLE_FILE), bundle_info(
-        labels, recipe, trained_on=storage.to_url(features), epochs_run=epochs_run,
-        batch_size=cfg.batch_size, seed=cfg.seed, optimizer="Adadelta", learning_rate=1.0,
-        parameters=model.count_params(), calibration=calibration, temperature=temperatures.get(calibration, 1.0),
-        temperatures_fitted=temperatures, excluded_tracks=len(set(exclude_tracks)), class_weight=cfg.class_weight, precision=cfg.precision, reader=cfg.reader, reader_workers=workers,
-        device="GPU" if on_gpu else "CPU", train_tracks=len(train_ids), val_tracks=len(val_ids),
-        train_seconds=round(train_s, 1), windows_per_s=round(windows_per_s, 1),
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
-    if os.path.exists(model_out):
-        shutil.rmtree(model_out)
-    os.replace(tmp, model_out)
+        write_json(os.path.join(tmp, HISTORY_FILE), hist)
+        training_curves(hist, os.path.join(tmp, "training_curves.png"))
+        write_json(os.path.join(tmp, SPLIT_FILE), {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "val": list(val_ids)})
+        write_json(os.path.join(tmp, BUNDLE_FILE), bundle_info(
+            labels, recipe, trained_on=storage.to_url(features), epochs_run=epochs_run,
+            batch_size=cfg.batch_size, seed=cfg.seed, optimizer="Adadelta", learning_rate=1.0,
+            parameters=model.count_params(), calibration=calibration, temperature=temperatures.get(calibration, 1.0),
+            temperatures_fitted=temperatures, excluded_tracks=len(set(exclude_tracks)), class_weight=cfg.class_weight, precision=cfg.precision, reader=cfg.reader, reader_workers=workers,
+            device="GPU" if on_gpu else "CPU", train_tracks=len(train_ids), val_tracks=len(val_ids),
+            train_seconds=round(train_s, 1), windows_per_s=round(windows_per_s, 1),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
     log.info("train: bundle written to %s", model_out)
     return report
 

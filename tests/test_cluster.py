@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from genreclf.featureset import read_tracks
-from genreclf.score_job import read_scores
+from genreclf.scoreset import read_scores
 from tests.standalone import StandaloneCluster
 
 pytestmark = pytest.mark.cluster

@@ -147,6 +147,6 @@ def test_all_files_bad_still_writes_rows(spark, tmp_path):
     (0, 64, 2, 1), (1, 64, 2, 1), (44, 64, 2, 2), (44, 16, 2, 3), (1000, 64, 8, 16), (3, 64, 8, 3),
 ])
 def test_task_count_uses_every_core_and_bounds_files_per_task(n_files, per_task, cores, expected):
-    from genreclf.featurize_job import task_count
+    from genreclf.spark import task_count
 
     assert task_count(n_files, per_task, cores) == expected

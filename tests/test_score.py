@@ -12,7 +12,8 @@ from genreclf.config import Recipe
 from genreclf.errors import ConfigError, OutputExistsError
 from genreclf.featurize import featurize_file
 from genreclf.featurize_job import run_featurize
-from genreclf.score_job import SUBMISSION_FILE, read_scores, run_score
+from genreclf.score_job import run_score
+from genreclf.scoreset import SUBMISSION_FILE, read_scores
 from genreclf.scoring import excerpt
 
 

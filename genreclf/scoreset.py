@@ -1,0 +1,111 @@
+"""The score output format: ``scores/part-*.parquet`` (one row per input file), ``labels.json`` and,
+on request, ``submission.csv`` (the crowdAI layout).
+
+Score tasks write their rows here with pyarrow from the Python workers (no JVM writer, so no
+Hadoop connector for object stores): each task's part goes to a hidden name in a hidden staging
+directory and is moved into place, so a retried attempt replaces its part and never duplicates
+rows; the driver checks one row per input before :func:`commit` moves the staging directory to
+``scores``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs  # noqa: F401  (pa.fs)
+import pyarrow.parquet as pq
+
+from genreclf import storage
+from genreclf.schema import STATUS_OK
+
+SCORES_DIR = "scores"
+LABELS_FILE = "labels.json"
+SUBMISSION_FILE = "submission.csv"
+
+#: Columns of a score row: the top genre and its probability, then every genre's probability
+#: (as a map, and as a vector in the bundle's label order).
+SCORES_SCHEMA = pa.schema([
+    ("track_id", pa.string()),
+    ("path", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("n_windows", pa.int32()),  # windows averaged (0 for errors)
+    ("genre", pa.string()),
+    ("confidence", pa.float64()),
+    ("probabilities", pa.map_(pa.string(), pa.float64())),
+    ("probability_vector", pa.list_(pa.float64())),
+])
+
+
+def score_table(rows: list, labels: list) -> pa.Table:
+    """Rows (track_id, path, status, error, n_windows, probs or None) as a table of SCORES_SCHEMA."""
+    cols = {name: [] for name in SCORES_SCHEMA.names}
+    for track_id, path, status, error, n, probs in rows:
+        cols["track_id"].append(track_id)
+        cols["path"].append(path)
+        cols["status"].append(status)
+        cols["error"].append(error)
+        cols["n_windows"].append(int(n))
+        if probs is None:
+            for key in ("genre", "confidence", "probabilities", "probability_vector"):
+                cols[key].append(None)
+            continue
+        probs = [float(p) for p in probs]
+        top = max(range(len(probs)), key=probs.__getitem__)  # the first of equal maxima, as argmax
+        cols["genre"].append(labels[top])
+        cols["confidence"].append(probs[top])
+        cols["probabilities"].append(list(zip(labels, probs)))
+        cols["probability_vector"].append(probs)
+    return pa.Table.from_pydict(cols, schema=SCORES_SCHEMA)
+
+
+def staging_dir(output: str, run_id: str) -> str:
+    """Where a run's parts are written before the commit (hidden: readers never look there)."""
+    return storage.join(storage.to_url(output), f".{SCORES_DIR}-{run_id}.staging")
+
+
+def write_part(staging: str, name: str, attempt: int, table: pa.Table) -> int:
+    """One task's rows as ``staging/name``, moved into place when complete; returns its row count."""
+    with storage.atomic_output(storage.join(staging, name), tag=f"attempt-{attempt}") as out:
+        pq.write_table(table, out)
+    return table.num_rows
+
+
+def read_dir(location: str) -> pd.DataFrame:
+    """The parts of a scores directory (committed or staged; none: no rows) as pandas, ``probabilities`` as dicts."""
+    fs, path = storage.filesystem(location)
+    if fs.get_file_info(path).type == pa.fs.FileType.NotFound:
+        table = SCORES_SCHEMA.empty_table().to_pandas()
+    else:
+        table = pq.read_table(path, filesystem=fs, schema=SCORES_SCHEMA).to_pandas()
+    table["probabilities"] = table["probabilities"].map(lambda m: dict(m) if m is not None else None)
+    return table.sort_values("track_id", kind="stable").reset_index(drop=True)
+
+
+def read_scores(output: str) -> pd.DataFrame:
+    """The scores of a score output (a local path or URL) as pandas."""
+    return read_dir(storage.join(storage.to_url(output), SCORES_DIR))
+
+
+def commit(output: str, staging: str, labels: list) -> str:
+    """Replace ``output/scores`` by the staged parts (see :func:`storage.replace_dir`) and record the labels."""
+    out_url = storage.to_url(output)
+    scores = storage.join(out_url, SCORES_DIR)
+    storage.replace_dir(staging, scores)
+    storage.write_text(storage.join(out_url, LABELS_FILE), json.dumps(labels, indent=2))
+    return scores
+
+
+def write_submission(scores: pd.DataFrame, labels: list, location: str) -> None:
+    """The crowdAI submission layout: ``file_id`` (basename without extension), one column per genre."""
+    ok = scores[scores["status"] == STATUS_OK]
+    file_id = ok["path"].map(lambda p: os.path.splitext(storage.basename(p))[0])
+    probs = pd.DataFrame(ok["probability_vector"].tolist(), columns=labels, index=ok.index)
+    probs.insert(0, "file_id", file_id)
+    text = io.StringIO()
+    probs.to_csv(text, index=False, float_format="%.6f")
+    storage.write_text(location, text.getvalue())
