@@ -56,3 +56,16 @@ def mixed_corpus(tmp_path_factory, make_audio):
     expect = corpus.build(audio, make_audio, long_file=True)
     (audio / "cover.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     return audio, expect
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3-compatible server (moto_server) on 127.0.0.1 for the session; its endpoint.
+
+    Credentials are moto's test ones, set in this process's environment (and so in spark-submit's)."""
+    from tests.s3server import CREDENTIALS, MotoServer
+
+    os.environ.update(CREDENTIALS)
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()

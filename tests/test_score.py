@@ -136,6 +136,36 @@ def test_scoring_from_features_gives_the_same_numbers(spark, scored_from_audio, 
         assert a.loc[tid, "n_windows"] == b.loc[tid, "n_windows"]
 
 
+def test_scoring_from_features_plans_no_shuffle(spark, trained, tmp_path):
+    """Each task averages the tracks of the window files it reads: the plan has no Exchange."""
+    from genreclf.config import Settings
+    from genreclf.score_job import _from_features
+
+    features, _ = trained
+    frame, n_tracks, _ = _from_features(spark, "unused", Recipe(), Settings(), str(features), ("none", 1.0),
+                                        str(tmp_path / "staging"), ["a", "b", "c"])
+    plan = frame._jdf.queryExecution().executedPlan().toString()
+    assert "MapInPandas" in plan and "Exchange" not in plan, plan
+    assert n_tracks == 11
+
+
+def test_every_track_has_its_windows_in_one_file(trained):
+    """The featurize invariant score-from-features relies on."""
+    import pyarrow.parquet as pq
+
+    from genreclf import storage
+    from genreclf.featureset import window_files
+
+    features, _ = trained
+    url = storage.join(storage.to_url(str(features)), "windows")
+    fs, _ = storage.filesystem(url)
+    files_of = {}
+    for path in window_files(url):
+        for tid in set(pq.read_table(path, filesystem=fs, columns=["track_id"])["track_id"].to_pylist()):
+            files_of.setdefault(tid, []).append(path)
+    assert files_of and all(len(files) == 1 for files in files_of.values())
+
+
 def test_model_loads_once_per_worker_not_per_batch(scored_from_audio):
     _, _, log_dir = scored_from_audio
     loads = [line for f in os.listdir(log_dir) for line in open(os.path.join(log_dir, f))]
