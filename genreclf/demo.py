@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 import os
 import time
 
+from genreclf import storage
 from genreclf.spark import setup_logging
 from genreclf.synth import STYLES, make_corpus
 
@@ -23,18 +25,17 @@ log = logging.getLogger("genreclf.demo")
 def write_corpus(out: str, tracks_per_style: int, duration_s: float) -> str:
     """Make the corpus (skipped when ``labels.csv`` already says it is complete); returns labels.csv."""
     labels_csv = os.path.join(out, "labels.csv")
-    if os.path.exists(labels_csv):
-        with open(labels_csv) as f:
-            if sum(1 for _ in f) - 1 == tracks_per_style * len(STYLES):
-                log.info("demo corpus already in %s", out)
-                return labels_csv
+    if storage.is_file(labels_csv):
+        if len(storage.read_text(labels_csv).splitlines()) - 1 == tracks_per_style * len(STYLES):
+            log.info("demo corpus already in %s", out)
+            return labels_csv
     started = time.time()
     labels = make_corpus(out, tracks_per_style=tracks_per_style, duration_s=duration_s)
-    with open(labels_csv + ".tmp", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "genre"])
-        w.writerows(sorted(labels.items()))
-    os.replace(labels_csv + ".tmp", labels_csv)
+    text = io.StringIO()
+    w = csv.writer(text)
+    w.writerow(["path", "genre"])
+    w.writerows(sorted(labels.items()))
+    storage.write_text(labels_csv, text.getvalue())
     log.info("demo corpus: %d tracks in %d styles (%s) + 4 broken files in %s (%.0f s)", len(labels),
              len(STYLES), ", ".join(STYLES), out, time.time() - started)
     return labels_csv

@@ -121,3 +121,35 @@ def test_score_from_features_on_the_cluster(cluster, data, local_run):
     for tid in remote.index[remote["status"] == "ok"]:
         np.testing.assert_allclose(remote.loc[tid, "probability_vector"], local.loc[tid, "probability_vector"],
                                    atol=1e-6)
+
+
+def test_featurize_and_score_on_s3_from_the_cluster(cluster, data, local_run, s3, tmp_path):
+    """The executors read the catalogue from a real S3 server and write windows and scores to it."""
+    from genreclf import storage
+    from tests.s3server import CREDENTIALS
+
+    root, audio = data
+    conf = tmp_path / "s3.toml"
+    conf.write_text(f'[storage]\nendpoint_url = "{s3.endpoint}"\n')
+    storage.configure({"endpoint_url": s3.endpoint})
+    import pyarrow.fs as pafs
+
+    pafs.S3FileSystem(endpoint_override=s3.endpoint.split("://")[1], scheme="http",
+                      allow_bucket_creation=True).create_dir("cluster")
+    storage.upload_dir(str(audio), "s3://cluster/audio")
+    creds = [arg for key, value in CREDENTIALS.items() for arg in ("--conf", f"spark.executorEnv.{key}={value}")]
+    log = submit("featurize", "--input", "s3://cluster/audio", "--labels", "s3://cluster/audio/labels.csv",
+                 "--output", "s3://cluster/features", "--conf", str(conf), master=cluster.url, extra=creds)
+    assert "featurize summary: 10 files in" in log
+    cols = ["track_id", "label", "status", "error", "duration_s", "n_windows", "sample_rate", "channels", "codec"]
+    local = read_tracks(str(root / "local_f"))[cols].sort_values("track_id").reset_index(drop=True)
+    remote = read_tracks("s3://cluster/features")[cols].sort_values("track_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(local, remote)
+    submit("score", "--model", str(root / "bundle"), "--input", "s3://cluster/audio", "--output",
+           "s3://cluster/scores", "--conf", str(conf), master=cluster.url, extra=creds)
+    local_scores = read_scores(str(root / "local_s")).set_index("track_id")
+    remote_scores = read_scores("s3://cluster/scores").set_index("track_id")
+    assert sorted(remote_scores.index) == sorted(local_scores.index)
+    for tid in remote_scores.index[remote_scores["status"] == "ok"]:
+        np.testing.assert_allclose(remote_scores.loc[tid, "probability_vector"],
+                                   local_scores.loc[tid, "probability_vector"], atol=1e-6)

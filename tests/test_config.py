@@ -2,13 +2,14 @@
 
 import pytest
 
-from genreclf.config import FeaturizeSettings, ScoreSettings, TrainSettings, load_settings
+from genreclf.config import FeaturizeSettings, ScoreSettings, StorageSettings, TrainSettings, load_settings
 from genreclf.errors import ConfigError
 
 
 def test_the_shipped_configuration_loads():
     settings = load_settings()
     assert settings.train == TrainSettings() and settings.featurize == FeaturizeSettings()
+    assert settings.storage == StorageSettings()
 
 
 @pytest.mark.parametrize("cls, values, message", [
@@ -22,6 +23,9 @@ def test_the_shipped_configuration_loads():
     (TrainSettings, {"batch_size": True}, "[train] batch_size = True is not allowed"),
     (TrainSettings, {"precision": "fp8"}, "must be 'float32' or 'mixed_float16' or 'mixed_bfloat16'"),
     (TrainSettings, {"reader": "spark"}, "[train] reader = 'spark' is not allowed: must be 'arrow' or 'petastorm'"),
+    (StorageSettings, {"endpoint_url": "minio:9000"}, "[storage] endpoint_url = 'minio:9000' is not allowed: must be a URL"),
+    (StorageSettings, {"retries": -1}, "[storage] retries = -1 is not allowed: must be an integer in [0, 20]"),
+    (StorageSettings, {"read_ahead_kb": 0}, "[storage] read_ahead_kb = 0 is not allowed"),
 ])
 def test_a_wrong_value_names_its_key(cls, values, message):
     with pytest.raises(ConfigError) as e:
