@@ -67,6 +67,7 @@ crossval: install
 
 bench: install
 	$(PY) -m benchmarks.run --out bench-output
+	$(PY) -m benchmarks.object_store --out bench-output
 
 clean:
 	rm -rf build $(DEMO) bench-output cv-output .pytest_cache

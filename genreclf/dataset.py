@@ -480,11 +480,7 @@ def cached_windows(windows_url: str, cache_dir: str) -> str:
         target = os.path.join(local, path.rsplit("/", 1)[-1])
         if os.path.exists(target) and os.path.getsize(target) == sizes[path]:
             continue
-        partial = os.path.join(local, "." + os.path.basename(target) + ".partial")
-        with src_fs.open_input_stream(path) as src, open(partial, "wb") as dst:
-            while chunk := src.read(16 * 2**20):
-                dst.write(chunk)
-        os.replace(partial, target)
+        storage.download(storage.located(windows_url, path), target)
         copied += 1
     wanted = {p.rsplit("/", 1)[-1] for p in files}
     for name in os.listdir(local):  # files the source no longer has (e.g. after --incremental)

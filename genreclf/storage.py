@@ -531,6 +531,20 @@ def local_output(location: str):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def download(location: str, local_path: str) -> None:
+    """Copy one file to a local path, under a hidden name renamed when complete."""
+    fs, path = filesystem(location)
+    partial = os.path.join(os.path.dirname(local_path), f".{os.path.basename(local_path)}.{uuid.uuid4().hex[:6]}.partial")
+    try:
+        with fs.open_input_stream(path) as src, open(partial, "wb") as dst:
+            while chunk := src.read(16 << 20):
+                dst.write(chunk)
+        os.replace(partial, local_path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+
+
 def fetch_dir(location: str, names=None) -> str:
     """A local directory holding ``location``'s files (``names`` only, when given): the directory
     itself when local, else a copy in a per-user cache keyed by the URL and the files' sizes and
@@ -550,9 +564,7 @@ def fetch_dir(location: str, names=None) -> str:
         staged = f"{target}.{uuid.uuid4().hex[:6]}.tmp"
         os.makedirs(staged)
         for e in entries:
-            with fs.open_input_stream(e.path) as src, open(os.path.join(staged, e.base_name), "wb") as dst:
-                while chunk := src.read(8 << 20):
-                    dst.write(chunk)
+            download(located(location, e.path), os.path.join(staged, e.base_name))
         try:
             os.rename(staged, target)
         except OSError:  # fetched meanwhile by another process

@@ -70,7 +70,7 @@ def runs(spark, s3, store):
     out["featurize_local"] = run_featurize(spark, [str(audio)], str(root / "features"),
                                            labels=str(audio / "labels.csv"), settings=settings)
     run_train(f"{bucket}/features", f"{bucket}/model", settings=settings, epochs=1, batch_size=8,
-              val_fraction=0.34, seed=1)
+              val_fraction=0.34, seed=1, cache_dir=str(root / "cache"))  # window files copied once
     out["score_s3"] = run_score(spark, f"{bucket}/model", f"{bucket}/scores", inputs=[f"{bucket}/audio"],
                                 settings=settings, csv=True)
     out["score_local"] = run_score(spark, f"{bucket}/model", str(root / "scores"), inputs=[str(audio)],
@@ -106,7 +106,9 @@ def test_featurize_on_s3_equals_the_local_run(runs, store):
 
 
 def test_train_and_evaluate_on_s3(runs, store):
-    _, _, bucket = store
+    root, _, bucket = store
+    cached = [p.name for p in (root / "cache").rglob("part-*.parquet")]
+    assert sorted(cached) == sorted(p.rsplit("/", 1)[-1] for p in window_files(f"{bucket}/features/windows"))
     assert storage.is_file(f"{bucket}/model/model.keras") and storage.is_file(f"{bucket}/model/bundle.json")
     assert storage.is_file(f"{bucket}/evaluation/metrics.json")
     remote, local = runs["evaluate_s3"], runs["evaluate_local"]
