@@ -29,7 +29,7 @@ def run(out: str, tracks: int = 24) -> dict:
     from genreclf.score_job import run_score
     from tests.s3server import CREDENTIALS, MotoServer
 
-    paths, _ = make_corpus(out, tracks)
+    paths, _ = make_corpus(os.path.join(out, "corpus"), tracks)  # the make bench corpus, when made
     local_in = os.path.join(out, "s3-bench-inputs")
     os.makedirs(local_in, exist_ok=True)
     for p in paths:

@@ -117,6 +117,10 @@ class AudioReader:
             self._file = storage.open_input(self.path)
             size = storage.size_of(self._file)
             tag, counted = _sniff(self._file) if size else (0, False)
+        except storage.NotARegularFile as e:
+            if e.unreadable:
+                raise TrackError("unreadable directory", e.unreadable) from None
+            raise TrackError("not a regular file", f"a {e.kind}") from None
         except OSError as e:
             self.close()
             raise TrackError("unreadable file", storage.describe(e)) from None

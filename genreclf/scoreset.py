@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 
 import pandas as pd
@@ -21,6 +22,8 @@ import pyarrow.parquet as pq
 
 from genreclf import storage
 from genreclf.schema import STATUS_OK
+
+log = logging.getLogger(__name__)
 
 SCORES_DIR = "scores"
 LABELS_FILE = "labels.json"
@@ -101,9 +104,18 @@ def commit(output: str, staging: str, labels: list) -> str:
 
 
 def write_submission(scores: pd.DataFrame, labels: list, location: str) -> None:
-    """The crowdAI submission layout: ``file_id`` (basename without extension), one column per genre."""
+    """The crowdAI submission layout: ``file_id`` (basename without extension), one column per genre.
+
+    Two inputs with one basename (``a/x.mp3``, ``b/x.mp3``) would give one id twice: those rows take
+    their ``track_id`` without extension instead (``a/x``, ``b/x``), so every ``file_id`` is unique.
+    """
     ok = scores[scores["status"] == STATUS_OK]
     file_id = ok["path"].map(lambda p: os.path.splitext(storage.basename(p))[0])
+    clash = file_id.duplicated(keep=False)
+    if clash.any():
+        file_id = file_id.where(~clash, ok["track_id"].map(lambda t: os.path.splitext(t)[0]))
+        log.warning("submission: %d files share a basename; their file_id is their track_id (e.g. %s)",
+                    int(clash.sum()), file_id[clash].iloc[0])
     probs = pd.DataFrame(ok["probability_vector"].tolist(), columns=labels, index=ok.index)
     probs.insert(0, "file_id", file_id)
     text = io.StringIO()

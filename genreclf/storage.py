@@ -228,12 +228,23 @@ def walk_files(root: str, *, skip_dir=lambda name: name.startswith(".")) -> list
             continue
         seen.add(key)
         dirs += 1
-        for entry in fs.get_file_info(pafs.FileSelector(current)):
+        try:
+            entries = fs.get_file_info(pafs.FileSelector(current))
+        except OSError as e:
+            if current == base:
+                raise
+            # The directory gets a row of its own (its reason comes from opening it): never silent.
+            log.warning("listing: cannot read directory %s%s: %s", prefix, current, describe(e))
+            found.append((prefix + current, None, None))
+            continue
+        for entry in entries:
             if entry.type == pafs.FileType.Directory:
                 if not skip_dir(entry.base_name):
                     pending.append(entry.path)
             elif entry.type == pafs.FileType.File:
                 found.append((prefix + entry.path, entry.size, entry.mtime_ns / 1e9 if entry.mtime_ns else None))
+            elif entry.type == pafs.FileType.Unknown:  # a FIFO, socket or device: a row saying so, never read
+                found.append((prefix + entry.path, None, None))
         now = time.monotonic()
         if now - last >= _OPTIONS["list_progress_s"]:
             log.info("listing %s: %d files in %d directories so far (%.0f s)", root, len(found), dirs, now - started)
@@ -322,6 +333,26 @@ def describe(error: Exception) -> str:
     return (getattr(error, "strerror", None) or str(error)).splitlines()[0][:200]
 
 
+class NotARegularFile(OSError):
+    """A location that is not a file: a FIFO, socket or device (never opened: reading could block
+    forever), or a directory (``unreadable`` says why it could not be listed)."""
+
+    def __init__(self, path: str):
+        import stat
+
+        mode = os.stat(path).st_mode
+        self.kind = ("directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else
+                     "socket" if stat.S_ISSOCK(mode) else "device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
+                     else "special file")
+        self.unreadable = None
+        if self.kind == "directory":
+            try:
+                os.listdir(path)
+            except OSError as e:
+                self.unreadable = describe(e)
+        super().__init__(f"{path} is a {self.kind}")
+
+
 class _RetryingRaw(io.RawIOBase):
     """A remote file as a seekable raw stream that retries a failed read (reopening at the same
     offset, waiting ``retry_backoff_s`` doubling each time) up to ``retries`` times."""
@@ -391,8 +422,7 @@ def open_input(location: str):
     if is_local(location):
         path = filesystem(location)[1]
         if os.path.exists(path) and not os.path.isfile(path):  # a FIFO or device would block or never end
-            raise IsADirectoryError(f"not a regular file: {path}") if os.path.isdir(path) else \
-                OSError(f"not a regular file: {path}")
+            raise NotARegularFile(path)
         return open(path, "rb", buffering=size)
     fs, path = filesystem(location)
     raw = _RetryingRaw(fs, path)

@@ -55,8 +55,13 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
         cfg = dataclasses.replace(settings.train, **overrides)
     except TypeError as e:
         raise ConfigError(f"unknown training setting: {e}") from None
-    if storage.exists(model_out) and not overwrite:
-        raise OutputExistsError(f"{model_out} already exists; pass --overwrite to replace it")
+    if storage.exists(model_out):
+        if not overwrite:
+            raise OutputExistsError(f"{model_out} already exists; pass --overwrite to replace it")
+        if storage.is_file(model_out) or (storage.list_dir(model_out)
+                                          and not storage.exists(storage.join(model_out, BUNDLE_FILE))):
+            raise OutputExistsError(f"{model_out} is not a model bundle (no {BUNDLE_FILE}); --overwrite replaces "
+                                    "only a bundle: choose another --model directory")
     recipe = read_recipe(features)
     tracks = read_tracks(features)
     labels = list(labels) if labels else choose_labels(tracks, cfg.labels_from, settings)

@@ -103,3 +103,18 @@ def test_catalogue_artist_column_becomes_the_split_group(tmp_path):
     csv.write_text("path,genre,artist\n1.mp3,Rock,Band A\n2.mp3,Rock,Band B\n")
     e = expand_inputs([str(csv)]).entries.set_index("track_id")
     assert e["group"].to_dict() == {"1.mp3": "Band A", "2.mp3": "Band B"}
+
+
+def test_a_symlink_loop_is_listed_once_and_never_followed_twice(tmp_path):
+    touch(tmp_path / "d" / "one.mp3")
+    os.symlink(".", tmp_path / "d" / "loop")  # d/loop/loop/... was 41 rows; two such links never ended
+    os.symlink("..", tmp_path / "d" / "up")
+    cat = expand_inputs([str(tmp_path / "d")])
+    assert cat.entries["track_id"].tolist() == ["one.mp3"]
+
+
+def test_a_fifo_is_listed_as_a_row_not_skipped(tmp_path):
+    touch(tmp_path / "d" / "one.mp3")
+    os.mkfifo(tmp_path / "d" / "pipe.mp3")
+    cat = expand_inputs([str(tmp_path / "d")])
+    assert cat.entries["track_id"].tolist() == ["one.mp3", "pipe.mp3"]

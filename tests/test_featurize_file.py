@@ -119,3 +119,11 @@ def test_window_table_bytes_are_petastorms_encoding(cases):
         assert t["stft"][0].as_py() == bytes(field.codec.encode(field, features[i]))
         assert (t["track_id"][0].as_py(), t["window"][0].as_py(), t["label"][0].as_py()) == ("t", i, "x")
         np.testing.assert_array_equal(field.codec.decode(field, t["stft"][0].as_py()), features[i])
+
+
+def test_a_fifo_or_a_directory_is_never_read(tmp_path):
+    """Opening a FIFO would block forever: it is reported, not read (was 'empty file: 0 bytes')."""
+    os.mkfifo(tmp_path / "pipe.mp3")
+    assert featurize_file(str(tmp_path / "pipe.mp3"), R).row["error"] == "not a regular file: a FIFO"
+    (tmp_path / "dir.mp3").mkdir()
+    assert featurize_file(str(tmp_path / "dir.mp3"), R).row["error"] == "not a regular file: a directory"

@@ -223,3 +223,12 @@ def test_scoring_features_where_every_track_is_ok(spark, trained, tmp_path, make
     run_featurize(spark, [str(audio)], str(clean))
     run_score(spark, str(bundle), str(tmp_path / "out"), features=str(clean))
     assert read_scores(str(tmp_path / "out"))["status"].tolist() == ["ok"]
+
+
+def test_submission_file_ids_are_unique_when_basenames_clash(tmp_path):
+    from genreclf.scoreset import write_submission
+
+    scores = pd.DataFrame({"track_id": ["a/x.mp3", "b/x.mp3", "y.mp3"], "path": ["/m/a/x.mp3", "/m/b/x.mp3", "/m/y.mp3"],
+                           "status": ["ok"] * 3, "probability_vector": [[0.5, 0.5]] * 3})
+    write_submission(scores, ["p", "q"], str(tmp_path / "s.csv"))
+    assert pd.read_csv(tmp_path / "s.csv")["file_id"].tolist() == ["a/x", "b/x", "y"]

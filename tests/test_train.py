@@ -206,3 +206,14 @@ def test_a_wrong_training_setting_is_refused_before_any_work(tiny_features, tmp_
     assert res.returncode == 2
     assert message in res.stderr + res.stdout
     assert "Traceback" not in res.stderr and not (tmp_path / "m").exists()
+
+
+def test_overwrite_replaces_only_a_bundle(tiny_features):
+    """`train --features X --model X --overwrite` used to delete the features X and exit 0."""
+    from genreclf.errors import OutputExistsError
+    from genreclf.train import run_train
+
+    before = sorted(p.name for p in tiny_features.iterdir())
+    with pytest.raises(OutputExistsError, match="not a model bundle"):
+        run_train(str(tiny_features), str(tiny_features), overwrite=True, epochs=1)
+    assert sorted(p.name for p in tiny_features.iterdir()) == before
