@@ -189,3 +189,14 @@ def test_a_store_that_stays_down_gives_an_error_row_not_a_hang(proxy, store):
     result = featurize_file(f"{bucket}/audio/techno/techno0.mp3", Recipe())
     assert result.row["status"] == "error" and result.row["error"].startswith("unreadable file: ")
     assert time.time() - started < 60
+
+
+def test_settings_load_from_a_url(s3, store):
+    from genreclf.config import load_settings
+
+    _, _, bucket = store
+    storage.write_text(f"{bucket}/conf/genreclf.toml", "[score]\nbatch_size = 7\n[storage]\nretries = 5\n")
+    settings = load_settings(f"{bucket}/conf/genreclf.toml")
+    assert settings.score.batch_size == 7 and settings.storage.retries == 5
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(f"{bucket}/conf/missing.toml")
