@@ -52,10 +52,12 @@ demo: install
 	@echo "  $(DEMO)/scores/scores      one row per file: genre, confidence, probabilities"
 	@echo "  $(DEMO)/scores/submission.csv  crowdAI layout: file_id + one column per genre"
 
-# Two runs so that only one Spark application is alive at a time: the suite's local session,
-# then the standalone-cluster tests (their own master, workers and spark-submit applications).
+# Three runs so that only one Spark application is alive at a time: the suite's local session,
+# the crash tests (spark-submit runs killed with SIGKILL), then the standalone-cluster tests
+# (their own master, workers and spark-submit applications).
 test: install
-	$(PY) -m pytest -m "not cluster"
+	$(PY) -m pytest -m "not cluster and not faults"
+	$(PY) -m pytest -m faults
 	$(PY) -m pytest -m cluster
 
 # Featurize the labelled corpus with CONF's recipe, then cross-validate CONF's training (docs/quality.md).

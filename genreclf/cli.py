@@ -26,8 +26,16 @@ def featurize_parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing output")
     mode.add_argument("--incremental", action="store_true",
                       help="add to an existing output: skip files already ok with the same size and mtime")
+    add_break_lock(p)
     p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
     return p
+
+
+def add_break_lock(p: argparse.ArgumentParser) -> None:
+    """--break-lock, as every job that writes an output takes it."""
+    p.add_argument("--break-lock", action="store_true",
+                   help="take over the output's lock when its holder is gone (dead pid on this host, or older "
+                        "than [storage] lock_stale_after_s); a live writer's lock is never broken")
 
 
 def score_parser() -> argparse.ArgumentParser:
@@ -46,6 +54,7 @@ def score_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing scores (atomically)")
     p.add_argument("--no-calibration", dest="calibrate", action="store_false",
                    help="ignore the bundle's temperature: the reference's plain mean of window softmaxes")
+    add_break_lock(p)
     p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
     return p
 
@@ -65,6 +74,9 @@ def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str
     log = logging.getLogger(f"genreclf.{parser.prog.split()[-1]}")
     try:
         settings = load_settings(getattr(args, "conf", None))
+        from genreclf import storage
+
+        storage.configure(settings.storage.to_dict())
         if spark_app is None:
             body(args, settings)
             return 0

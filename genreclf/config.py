@@ -151,6 +151,7 @@ class StorageSettings:
     retry_backoff_s: float = 0.5  # first wait; doubles per retry
     read_ahead_kb: int = 1024  # remote reads are buffered in requests of this size
     list_progress_s: float = 5.0  # a progress line this often while listing a large input
+    lock_stale_after_s: float = 86400.0  # an output lock this old may be broken (--break-lock)
 
     def __post_init__(self):
         _check(self, "storage", {
@@ -161,6 +162,7 @@ class StorageSettings:
             "retry_backoff_s": (lambda v: isinstance(v, (int, float)) and 0 <= v <= 60, "seconds in [0, 60]"),
             "read_ahead_kb": (lambda v: isinstance(v, int) and 4 <= v <= 262144, "an integer in [4, 262144] (KiB)"),
             "list_progress_s": (lambda v: isinstance(v, (int, float)) and v > 0, "seconds > 0"),
+            "lock_stale_after_s": (lambda v: isinstance(v, (int, float)) and v > 0, "seconds > 0"),
         })
 
     def to_dict(self) -> dict:

@@ -23,6 +23,12 @@ from genreclf.errors import ConfigError
 from genreclf.schema import RECIPE_FILE, TRACKS_DIR, TRACKS_SCHEMA, window_arrow_schema, window_schema
 
 
+#: Keys of the tracks file's Parquet metadata that make it the commit record (see :func:`commit`).
+FILES_KEY = b"genreclf.window_files"
+RECIPE_KEY = b"genreclf.recipe"
+RUN_KEY = b"genreclf.run_id"
+
+
 def write_window_file(windows_url: str, name: str, attempt: int, tables) -> int:
     """Write ``tables`` (one row group each) to ``name`` atomically; no file when there are no rows.
 
@@ -49,15 +55,39 @@ def _chain(first, rest):
     yield from rest
 
 
-def write_tracks(tracks_url: str, tracks: pd.DataFrame) -> None:
-    """The tracks table as one Parquet file in ``tracks/`` (sorted by track_id), replaced atomically."""
+def tracks_file(output: str) -> str:
+    """The one file of ``tracks/``: the commit record of a featurize output."""
+    return storage.join(storage.to_url(output), TRACKS_DIR, "part-00000.parquet")
+
+
+def commit(output: str, tracks: pd.DataFrame, files: list, recipe: Recipe, run_id: str) -> None:
+    """Make a run visible: the tracks table (sorted by track_id) with, in its Parquet metadata, the
+    window files it references and the recipe, replaced in one atomic file move (a single PUT on
+    object stores). Readers take the window files from here, never from a listing, so a crashed
+    run's files stay invisible until the next run removes them (:func:`orphans`)."""
     table = pa.Table.from_pandas(tracks.sort_values("track_id", kind="stable"), schema=TRACKS_SCHEMA,
                                  preserve_index=False)
-    with storage.atomic_output(storage.join(tracks_url, "part-00000.parquet")) as out:
+    table = table.replace_schema_metadata({
+        FILES_KEY: json.dumps(sorted(files)).encode(), RECIPE_KEY: json.dumps(recipe.to_dict()).encode(),
+        RUN_KEY: run_id.encode()})
+    with storage.atomic_output(tracks_file(output)) as out:
         pq.write_table(table, out)
 
 
-def write_dataset_metadata(windows_url: str, recipe: Recipe) -> None:
+def committed(output: str) -> dict | None:
+    """What the last commit recorded: {"files": [names], "recipe": dict, "run_id"}; None when the
+    output has no tracks table; "files" None for outputs written before commits recorded files."""
+    location = tracks_file(output)
+    if not storage.exists(location):
+        return None
+    with storage.open_input(location) as f:
+        meta = pq.read_metadata(f).metadata or {}
+    files = json.loads(meta[FILES_KEY]) if FILES_KEY in meta else None
+    recipe = json.loads(meta[RECIPE_KEY]) if RECIPE_KEY in meta else None
+    return {"files": files, "recipe": recipe, "run_id": meta.get(RUN_KEY, b"").decode()}
+
+
+def write_dataset_metadata(windows_url: str, recipe: Recipe, files: list) -> None:
     """petastorm's dataset metadata (``_common_metadata``: the pickled Unischema and the row groups
     per file), written with pyarrow so that any store works (petastorm's ``materialize_dataset``
     needs a legacy filesystem and a Spark job); ``make_reader``/``make_batch_reader`` read it."""
@@ -67,7 +97,6 @@ def write_dataset_metadata(windows_url: str, recipe: Recipe) -> None:
     from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
 
     fs, base = storage.filesystem(windows_url)
-    files = window_files(windows_url)
 
     def row_groups(path):
         with fs.open_input_file(path) as f:
@@ -90,7 +119,10 @@ def read_tracks(output: str) -> pd.DataFrame:
 
 
 def read_recipe(output: str) -> Recipe:
-    """The recipe recorded with a featurize output."""
+    """The recipe recorded with a featurize output (by its commit; ``recipe.json`` is a copy)."""
+    state = committed(output)
+    if state is not None and state["recipe"] is not None:
+        return Recipe.from_dict(state["recipe"])
     try:
         recorded = json.loads(storage.read_text(storage.join(storage.to_url(output), RECIPE_FILE)))
     except FileNotFoundError:
@@ -101,7 +133,17 @@ def read_recipe(output: str) -> Recipe:
 
 
 def window_files(windows_url: str) -> list:
-    """Paths (within their filesystem) of the committed window files, sorted."""
+    """Paths (within their filesystem) of the committed window files, sorted: those the tracks
+    table's commit names (a listing for outputs without one)."""
+    state = committed(storage.parent(storage.to_location(windows_url)))
+    if state is None or state["files"] is None:
+        return listed_window_files(windows_url)
+    fs, base = storage.filesystem(windows_url)
+    return sorted(f"{base}/{name}" for name in state["files"])
+
+
+def listed_window_files(windows_url: str) -> list:
+    """Paths of every window file present, committed or not (a crashed run's included)."""
     fs, base = storage.filesystem(windows_url)
     if fs.get_file_info(base).type == pa.fs.FileType.NotFound:
         return []
@@ -109,33 +151,52 @@ def window_files(windows_url: str) -> list:
                   if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
 
 
-def drop_windows(windows_url: str, track_ids) -> int:
-    """Remove the windows of ``track_ids`` by rewriting only the files that hold them; returns rows removed."""
+def without_tracks(windows_url: str, files: list, track_ids, run_id: str) -> tuple:
+    """Copy-on-write removal of ``track_ids``' windows from the window files ``files`` (paths).
+
+    A file holding any of them is rewritten, without them, under a new name of this run; the old
+    file stays untouched (the committed state may still name it) and is deleted after the commit.
+    Returns (the files after, the files superseded, rows removed).
+    """
     fs, _ = storage.filesystem(windows_url)
     drop = pa.array(sorted(track_ids), pa.string())
-    removed = 0
-    for path in window_files(windows_url):
+    after, superseded, removed = [], [], 0
+    for i, path in enumerate(files):
         with fs.open_input_file(path) as f:
             ids = pq.read_table(f, columns=["track_id"])["track_id"]
-        hit = pc.is_in(ids, value_set=drop)
-        if not pc.any(hit).as_py():
+        if not pc.any(pc.is_in(ids, value_set=drop)).as_py():
+            after.append(path)
             continue
         with fs.open_input_file(path) as f:
             table = pq.read_table(f, schema=window_arrow_schema())
         keep = table.filter(pc.invert(pc.is_in(table["track_id"], value_set=drop)))
         removed += table.num_rows - keep.num_rows
+        superseded.append(path)
         if keep.num_rows:
-            with storage.atomic_output(storage.located(windows_url, path)) as out:
+            name = f"part-{run_id}-rewrite-{i:05d}.parquet"
+            with storage.atomic_output(storage.join(windows_url, name)) as out:
                 pq.write_table(keep, out, compression="none", use_dictionary=False)
-        else:
-            fs.delete_file(path)
-    return removed
+            after.append(storage.filesystem(storage.join(windows_url, name))[1])
+    return sorted(after), superseded, removed
 
 
-def write_empty(windows_url: str, run_id: str) -> None:
-    """One empty window file, so that a dataset where no file had audio still has a schema."""
-    with storage.atomic_output(storage.join(windows_url, f"part-{run_id}-empty.parquet")) as f:
+def count_windows(windows_url: str, files: list) -> pd.Series:
+    """Window rows per track_id in ``files`` (the commit's invariant check reads only that column)."""
+    fs, _ = storage.filesystem(windows_url)
+    counts: dict = {}
+    for path in files:
+        with fs.open_input_file(path) as f:
+            for item in pq.read_table(f, columns=["track_id"])["track_id"].value_counts().to_pylist():
+                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    return pd.Series(counts, dtype="int64")
+
+
+def write_empty(windows_url: str, run_id: str) -> str:
+    """One empty window file, so that a dataset where no file had audio still has a schema; its path."""
+    location = storage.join(windows_url, f"part-{run_id}-empty.parquet")
+    with storage.atomic_output(location) as f:
         pq.write_table(window_arrow_schema().empty_table(), f)
+    return storage.filesystem(location)[1]
 
 
 def decode_npy_column(column, recipe: Recipe) -> np.ndarray:

@@ -28,10 +28,11 @@ from genreclf.catalog import apply_labels, expand_inputs
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import GenreclfError, OutputExistsError
 from genreclf.featurize import window_tables
-from genreclf.featureset import (drop_windows, read_recipe, read_tracks, window_files, write_dataset_metadata,
-                                 write_empty, write_tracks, write_window_file)
+from genreclf.featureset import (commit, committed, count_windows, listed_window_files, read_recipe, read_tracks,
+                                 window_files, without_tracks, write_dataset_metadata, write_empty, write_window_file)
+from genreclf.lock import LOCK_FILE, OutputLock
 from genreclf.progress import SparkProgress
-from genreclf.schema import RECIPE_FILE, STATUS_OK, TRACKS_DIR, TRACKS_SCHEMA, WINDOWS_DIR, summarize, window_schema
+from genreclf.schema import RECIPE_FILE, STATUS_OK, TRACKS_SCHEMA, WINDOWS_DIR, summarize, window_schema
 from genreclf.spark import entries_frame, task_count
 
 log = logging.getLogger(__name__)
@@ -59,22 +60,47 @@ def _partition_fn(batches, *, recipe_json: str, windows_url: str, run_id: str, r
 
 
 def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: bool):
-    """Decide what happens to an existing output; returns the prior tracks table for --incremental."""
-    existing = [p for p in (WINDOWS_DIR, TRACKS_DIR, RECIPE_FILE) if storage.exists(storage.join(out_url, p))]
-    if not existing:
-        return None
-    if incremental and storage.exists(storage.join(out_url, TRACKS_DIR)):
+    """What the last commit of an existing output holds, and whether this run may change it:
+    returns (state or None, prior tracks for --incremental or None)."""
+    state = committed(out_url)
+    if state is None:
+        if storage.exists(storage.join(out_url, RECIPE_FILE)) and not overwrite:
+            raise OutputExistsError(f"{out_url} has a recipe.json but no tracks table: not a featurize output "
+                                    "of this version; pass --overwrite to replace it")
+        return None, None  # nothing committed: window files there are a crashed run's, removed below
+    if incremental:
         prior_recipe = read_recipe(out_url)
         if prior_recipe != recipe:
             raise GenreclfError(f"{out_url} was featurized with a different recipe ({prior_recipe}); "
                                 "--incremental cannot mix recipes: use --overwrite or a new output")
-        return read_tracks(out_url)
-    if overwrite or incremental:
-        for p in existing:
-            storage.delete(storage.join(out_url, p))
-        return None
-    raise OutputExistsError(f"{out_url} already holds a featurize output ({', '.join(existing)}); "
+        return state, read_tracks(out_url)
+    if overwrite:
+        return state, None
+    raise OutputExistsError(f"{out_url} already holds a featurize output; "
                             "pass --overwrite to replace it or --incremental to add new files")
+
+
+def _remove_orphans(windows_url: str, keep: set) -> int:
+    """Delete window files no commit references (a crashed or killed run's); returns how many."""
+    fs, _ = storage.filesystem(windows_url)
+    orphans = [p for p in listed_window_files(windows_url) if p not in keep]
+    for path in orphans:
+        fs.delete_file(path)
+    if orphans:
+        log.info("featurize: removed %d window files of an interrupted run (never committed)", len(orphans))
+    return len(orphans)
+
+
+def _check_invariant(windows_url: str, new_files: list, new_rows: pd.DataFrame) -> None:
+    """Before the commit: every new ok track has exactly ``n_windows`` window rows in this run's
+    files, and no window row belongs to anything else."""
+    counts = count_windows(windows_url, new_files)
+    ok = new_rows[new_rows["status"] == STATUS_OK].set_index("track_id")["n_windows"].astype("int64")
+    wrong = ok.index[ok.to_numpy() != counts.reindex(ok.index).fillna(0).to_numpy()]
+    stray = counts.index.difference(ok.index)
+    if len(wrong) or len(stray):
+        raise GenreclfError(f"internal error: window rows do not match the tracks table (wrong counts for "
+                            f"{list(wrong[:3])}, rows of no ok track: {list(stray[:3])}); nothing was committed")
 
 
 def _unchanged_ok(catalog: pd.DataFrame, prior: pd.DataFrame) -> pd.Series:
@@ -87,16 +113,13 @@ def _unchanged_ok(catalog: pd.DataFrame, prior: pd.DataFrame) -> pd.Series:
 
 
 def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None,
-                  settings: Settings | None = None, overwrite: bool = False, incremental: bool = False) -> dict:
+                  settings: Settings | None = None, overwrite: bool = False, incremental: bool = False,
+                  break_lock: bool = False) -> dict:
     """Featurize ``inputs`` into ``output``; returns the summary (also logged)."""
-    from pyspark.sql.pandas.types import from_arrow_schema
-
     settings = settings or load_settings()
     storage.configure(settings.storage.to_dict())
-    recipe, fs_settings = settings.recipe, settings.featurize
     started = time.time()
     out_url = storage.to_url(output)
-    windows_url = storage.join(out_url, WINDOWS_DIR)
 
     catalog = expand_inputs(inputs)
     table = catalog.entries
@@ -106,22 +129,47 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     log.info("featurize: %d input files%s", n_inputs,
              f" ({len(catalog.skipped)} sidecar files passed over)" if catalog.skipped else "")
 
-    prior = _prepare_output(out_url, recipe, overwrite, incremental)
+    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    lock = OutputLock(storage.join(out_url, LOCK_FILE), run_id, break_lock=break_lock, job="featurize",
+                      stale_after_s=settings.storage.lock_stale_after_s).acquire()
+    try:
+        summary = _featurize_locked(spark, table, out_url, run_id, settings, overwrite, incremental)
+    finally:
+        lock.release()
+    summary = {**summarize(summary.pop("new_rows"), time.time() - started, n_inputs=n_inputs,
+                           skipped=len(catalog.skipped), unchanged=n_inputs - summary["to_process"]),
+               "output": out_url}
+    for line in format_summary(summary).splitlines():
+        log.info(line)
+    return summary
+
+
+def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, incremental) -> dict:
+    """The run, under the output's lock: clean up, process, check, commit, then drop what the commit
+    superseded. A kill before the commit leaves the previous commit whole (its files untouched)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    recipe, fs_settings = settings.recipe, settings.featurize
+    windows_url = storage.join(out_url, WINDOWS_DIR)
+    state, prior = _prepare_output(out_url, recipe, overwrite, incremental)
+    old_files = window_files(windows_url) if state is not None else []
+    _remove_orphans(windows_url, set(old_files))
     kept = pd.DataFrame(columns=TRACKS_SCHEMA.names)
+    files = list(old_files) if prior is not None else []  # --overwrite: the old files go after the commit
+    superseded = []
     if prior is not None:
         unchanged = _unchanged_ok(table, prior)
         todo_paths = set(table.loc[~unchanged, "path"])
         kept = prior[~prior["path"].isin(todo_paths)]
         stale = prior.loc[prior["path"].isin(todo_paths) & (prior["status"] == STATUS_OK), "track_id"].tolist()
-        table = table[~unchanged]
+        table = _unique_against(table[~unchanged], kept)
         log.info("featurize --incremental: %d files unchanged and ok, %d to process", int(unchanged.sum()), len(table))
         if stale:
-            log.info("featurize --incremental: %d changed files: removed %d old windows", len(stale),
-                     drop_windows(windows_url, stale))
+            files, superseded, removed = without_tracks(windows_url, files, stale, run_id)
+            log.info("featurize --incremental: %d changed files: %d old windows left out", len(stale), removed)
 
     sc = spark.sparkContext
     n_parts = task_count(len(table), fs_settings.files_per_task, sc.defaultParallelism)
-    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
     fn = functools.partial(_partition_fn, recipe_json=json.dumps(recipe.to_dict()), windows_url=windows_url,
                            run_id=run_id, row_group_size_mb=fs_settings.row_group_size_mb,
                            max_duration_s=fs_settings.max_duration_s, storage_options=settings.storage.to_dict())
@@ -131,25 +179,41 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     with SparkProgress(sc, "featurize"):
         new_rows = statuses.toPandas() if len(table) else TRACKS_SCHEMA.empty_table().to_pandas()
     sc.setJobDescription(None)
-    if not window_files(windows_url):  # no file had audio: an empty dataset still has a schema
-        write_empty(windows_url, run_id)
-    write_dataset_metadata(windows_url, recipe)
 
     missing = set(table["path"]) - set(new_rows["path"])
     if missing or len(new_rows) != len(table):
         raise GenreclfError(f"internal error: {len(table)} files sent to Spark but {len(new_rows)} status rows "
-                            f"came back (missing e.g. {sorted(missing)[:3]}); the output is incomplete")
+                            f"came back (missing e.g. {sorted(missing)[:3]}); nothing was committed")
+    prefix = f"part-{run_id}-"
+    new_files = [p for p in listed_window_files(windows_url)
+                 if storage.basename(p).startswith(prefix) and "-rewrite-" not in storage.basename(p)]
+    _check_invariant(windows_url, new_files, new_rows)
+    files = sorted(set(files) | set(new_files))
+    if not files:  # no file had audio: an empty dataset still has a schema
+        files = [write_empty(windows_url, run_id)]
     tracks = pd.concat([kept, new_rows], ignore_index=True) if len(kept) else new_rows
-    write_tracks(storage.join(out_url, TRACKS_DIR), tracks)
+    write_dataset_metadata(windows_url, recipe, files)
+    log.info("featurize: committing %d tracks and %d window files", len(tracks), len(files))
+    commit(out_url, tracks, [storage.basename(p) for p in files], recipe, run_id)
+    # After the commit: what it no longer references (--overwrite's old files, rewritten files).
+    fs, _ = storage.filesystem(windows_url)
+    for path in set(old_files) | set(superseded):
+        if path not in files:
+            fs.delete_file(path)
     storage.write_text(storage.join(out_url, RECIPE_FILE), json.dumps(
         {**recipe.to_dict(), "genreclf_version": __version__}, indent=2, sort_keys=True))
+    return {"new_rows": new_rows, "to_process": len(table)}
 
-    summary = summarize(new_rows, time.time() - started, n_inputs=n_inputs, skipped=len(catalog.skipped),
-                        unchanged=n_inputs - len(table))
-    summary["output"] = out_url
-    for line in format_summary(summary).splitlines():
-        log.info(line)
-    return summary
+
+def _unique_against(table: pd.DataFrame, kept: pd.DataFrame) -> pd.DataFrame:
+    """New files whose relative track_id is taken by another file of the committed output (a second
+    input root) are qualified with their full path, as clashes within one run are."""
+    taken = dict(zip(kept["track_id"], kept["path"]))
+    clash = table["track_id"].map(taken).notna() & (table["track_id"].map(taken) != table["path"])
+    if clash.any():
+        table = table.copy()
+        table.loc[clash, "track_id"] = table.loc[clash, "path"]
+    return table
 
 
 def format_summary(s: dict) -> str:

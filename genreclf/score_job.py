@@ -28,6 +28,7 @@ from genreclf.catalog import expand_inputs
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import ConfigError, GenreclfError, OutputExistsError
 from genreclf.featureset import read_recipe, read_tracks, window_files
+from genreclf.lock import LOCK_FILE, OutputLock
 from genreclf.progress import SparkProgress
 from genreclf.schema import STATUS_ERROR, STATUS_OK, WINDOWS_DIR, summarize
 from genreclf.scoreset import (SCORES_DIR, SUBMISSION_FILE, commit, read_dir, score_table, staging_dir, write_part,
@@ -114,9 +115,17 @@ def _rest_of_tracks(tracks, scored_ids: set) -> list:
     return rows
 
 
+def _remove_stale_staging(out_url: str) -> None:
+    """Staging directories of killed score runs (hidden; this run holds the lock, so none is live)."""
+    for entry in storage.list_dir(out_url):
+        if entry.base_name.startswith(f".{SCORES_DIR}-") and entry.base_name.endswith(".staging"):
+            storage.delete(storage.located(out_url, entry.path))
+            log.info("score: removed %s of an interrupted run", entry.base_name)
+
+
 def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, features: str | None = None,
               csv: bool = False, overwrite: bool = False, settings: Settings | None = None,
-              calibrate: bool = True) -> dict:
+              calibrate: bool = True, break_lock: bool = False) -> dict:
     """Score raw audio (``inputs``) or a featurize output (``features``) into ``output/scores``,
     with the bundle's calibration unless ``calibrate`` is false (the reference's plain mean)."""
     if bool(inputs) == bool(features):
@@ -138,10 +147,13 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
         raise OutputExistsError(f"{scores_url} exists; pass --overwrite to replace it")
     started = time.time()
     sc = spark.sparkContext
-    name, shipped = ship_bundle(sc, storage.fetch_dir(bundle, names={MODEL_FILE, BUNDLE_FILE}))
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    staging = staging_dir(output, run_id)
+    lock = OutputLock(storage.join(out_url, LOCK_FILE), run_id, break_lock=break_lock, job="score",
+                      stale_after_s=settings.storage.lock_stale_after_s).acquire()
+    staging, shipped = staging_dir(output, run_id), None
     try:
+        _remove_stale_staging(out_url)
+        name, shipped = ship_bundle(sc, storage.fetch_dir(bundle, names={MODEL_FILE, BUNDLE_FILE}))
         if features:
             tasks, n_inputs, tracks = _from_features(spark, name, recipe, settings, features, calibration, staging,
                                                      labels)
@@ -165,7 +177,9 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     finally:
         if storage.exists(staging):
             storage.delete(staging)
-        shutil.rmtree(shipped, ignore_errors=True)
+        if shipped:
+            shutil.rmtree(shipped, ignore_errors=True)
+        lock.release()
 
     rows = written
     if csv:

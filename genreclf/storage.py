@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 #: Settings that shape how stores are reached ([storage] in conf/genreclf.toml); set by configure().
 _OPTIONS = {"endpoint_url": "", "region": "", "retries": 3, "retry_backoff_s": 0.5, "read_ahead_kb": 1024,
-            "list_progress_s": 5.0}
+            "list_progress_s": 5.0, "lock_stale_after_s": 86400.0}
 _FILESYSTEMS: dict = {}
 _LOCK = threading.Lock()
 
@@ -488,6 +488,25 @@ def write_bytes(location: str, data: bytes) -> None:
 
 def write_text(location: str, text: str) -> None:
     write_bytes(location, text.encode())
+
+
+def create_exclusive(location: str, data: bytes) -> bool:
+    """Create a small file only if it does not exist; False when it does. Exclusive on local disks
+    (O_EXCL); check-then-write elsewhere (object stores here offer no conditional create)."""
+    if is_local(location):
+        path = filesystem(location)[1]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    if exists(location):
+        return False
+    write_bytes(location, data)
+    return True
 
 
 def make_dirs(location: str) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import time
+import uuid
 
 from genreclf import storage
 from genreclf.bundle import (BUNDLE_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_FILE, bundle_info, write_json)
@@ -16,6 +17,7 @@ from genreclf.calibration import fit_temperatures
 from genreclf.evaluate import (calibrated_report, format_report, predict_windows, track_codes, usable_tracks,
                                write_reports)
 from genreclf.featureset import read_recipe, read_tracks
+from genreclf.lock import OutputLock
 from genreclf.schema import STATUS_OK, WINDOWS_DIR
 from genreclf.split import split_tracks
 
@@ -43,7 +45,8 @@ def reader_threads(requested: int, on_gpu: bool) -> int:
 
 
 def run_train(features: str, model_out: str, *, overwrite: bool = False, settings: Settings | None = None,
-              group_col: str | None = None, exclude_tracks=(), labels: list | None = None, **overrides) -> dict:
+              group_col: str | None = None, exclude_tracks=(), labels: list | None = None, break_lock: bool = False,
+              **overrides) -> dict:
     """Fit the model; returns the validation report. Writes the bundle to ``model_out`` atomically.
 
     ``overrides`` replace fields of the ``[train]`` settings (:class:`~genreclf.config.TrainSettings`),
@@ -51,6 +54,7 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
     ``labels`` fixes the output classes (default: ``[train] labels_from``).
     """
     settings = settings or load_settings()
+    storage.configure(settings.storage.to_dict())
     try:
         cfg = dataclasses.replace(settings.train, **overrides)
     except TypeError as e:
@@ -62,6 +66,17 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
                                           and not storage.exists(storage.join(model_out, BUNDLE_FILE))):
             raise OutputExistsError(f"{model_out} is not a model bundle (no {BUNDLE_FILE}); --overwrite replaces "
                                     "only a bundle: choose another --model directory")
+    lock = OutputLock(storage.join(storage.parent(storage.to_location(model_out)),
+                                   f".{storage.basename(model_out)}.lock"), uuid.uuid4().hex[:12], job="train",
+                      break_lock=break_lock, stale_after_s=settings.storage.lock_stale_after_s).acquire()
+    try:
+        return _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels)
+    finally:
+        lock.release()
+
+
+def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels) -> dict:
+    """run_train under the bundle's lock."""
     recipe = read_recipe(features)
     tracks = read_tracks(features)
     labels = list(labels) if labels else choose_labels(tracks, cfg.labels_from, settings)

@@ -12,7 +12,7 @@ def featurize(args, settings, spark):
     from genreclf.featurize_job import run_featurize
 
     run_featurize(spark, args.input, args.output, labels=args.labels, settings=settings,
-                  overwrite=args.overwrite, incremental=args.incremental)
+                  overwrite=args.overwrite, incremental=args.incremental, break_lock=args.break_lock)
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,8 @@ def score(args, settings, spark):
     from genreclf.score_job import run_score
 
     run_score(spark, args.model, args.output, inputs=args.input, features=args.features, csv=args.csv,
-              overwrite=args.overwrite, settings=settings, calibrate=args.calibrate)
+              overwrite=args.overwrite, settings=settings, calibrate=args.calibrate,
+              break_lock=args.break_lock)
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 import sys
 
-from genreclf.cli import run_main
+from genreclf.cli import add_break_lock, run_main
 from genreclf.config import CALIBRATION_MODES, CLASS_WEIGHTS, LABEL_SOURCES, PRECISIONS, READERS, TrainSettings
 
 
@@ -48,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
                    help="'balanced': weight each class's loss by the inverse of its share of training windows "
                         "(unbalanced labels); 'none' (default): the reference")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    add_break_lock(p)
     p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
     return p
 
@@ -60,7 +61,8 @@ def train(args, settings):
     from genreclf.train import run_train
 
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
-    run_train(args.features, args.model, overwrite=args.overwrite, settings=settings, **overrides)
+    run_train(args.features, args.model, overwrite=args.overwrite, settings=settings, break_lock=args.break_lock,
+              **overrides)
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,7 @@
 """The featurize job on a real local Spark session: one tracks row per file, petastorm-readable windows."""
 
 import os
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -150,3 +151,65 @@ def test_task_count_uses_every_core_and_bounds_files_per_task(n_files, per_task,
     from genreclf.spark import task_count
 
     assert task_count(n_files, per_task, cores) == expected
+
+
+def test_a_crashed_runs_window_files_are_never_read_and_removed_by_the_next_run(spark, tmp_path, make_audio):
+    """A killed --incremental run left window files whose tracks were never committed; the rerun
+    wrote those tracks again and they had 2x their windows."""
+    import shutil
+
+    from genreclf.featureset import count_windows, window_files
+
+    audio = tmp_path / "in"
+    audio.mkdir()
+    make_audio(audio / "a.mp3", 4.5)
+    out = tmp_path / "out"
+    run_featurize(spark, [str(audio)], str(out))
+    windows = out / "windows"
+    committed = window_files(to_url(str(windows)))
+    shutil.copy(committed[0], windows / "part-20260101000000-deadbeef-00000.parquet")  # as a killed run leaves it
+    assert window_files(to_url(str(windows))) == committed  # readers follow the commit, not the listing
+    run_featurize(spark, [str(audio)], str(out), incremental=True)
+    assert not (windows / "part-20260101000000-deadbeef-00000.parquet").exists()
+    files = window_files(to_url(str(windows)))
+    assert count_windows(to_url(str(windows)), files).to_dict() == {"a.mp3": 2}
+
+
+def test_incremental_with_a_second_root_keeps_track_ids_unique(spark, tmp_path, make_audio):
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    make_audio(first / "a.mp3", 3.0)
+    make_audio(second / "a.mp3", 3.0, seed=5)  # same relative name, another file
+    out = tmp_path / "out"
+    run_featurize(spark, [str(first)], str(out))
+    run_featurize(spark, [str(first), str(second)], str(out), incremental=True)
+    tracks = read_tracks(str(out))
+    assert tracks["track_id"].is_unique and len(tracks) == 2
+    assert sorted(tracks["track_id"]) == sorted(["a.mp3", str(second / "a.mp3")])
+
+
+def test_a_held_lock_refuses_a_second_writer_and_a_stale_one_needs_break_lock(spark, tmp_path, make_audio):
+    import json
+    import socket
+    import time
+
+    from genreclf.lock import LockedError
+
+    audio = tmp_path / "in"
+    audio.mkdir()
+    make_audio(audio / "a.mp3", 3.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / "_genreclf.lock"
+    holder = {"run_id": "r1", "host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "job": "x"}
+    lock.write_text(json.dumps(holder))
+    with pytest.raises(LockedError, match=f"pid {os.getpid()}.*one writer per output"):
+        run_featurize(spark, [str(audio)], str(out), break_lock=True)  # never breaks a live holder
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(json.dumps({**holder, "pid": dead.pid}))
+    with pytest.raises(LockedError, match="--break-lock"):
+        run_featurize(spark, [str(audio)], str(out))
+    run_featurize(spark, [str(audio)], str(out), break_lock=True)
+    assert not lock.exists() and len(read_tracks(str(out))) == 1

@@ -1,0 +1,95 @@
+"""One writer per output: a lock file in (or beside) the output naming its holder.
+
+Taken before a job changes anything in its output and released after its commit. A second writer
+is refused with the holder's run id, host, pid and start time. A lock whose holder is gone (a dead
+pid on this host, or older than ``[storage] lock_stale_after_s``) is stale; ``--break-lock``
+breaks a stale lock, never a live one.
+
+Local disks create the lock exclusively (``O_EXCL``: two writers cannot both get it). Object stores
+here have no conditional create, so there the lock is check-then-write: it stops a second writer
+started after the first one took it (the common case), not two started in the same second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from genreclf import storage
+from genreclf.errors import GenreclfError
+
+LOCK_FILE = "_genreclf.lock"
+
+
+class LockedError(GenreclfError):
+    """The output is being written by another run."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_reason(holder: dict, stale_after_s: float) -> str | None:
+    """Why a lock's holder is gone, or None while it may still be running."""
+    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+        return f"pid {holder.get('pid')} is not running on this host"
+    age = time.time() - float(holder.get("started", 0))
+    if age > stale_after_s:
+        return f"taken {age / 3600:.1f} h ago (more than lock_stale_after_s = {stale_after_s:.0f} s)"
+    return None
+
+
+class OutputLock:
+    """The lock of one output location; use as a context manager or acquire()/release()."""
+
+    def __init__(self, location: str, run_id: str, *, break_lock: bool = False, stale_after_s: float = 86400.0,
+                 job: str = ""):
+        self.location = location
+        self.holder = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                       "started": time.time(), "job": job}
+        self.break_lock = break_lock
+        self.stale_after_s = stale_after_s
+        self.held = False
+
+    def acquire(self) -> "OutputLock":
+        payload = json.dumps(self.holder).encode()
+        for _ in range(2):
+            if storage.create_exclusive(self.location, payload):
+                self.held = True
+                return self
+            try:
+                other = json.loads(storage.read_text(self.location))
+            except (OSError, ValueError):
+                other = {}
+            stale = stale_reason(other, self.stale_after_s)
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(other.get("started", 0))))
+            who = (f"run {other.get('run_id', '?')} ({other.get('job') or 'a genreclf job'}) on host "
+                   f"{other.get('host', '?')}, pid {other.get('pid', '?')}, since {started}")
+            if stale is None:
+                raise LockedError(f"{self.location} is held by {who}: one writer per output; wait for it to finish "
+                                  "or write elsewhere")
+            if not self.break_lock:
+                raise LockedError(f"{self.location} is held by {who}, which looks gone ({stale}); "
+                                  "rerun with --break-lock to take it over")
+            storage.delete(self.location)
+        raise LockedError(f"{self.location}: could not take the lock (another writer took it meanwhile)")
+
+    def release(self) -> None:
+        if self.held:
+            storage.delete(self.location)
+            self.held = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
