@@ -166,6 +166,17 @@ def expand_inputs(inputs: list) -> Catalog:
     return Catalog(table[CATALOG_COLUMNS], skipped)
 
 
+def _refuse_conflicts(labels: pd.DataFrame, key: str, where: str) -> None:
+    """Two rows giving one file different genres: an error that lists them (never settled silently)."""
+    genres = labels.groupby(key)["genre"].nunique()
+    conflicting = genres[genres > 1].index.tolist()
+    if conflicting:
+        rows = labels[labels[key].isin(conflicting[:5])].sort_values(key)
+        listed = "; ".join(f"{k}: {', '.join(sorted(set(g['genre'].dropna())))}" for k, g in rows.groupby(key))
+        raise ConfigError(f"labels {where}: {len(conflicting)} {key}(s) have conflicting genres ({listed}); "
+                          "keep one row per file")
+
+
 def apply_labels(table: pd.DataFrame, labels_csv: str) -> pd.DataFrame:
     """Fill ``label`` from a labels CSV: FMA ``tracks.csv``, or ``path``/``track_id`` -> ``genre``."""
     labels_csv = storage.to_location(labels_csv)
@@ -183,6 +194,9 @@ def apply_labels(table: pd.DataFrame, labels_csv: str) -> pd.DataFrame:
             table["group"] = group.where(group.notna(), table["group"])
         fma = ids.notna()
         table.loc[fma, "track_id"] = table.loc[fma, "path"].map(lambda p: os.path.splitext(storage.basename(p))[0])
+        if found.notna().sum() == 0 and len(table):
+            raise ConfigError(f"labels {labels_csv} (FMA tracks.csv) labels none of the {len(table)} inputs: FMA "
+                              "files are matched by the track id in their name (e.g. 000/000002.mp3)")
         return table
     labels = _read_csv(labels_csv, dtype=str, keep_default_na=False, na_values=[""])
     labels = labels.rename(columns={a: b for a, b in LABEL_ALIASES.items()
@@ -190,6 +204,7 @@ def apply_labels(table: pd.DataFrame, labels_csv: str) -> pd.DataFrame:
     if "genre" not in labels.columns or not ({"path", "track_id"} & set(labels.columns)):
         raise ConfigError(f"labels {labels_csv} needs a 'genre' (or 'label') column and a 'path' (or 'file') or 'track_id' column "
                           f"(has {list(labels.columns)}), or must be FMA's tracks.csv")
+    _refuse_conflicts(labels, "path" if "path" in labels.columns else "track_id", labels_csv)
     if "path" in labels.columns:
         base = storage.parent(labels_csv)
         by_path = {storage.resolve(base, p): g for p, g in zip(labels["path"], labels["genre"])}
@@ -198,6 +213,11 @@ def apply_labels(table: pd.DataFrame, labels_csv: str) -> pd.DataFrame:
     else:
         by_id = dict(zip(labels["track_id"], labels["genre"]))
         found = [by_id.get(t) for t in table["track_id"]]
+    if len(table) and not any(f is not None for f in found):
+        example = labels["path"].iloc[0] if "path" in labels.columns else labels["track_id"].iloc[0]
+        raise ConfigError(f"labels {labels_csv} labels none of the {len(table)} inputs (e.g. its row {example!r} "
+                          f"vs the input {table['track_id'].iloc[0]!r}): 'path' is relative to the CSV's directory "
+                          "(or absolute), 'track_id' is the path relative to the input directory")
     table["label"] = [f if f is not None else old for f, old in zip(found, table["label"])]
     group = _group_of(labels)
     if group is not None:

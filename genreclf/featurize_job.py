@@ -32,7 +32,7 @@ from genreclf.featureset import (commit, committed, count_windows, listed_window
                                  window_files, without_tracks, write_dataset_metadata, write_empty, write_window_file)
 from genreclf.lock import LOCK_FILE, OutputLock
 from genreclf.progress import SparkProgress
-from genreclf.schema import RECIPE_FILE, STATUS_OK, TRACKS_SCHEMA, WINDOWS_DIR, summarize, window_schema
+from genreclf.schema import RECIPE_FILE, STATUS_OK, TRACKS_DIR, TRACKS_SCHEMA, WINDOWS_DIR, summarize, window_schema
 from genreclf.spark import entries_frame, task_count
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,12 @@ def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: 
     """What the last commit of an existing output holds, and whether this run may change it:
     returns (state or None, prior tracks for --incremental or None)."""
     state = committed(out_url)
+    ours = {WINDOWS_DIR, TRACKS_DIR, RECIPE_FILE, LOCK_FILE}
+    foreign = [e.base_name for e in storage.list_dir(out_url) if e.base_name not in ours and not e.base_name.startswith(".")]
+    if state is None and foreign:
+        raise OutputExistsError(f"{out_url} is a non-empty directory that is not a featurize output (it holds "
+                                f"{', '.join(sorted(foreign)[:5])}); featurize writes only into a new or empty "
+                                "directory or its own output: choose another --output")
     if state is None:
         if storage.exists(storage.join(out_url, RECIPE_FILE)) and not overwrite:
             raise OutputExistsError(f"{out_url} has a recipe.json but no tracks table: not a featurize output "
@@ -81,9 +87,13 @@ def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: 
 
 
 def _remove_orphans(windows_url: str, keep: set) -> int:
-    """Delete window files no commit references (a crashed or killed run's); returns how many."""
+    """Delete window files no commit references and hidden partial files (a crashed or killed run's);
+    returns how many."""
     fs, _ = storage.filesystem(windows_url)
     orphans = [p for p in listed_window_files(windows_url) if p not in keep]
+    out_url = storage.parent(storage.to_location(windows_url))
+    for where in (windows_url, storage.join(out_url, TRACKS_DIR)):  # a killed writer's hidden partial files
+        orphans += [e.path for e in storage.list_dir(where) if e.base_name.startswith(".") and e.base_name.endswith(".tmp")]
     for path in orphans:
         fs.delete_file(path)
     if orphans:
@@ -123,8 +133,13 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
 
     catalog = expand_inputs(inputs)
     table = catalog.entries
+    unlabelled = 0
     if labels:
         table = apply_labels(table, labels)
+        unlabelled = int(table["label"].isna().sum())
+        if unlabelled:
+            log.warning("featurize: %d of %d inputs have no label in %s (their windows are unlabelled: train "
+                        "leaves them out)", unlabelled, len(table), labels)
     n_inputs = len(table)
     log.info("featurize: %d input files%s", n_inputs,
              f" ({len(catalog.skipped)} sidecar files passed over)" if catalog.skipped else "")
@@ -138,7 +153,7 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
         lock.release()
     summary = {**summarize(summary.pop("new_rows"), time.time() - started, n_inputs=n_inputs,
                            skipped=len(catalog.skipped), unchanged=n_inputs - summary["to_process"]),
-               "output": out_url}
+               "output": out_url, "unlabelled": unlabelled}
     for line in format_summary(summary).splitlines():
         log.info(line)
     return summary
@@ -222,6 +237,8 @@ def format_summary(s: dict) -> str:
               f"{s['errors']} errors, {s['windows_written']} windows written\n")
     if s["unchanged_skipped"]:
         buf.write(f"  {s['unchanged_skipped']} files unchanged since the last run (kept)\n")
+    if s.get("unlabelled"):
+        buf.write(f"  {s['unlabelled']} files have no label in the labels CSV\n")
     if s["sidecar_files_passed_over"]:
         buf.write(f"  {s['sidecar_files_passed_over']} sidecar files (csv, txt, images...) passed over\n")
     for reason, n in s["errors_by_reason"].items():

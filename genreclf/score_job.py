@@ -115,6 +115,23 @@ def _rest_of_tracks(tracks, scored_ids: set) -> list:
     return rows
 
 
+def _check_model(local_bundle: str, bundle: str, n_labels: int) -> None:
+    """Load the model once on the driver before any task: a corrupt or mismatched model.keras is one
+    clear error here, not a traceback from every executor."""
+    from genreclf.bundle import load_model
+    from genreclf.tfsetup import configure_tensorflow
+
+    configure_tensorflow(training=False)
+    try:
+        model = load_model(local_bundle)
+    except Exception as e:  # Keras raises many types for a damaged archive
+        raise ConfigError(f"model bundle {bundle}: {MODEL_FILE} cannot be loaded ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); restore the bundle or train a new one") from None
+    if model.output_shape[-1] != n_labels:
+        raise ConfigError(f"model bundle {bundle}: {MODEL_FILE} predicts {model.output_shape[-1]} classes but "
+                          f"{BUNDLE_FILE} lists {n_labels} labels; the bundle is inconsistent: train a new one")
+
+
 def _remove_stale_staging(out_url: str) -> None:
     """Staging directories of killed score runs (hidden; this run holds the lock, so none is live)."""
     for entry in storage.list_dir(out_url):
@@ -143,8 +160,12 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
         check_recipe(info, read_recipe(features), features)
     out_url = storage.to_url(output)
     scores_url = storage.join(out_url, SCORES_DIR)
+    if out_url in {storage.to_url(bundle), storage.to_url(features or bundle)}:
+        raise ConfigError(f"--output {output} is the job's own input: write scores to another directory")
     if storage.exists(scores_url) and not overwrite:
         raise OutputExistsError(f"{scores_url} exists; pass --overwrite to replace it")
+    local_bundle = storage.fetch_dir(bundle, names={MODEL_FILE, BUNDLE_FILE})
+    _check_model(local_bundle, bundle, len(labels))
     started = time.time()
     sc = spark.sparkContext
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -153,7 +174,7 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     staging, shipped = staging_dir(output, run_id), None
     try:
         _remove_stale_staging(out_url)
-        name, shipped = ship_bundle(sc, storage.fetch_dir(bundle, names={MODEL_FILE, BUNDLE_FILE}))
+        name, shipped = ship_bundle(sc, local_bundle)
         if features:
             tasks, n_inputs, tracks = _from_features(spark, name, recipe, settings, features, calibration, staging,
                                                      labels)

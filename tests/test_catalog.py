@@ -118,3 +118,19 @@ def test_a_fifo_is_listed_as_a_row_not_skipped(tmp_path):
     os.mkfifo(tmp_path / "d" / "pipe.mp3")
     cat = expand_inputs([str(tmp_path / "d")])
     assert cat.entries["track_id"].tolist() == ["one.mp3", "pipe.mp3"]
+
+
+def test_conflicting_label_rows_are_an_error_listing_them(tmp_path):
+    touch(tmp_path / "a.mp3")
+    (tmp_path / "labels.csv").write_text("path,genre\na.mp3,Rock\na.mp3,Jazz\n")
+    table = expand_inputs([str(tmp_path / "a.mp3")]).entries
+    with pytest.raises(ConfigError, match="conflicting genres.*a.mp3: Jazz, Rock"):
+        apply_labels(table, str(tmp_path / "labels.csv"))
+
+
+def test_a_labels_csv_that_matches_no_input_is_an_error(tmp_path):
+    touch(tmp_path / "music" / "a.mp3")
+    (tmp_path / "labels.csv").write_text("path,genre\nelsewhere/a.mp3,Rock\n")
+    table = expand_inputs([str(tmp_path / "music")]).entries
+    with pytest.raises(ConfigError, match="labels none of the 1 inputs"):
+        apply_labels(table, str(tmp_path / "labels.csv"))

@@ -213,3 +213,12 @@ def test_a_held_lock_refuses_a_second_writer_and_a_stale_one_needs_break_lock(sp
         run_featurize(spark, [str(audio)], str(out))
     run_featurize(spark, [str(audio)], str(out), break_lock=True)
     assert not lock.exists() and len(read_tracks(str(out))) == 1
+
+
+def test_an_output_of_another_kind_is_refused_even_with_overwrite(spark, tmp_path, make_audio):
+    audio = tmp_path / "in"
+    audio.mkdir()
+    make_audio(audio / "a.mp3", 3.0)
+    with pytest.raises(OutputExistsError, match="not a featurize output"):
+        run_featurize(spark, [str(audio)], str(audio), overwrite=True)  # the job's own input
+    assert sorted(p.name for p in audio.iterdir()) == ["a.mp3"]

@@ -232,3 +232,19 @@ def test_submission_file_ids_are_unique_when_basenames_clash(tmp_path):
                            "status": ["ok"] * 3, "probability_vector": [[0.5, 0.5]] * 3})
     write_submission(scores, ["p", "q"], str(tmp_path / "s.csv"))
     assert pd.read_csv(tmp_path / "s.csv")["file_id"].tolist() == ["a/x", "b/x", "y"]
+
+
+def test_a_corrupt_model_is_one_clear_error_before_any_task(spark, trained, corpus, tmp_path):
+    features, bundle = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    (broken / "model.keras").write_bytes(b"PK\x03\x04 not a keras archive")
+    with pytest.raises(ConfigError, match="model.keras cannot be loaded"):
+        run_score(spark, str(broken), str(tmp_path / "out"), inputs=[str(corpus)])
+    assert not (tmp_path / "out" / "scores").exists()
+
+
+def test_scores_never_go_into_the_jobs_own_input(spark, trained):
+    features, bundle = trained
+    with pytest.raises(ConfigError, match="own input"):
+        run_score(spark, str(bundle), str(features), features=str(features))
