@@ -59,10 +59,12 @@ def score_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str | None = None) -> int:
+def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str | None = None,
+             writes: tuple = ()) -> int:
     """Parse arguments, set up logging and settings, run ``body(args, settings[, spark])``.
 
-    With ``spark_app`` a SparkSession is started (and always stopped) for the body. A
+    The locations named by the ``writes`` arguments are checked writable first, and with
+    ``spark_app`` a SparkSession is started (and always stopped) for the body. A
     :class:`GenreclfError` is logged as one line and gives exit code 2.
     """
     from genreclf.config import load_settings
@@ -77,6 +79,9 @@ def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str
         from genreclf import storage
 
         storage.configure(settings.storage.to_dict())
+        for name in writes:
+            if getattr(args, name, None):
+                storage.check_writable(getattr(args, name), f"--{name.replace('_', '-')}")
         if spark_app is None:
             body(args, settings)
             return 0

@@ -62,7 +62,11 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         payload = json.dumps(self.holder).encode()
         for _ in range(2):
-            if storage.create_exclusive(self.location, payload):
+            try:
+                created = storage.create_exclusive(self.location, payload)
+            except OSError as e:
+                raise GenreclfError(f"cannot write to {storage.parent(self.location)}: {storage.describe(e)}") from None
+            if created:
                 self.held = True
                 return self
             try:

@@ -509,6 +509,22 @@ def create_exclusive(location: str, data: bytes) -> bool:
     return True
 
 
+def check_writable(location: str, what: str = "output") -> None:
+    """Refuse, before any work, a local output that cannot be created or written (its nearest
+    existing ancestor must be a writable directory). Remote locations are checked by their first
+    write (the job's lock), also before any work."""
+    if not is_local(location):
+        return
+    path = filesystem(location)[1]
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise _config_error(f"{what} {location} cannot be created: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise _config_error(f"{what} {location} is not writable ({probe}: permission denied)")
+
+
 def make_dirs(location: str) -> None:
     fs, path = filesystem(location)
     fs.create_dir(path, recursive=True)

@@ -55,7 +55,7 @@ def evaluate(args, settings):
 
 
 def main(argv=None) -> int:
-    return run_main(parser(), evaluate, argv)
+    return run_main(parser(), evaluate, argv, writes=("output",))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ def featurize(args, settings, spark):
 
 
 def main(argv=None) -> int:
-    return run_main(featurize_parser(), featurize, argv, spark_app="genreclf-featurize")
+    return run_main(featurize_parser(), featurize, argv, spark_app="genreclf-featurize", writes=("output",))
 
 
 if __name__ == "__main__":

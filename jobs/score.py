@@ -18,7 +18,7 @@ def score(args, settings, spark):
 
 
 def main(argv=None) -> int:
-    return run_main(score_parser(), score, argv, spark_app="genreclf-score")
+    return run_main(score_parser(), score, argv, spark_app="genreclf-score", writes=("output",))
 
 
 if __name__ == "__main__":

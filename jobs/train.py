@@ -66,7 +66,7 @@ def train(args, settings):
 
 
 def main(argv=None) -> int:
-    return run_main(parser(), train, argv)
+    return run_main(parser(), train, argv, writes=("model",))
 
 
 if __name__ == "__main__":

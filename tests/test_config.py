@@ -85,3 +85,23 @@ def test_the_quality_preset_is_a_complete_configuration():
     preset = load_settings(os.path.join(os.path.dirname(DEFAULT_CONF), "quality.toml"))
     assert preset.recipe != Recipe() and preset.recipe.magnitude != "linear"
     assert preset.train.calibration != "none"
+
+
+@pytest.mark.parametrize("job", ["featurize", "score", "train"])
+def test_an_output_that_cannot_be_written_is_refused_before_spark_starts(tmp_path, capsys, job):
+    """Was a 150-500 line traceback, some only after Spark had started working."""
+    import importlib
+    import time
+
+    main = importlib.import_module(f"jobs.{job}").main
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = str(blocker / "out")
+    args = {"featurize": ["--input", str(tmp_path), "--output", out],
+            "score": ["--input", str(tmp_path), "--model", str(tmp_path), "--output", out],
+            "train": ["--features", str(tmp_path), "--model", out]}[job]
+    started = time.time()
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{out} cannot be created: {blocker} is a file, not a directory" in err
+    assert "Traceback" not in err and time.time() - started < 10
