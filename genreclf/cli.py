@@ -94,3 +94,7 @@ def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str
     except GenreclfError as e:
         log.error("%s", e)
         return 2
+    except Exception:  # a bug: the traceback once, with what the user can do
+        log.exception("internal error (not a problem with your input or settings): a rerun is safe, since outputs "
+                      "are committed only when complete; please report it with the traceback below")
+        return 1

@@ -71,3 +71,15 @@ def test_train_on_a_missing_output_says_what_to_do(tmp_path):
     res = run("train", "--features", str(tmp_path / "nothing"), "--model", str(tmp_path / "m"))
     assert res.returncode == 2
     assert "is not a featurize output" in res.stderr and "featurize first" in res.stderr
+
+
+def test_an_internal_failure_prints_its_traceback_once_with_a_hint(tmp_path, capsys, monkeypatch):
+    from jobs import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("genreclf.train.run_train", broken)  # a bug stand-in; not a component mock
+    rc = train.main(["--features", str(tmp_path), "--model", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("Traceback") == 1 and "RuntimeError: boom" in err and "a rerun is safe" in err
