@@ -99,6 +99,8 @@ def _read_catalog_csv(location: str) -> pd.DataFrame:
     if "path" not in table.columns:
         raise ConfigError(f"catalogue {location} has no 'path' column (columns: {list(table.columns)}); "
                           "a catalogue CSV needs 'path' and may have 'track_id' and 'genre'")
+    if "genre" in table.columns:
+        _refuse_conflicts(table, "path", location)
     base = storage.parent(location)
     out = pd.DataFrame({"path": [storage.resolve(base, p) for p in table["path"]]})
     out["track_id"] = table["track_id"] if "track_id" in table.columns else None
@@ -173,7 +175,7 @@ def _refuse_conflicts(labels: pd.DataFrame, key: str, where: str) -> None:
     if conflicting:
         rows = labels[labels[key].isin(conflicting[:5])].sort_values(key)
         listed = "; ".join(f"{k}: {', '.join(sorted(set(g['genre'].dropna())))}" for k, g in rows.groupby(key))
-        raise ConfigError(f"labels {where}: {len(conflicting)} {key}(s) have conflicting genres ({listed}); "
+        raise ConfigError(f"{where}: {len(conflicting)} {key}(s) have conflicting genres ({listed}); "
                           "keep one row per file")
 
 

@@ -65,6 +65,24 @@ class StandaloneCluster:
         logs = {f: open(os.path.join(self.workdir, f)).read()[-2000:] for f in os.listdir(self.workdir) if f.endswith(".log")}
         raise RuntimeError(f"standalone cluster did not come up: {logs}")
 
+    def executors(self) -> list:
+        """PIDs of this cluster's executor JVMs (children of its worker processes)."""
+        workers = {p.pid for p in self.procs[1:]}
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if ppid in workers and b"CoarseGrainedExecutorBackend" in cmd:
+                found.append(int(entry))
+        return found
+
     def stop(self):
         for proc in self.procs:
             if proc.poll() is None:

@@ -134,3 +134,11 @@ def test_a_labels_csv_that_matches_no_input_is_an_error(tmp_path):
     table = expand_inputs([str(tmp_path / "music")]).entries
     with pytest.raises(ConfigError, match="labels none of the 1 inputs"):
         apply_labels(table, str(tmp_path / "labels.csv"))
+
+
+def test_conflicting_rows_in_a_catalogue_are_an_error(tmp_path):
+    """The first row used to win silently."""
+    touch(tmp_path / "a.mp3")
+    (tmp_path / "catalog.csv").write_text("path,genre\na.mp3,Rock\na.mp3,Jazz\n")
+    with pytest.raises(ConfigError, match="conflicting genres"):
+        expand_inputs([str(tmp_path / "catalog.csv")])

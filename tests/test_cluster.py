@@ -6,8 +6,11 @@ Runs in its own pytest invocation (``-m cluster``) so only one Spark application
 """
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -73,10 +76,41 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
-def test_featurize_on_the_cluster_equals_local_mode(cluster, data, local_run):
+def _busy(pid: int) -> bool:
+    """Whether a JVM runs Python work now (it has a child process: PySpark's daemon and workers)."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if entry.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def kill_a_busy_executor(cluster, killed: list, stop: threading.Event):
+    """SIGKILL (by PID) the first executor JVM seen running Python tasks; record its pid."""
+    while not stop.is_set():
+        for pid in cluster.executors():
+            if _busy(pid):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+        time.sleep(0.05)
+
+
+def test_featurize_on_the_cluster_equals_local_mode_even_when_an_executor_jvm_is_killed(cluster, data, local_run):
     root, audio = data
-    log = submit("featurize", "--input", str(audio), "--labels", str(audio / "labels.csv"),
-                 "--output", str(root / "cluster_f"), master=cluster.url)
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=kill_a_busy_executor, args=(cluster, killed, stop))
+    killer.start()
+    try:
+        log = submit("featurize", "--input", str(audio), "--labels", str(audio / "labels.csv"),
+                     "--output", str(root / "cluster_f"), master=cluster.url)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no executor was killed mid-job"
     assert "featurize summary: 10 files in" in log
     cols = ["track_id", "label", "status", "error", "duration_s", "n_windows", "sample_rate", "channels", "codec"]
     local = read_tracks(str(root / "local_f"))[cols].sort_values("track_id").reset_index(drop=True)
