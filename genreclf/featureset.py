@@ -4,6 +4,8 @@ Train, evaluate and score read a featurize output through this module; the featu
 it. Window files are ``windows/part-*.parquet`` (petastorm dataset rows, ``stft`` as .npy bytes);
 each is written under a hidden temporary name and renamed, so readers never see a partial file.
 All of a track's windows are in one file (a featurize task writes a track's windows together).
+The tracks file is the commit record: its Parquet metadata names the window files readers may
+take (:func:`commit`, :func:`window_files`), so files of a run that never committed are ignored.
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 Files are spread over Spark tasks; each task decodes and transforms its files in a ``mapInPandas``
 function, writes their window rows straight to one Parquet file of the windows dataset (named after
 the run and the partition, written to a hidden temporary name and renamed, so a retried attempt
-replaces it and never duplicates rows), and returns one status row per file to the driver. The
-driver checks that every input file has exactly one row, writes ``tracks`` and lets petastorm
-write the dataset's metadata.
+replaces it and never duplicates rows), and returns one status row per file to the driver. Under
+the output's lock, the driver checks that every input file has exactly one row and that the window
+rows match the ok tracks, writes petastorm's dataset metadata and commits (featureset.commit: one
+atomic replace of the tracks file, which names the window files). A killed run leaves the previous
+commit whole; its files are removed by the next run.
 
 Writing windows from the Python worker with pyarrow rather than handing ~130 KB rows to the JVM's
 Parquet writer removes a copy per row: measured 2.85 s -> 2.25 s for 44 tracks on local[2].
