@@ -50,10 +50,6 @@ def configure(options: dict | None) -> None:
             _FILESYSTEMS.clear()
 
 
-def options() -> dict:
-    return dict(_OPTIONS)
-
-
 def is_url(location: str) -> bool:
     return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location))
 
@@ -111,7 +107,7 @@ def relative(location: str, root: str) -> str:
     return posixpath.relpath(location.split("://", 1)[1], root.split("://", 1)[1])
 
 
-def _s3(netloc: str):
+def _s3():
     kwargs = {}
     endpoint = _OPTIONS["endpoint_url"] or os.environ.get("AWS_ENDPOINT_URL_S3") or ""
     if endpoint:
@@ -132,7 +128,7 @@ def filesystem(url: str):
     if scheme == "file":
         return _cached("local", "", lambda: pafs.LocalFileSystem()), parsed.path
     if scheme in ("s3", "s3a"):
-        return _cached("s3", "", lambda: _s3(parsed.netloc)), (parsed.netloc + parsed.path).rstrip("/")
+        return _cached("s3", "", lambda: _s3()), (parsed.netloc + parsed.path).rstrip("/")
     try:
         fs, path = pafs.FileSystem.from_uri(url)
         return _cached(scheme, parsed.netloc, lambda: fs), path
@@ -523,11 +519,6 @@ def check_writable(location: str, what: str = "output") -> None:
         raise _config_error(f"{what} {location} cannot be created: {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise _config_error(f"{what} {location} is not writable ({probe}: permission denied)")
-
-
-def make_dirs(location: str) -> None:
-    fs, path = filesystem(location)
-    fs.create_dir(path, recursive=True)
 
 
 def replace_dir(staged: str, final: str) -> None:
