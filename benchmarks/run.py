@@ -101,7 +101,7 @@ def model_loop(paths, bundle) -> float:
     from genreclf.model_cache import get_model
     from genreclf.scoring import mean_probabilities, predict
 
-    _, model = get_model(bundle)
+    _, model, _ = get_model(bundle)
     predict(model, featurize_file(paths[0], R).features)  # warm-up: graph tracing
     started = time.perf_counter()
     for p in paths:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from genreclf.inference import PRECISIONS as SCORE_PRECISIONS
+
 EPILOG = "Settings: conf/genreclf.toml (override with --conf). Docs: README.md."
 
 
@@ -51,7 +53,14 @@ def score_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle written by train")
     p.add_argument("--output", required=True, metavar="DIR", help="output directory or URL")
     p.add_argument("--csv", action="store_true", help="also write DIR/submission.csv (crowdAI layout)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing scores (atomically)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace existing scores (atomically)")
+    mode.add_argument("--incremental", action="store_true",
+                      help="keep the rows of unchanged files (same path, size, mtime, bundle and settings), score "
+                           "new, changed and failed files, drop rows of files no longer listed; replaced atomically")
+    p.add_argument("--precision", choices=SCORE_PRECISIONS,
+                   help="model arithmetic (overrides [score] precision): auto = bfloat16 on GPUs and CPUs with "
+                        "AMX / AVX-512 BF16, float32 elsewhere; float16 needs GPU executors")
     p.add_argument("--no-calibration", dest="calibrate", action="store_false",
                    help="ignore the bundle's temperature: the reference's plain mean of window softmaxes")
     add_break_lock(p)

@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from genreclf.errors import ConfigError
+from genreclf.inference import PRECISIONS as SCORE_PRECISIONS
 
 #: The 16 top-level genres of FMA / the crowdAI challenge, in the submission's column order.
 FMA_GENRES = (
@@ -130,13 +131,17 @@ class FeaturizeSettings:
 class ScoreSettings:
     """Knobs of the score job; defaults in ``conf/genreclf.toml``."""
 
-    batch_size: int = 64  # windows per model call: bounds a worker's memory
+    batch_size: int = 64  # windows per model call, across tracks: bounds a worker's memory
     max_windows: int = 0  # 0: average every window; N: only the centred N windows of longer tracks
+    precision: str = "auto"  # genreclf.inference.PRECISIONS; auto = bfloat16 where native, else float32
+    decode_threads: int = 1  # files decoded ahead in threads while the model predicts; 0 = inline
 
     def __post_init__(self):
         _check(self, "score", {
             "batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
             "max_windows": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = every window)"),
+            "precision": (lambda v: v in SCORE_PRECISIONS, _choices(SCORE_PRECISIONS)),
+            "decode_threads": (lambda v: isinstance(v, int) and 0 <= v <= 64, "an integer in [0, 64] (0 = inline)"),
         })
 
 

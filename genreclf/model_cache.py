@@ -3,7 +3,8 @@
 This lives in an importable module on purpose: a cache defined in a job script is pickled with
 each task and starts empty every time, reloading the model per task (the pattern of mlflow's
 ``spark_model_cache``). TensorFlow's thread pools are sized to the task's cores so concurrent
-workers on one executor do not oversubscribe the CPU.
+workers on one executor do not oversubscribe the CPU; the device and precision are chosen by
+:mod:`genreclf.inference`.
 """
 
 from __future__ import annotations
@@ -30,18 +31,16 @@ def tf_threads() -> int:
     return 1
 
 
-def get_model(bundle_dir: str):
-    """(bundle info, Keras model) for ``bundle_dir``, loaded at most once in this process."""
-    key = os.path.realpath(bundle_dir)
+def get_model(bundle_dir: str, precision: str = "float32"):
+    """(bundle info, Keras model, the precision it computes) for ``bundle_dir`` in ``precision``
+    ([score] precision, :mod:`genreclf.inference`), loaded at most once in this process."""
+    key = (os.path.realpath(bundle_dir), precision)
     if key not in _MODELS:
-        from genreclf.bundle import load_bundle_info, load_model
-        from genreclf.tfsetup import configure_tensorflow
+        from genreclf.inference import load
 
-        configure_tensorflow(training=False, threads=tf_threads())
-        info = load_bundle_info(bundle_dir)
-        _MODELS[key] = (info, load_model(bundle_dir))
+        _MODELS[key] = load(bundle_dir, precision, tf_threads())
         stats_dir = os.environ.get("GENRECLF_MODEL_LOAD_LOG")
         if stats_dir:  # observability for tests and debugging: one line per load
             with open(os.path.join(stats_dir, f"loads-{os.getpid()}.txt"), "a") as f:
-                f.write(key + "\n")
+                f.write(key[0] + "\n")
     return _MODELS[key]

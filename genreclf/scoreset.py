@@ -29,8 +29,9 @@ SCORES_DIR = "scores"
 LABELS_FILE = "labels.json"
 SUBMISSION_FILE = "submission.csv"
 
-#: Columns of a score row: the top genre and its probability, then every genre's probability
-#: (as a map, and as a vector in the bundle's label order).
+#: Columns of a score row: the input file as scored (path, size, mtime: what ``--incremental``
+#: compares), the top genre and its probability, then every genre's probability (as a map, and as a
+#: vector in the bundle's label order), and the precision the model computed in.
 SCORES_SCHEMA = pa.schema([
     ("track_id", pa.string()),
     ("path", pa.string()),
@@ -41,18 +42,29 @@ SCORES_SCHEMA = pa.schema([
     ("confidence", pa.float64()),
     ("probabilities", pa.map_(pa.string(), pa.float64())),
     ("probability_vector", pa.list_(pa.float64())),
+    ("size_bytes", pa.int64()),  # the input file's size and mtime when listed
+    ("mtime", pa.float64()),
+    ("precision", pa.string()),  # float32 | bfloat16 | float16; null when no model ran
 ])
+#: Parquet metadata key of every part: the run that scored it (bundle digest, settings that change
+#: the numbers), as JSON. ``--incremental`` keeps rows only of a run with the same values.
+RUN_KEY = b"genreclf.score_run"
 
 
-def score_table(rows: list, labels: list) -> pa.Table:
-    """Rows (track_id, path, status, error, n_windows, probs or None) as a table of SCORES_SCHEMA."""
+def score_row(track_id, path, status, error=None, n_windows=0, probs=None, *, size_bytes=None, mtime=None,
+              precision=None) -> dict:
+    """One score row as :func:`score_table` takes it."""
+    return {"track_id": track_id, "path": path, "status": status, "error": error, "n_windows": int(n_windows),
+            "probs": probs, "size_bytes": size_bytes, "mtime": mtime, "precision": precision}
+
+
+def score_table(rows: list, labels: list, run: dict | None = None) -> pa.Table:
+    """Rows (:func:`score_row` dicts) as a table of SCORES_SCHEMA, with ``run`` as its metadata."""
     cols = {name: [] for name in SCORES_SCHEMA.names}
-    for track_id, path, status, error, n, probs in rows:
-        cols["track_id"].append(track_id)
-        cols["path"].append(path)
-        cols["status"].append(status)
-        cols["error"].append(error)
-        cols["n_windows"].append(int(n))
+    for row in rows:
+        for key in ("track_id", "path", "status", "error", "n_windows", "size_bytes", "mtime", "precision"):
+            cols[key].append(row[key])
+        probs = row["probs"]
         if probs is None:
             for key in ("genre", "confidence", "probabilities", "probability_vector"):
                 cols[key].append(None)
@@ -63,7 +75,32 @@ def score_table(rows: list, labels: list) -> pa.Table:
         cols["confidence"].append(probs[top])
         cols["probabilities"].append(list(zip(labels, probs)))
         cols["probability_vector"].append(probs)
-    return pa.Table.from_pydict(cols, schema=SCORES_SCHEMA)
+    table = pa.Table.from_pydict(cols, schema=SCORES_SCHEMA)
+    return table.replace_schema_metadata({RUN_KEY: json.dumps(run or {}, sort_keys=True)})
+
+
+def rows_of(frame: pd.DataFrame) -> list:
+    """Score rows (as :func:`score_row`) back from a frame of :func:`read_dir`: kept rows of a rerun."""
+    rows = []
+    for r in frame.itertuples(index=False):
+        probs = list(r.probability_vector) if r.probability_vector is not None else None
+        rows.append(score_row(r.track_id, r.path, r.status, r.error, r.n_windows, probs,
+                              size_bytes=None if pd.isna(r.size_bytes) else int(r.size_bytes),
+                              mtime=None if pd.isna(r.mtime) else float(r.mtime), precision=r.precision))
+    return rows
+
+
+def read_run(location: str) -> dict | None:
+    """The run record of a scores directory (see RUN_KEY); None when absent, empty or of an older version."""
+    fs, path = storage.filesystem(location)
+    try:
+        parts = [f for f in fs.get_file_info(pa.fs.FileSelector(path)) if f.base_name.endswith(".parquet")]
+    except FileNotFoundError:
+        return None
+    if not parts:
+        return None
+    meta = pq.read_schema(parts[0].path, filesystem=fs).metadata or {}
+    return json.loads(meta[RUN_KEY]) if RUN_KEY in meta else None
 
 
 def staging_dir(output: str, run_id: str) -> str:

@@ -2,6 +2,7 @@
 
     ./spark-submit.sh score --model out/model --input music/ --output out/scores [--csv]
     ./spark-submit.sh score --model out/model --features out/features --output out/scores
+    ./spark-submit.sh score --model out/model --input music/ --output out/scores --incremental
 """
 
 import sys
@@ -10,11 +11,15 @@ from genreclf.cli import run_main, score_parser
 
 
 def score(args, settings, spark):
+    import dataclasses
+
     from genreclf.score_job import run_score
 
+    if args.precision:
+        settings = dataclasses.replace(settings, score=dataclasses.replace(settings.score, precision=args.precision))
     run_score(spark, args.model, args.output, inputs=args.input, features=args.features, csv=args.csv,
-              overwrite=args.overwrite, settings=settings, calibrate=args.calibrate,
-              break_lock=args.break_lock)
+              overwrite=args.overwrite, incremental=args.incremental, settings=settings,
+              calibrate=args.calibrate, break_lock=args.break_lock)
 
 
 def main(argv=None) -> int:

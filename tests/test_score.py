@@ -139,14 +139,14 @@ def test_scoring_from_features_gives_the_same_numbers(spark, scored_from_audio, 
 def test_scoring_from_features_plans_no_shuffle(spark, trained, tmp_path):
     """Each task averages the tracks of the window files it reads: the plan has no Exchange."""
     from genreclf.config import Settings
-    from genreclf.score_job import _from_features
+    from genreclf.featureset import read_tracks
+    from genreclf.score_job import _from_features, _task_options
 
     features, _ = trained
-    frame, n_tracks, _ = _from_features(spark, "unused", Recipe(), Settings(), str(features), ("none", 1.0),
-                                        str(tmp_path / "staging"), ["a", "b", "c"])
+    options = _task_options(Recipe(), Settings(), ("none", 1.0), str(tmp_path / "staging"), {})
+    frame = _from_features(spark, "unused", str(features), read_tracks(str(features)), options)
     plan = frame._jdf.queryExecution().executedPlan().toString()
     assert "MapInPandas" in plan and "Exchange" not in plan, plan
-    assert n_tracks == 11
 
 
 def test_every_track_has_its_windows_in_one_file(trained):
@@ -248,3 +248,98 @@ def test_scores_never_go_into_the_jobs_own_input(spark, trained):
     features, bundle = trained
     with pytest.raises(ConfigError, match="own input"):
         run_score(spark, str(bundle), str(features), features=str(features))
+
+
+def _incremental(spark, bundle, out, audio, **kw):
+    return run_score(spark, str(bundle), str(out), inputs=[str(audio)], incremental=True, **kw)
+
+
+def test_incremental_scores_only_new_and_changed_files(spark, trained, corpus, tmp_path, make_audio):
+    """Unchanged: nothing rescored, the output identical. Then one file changed, one removed, one
+    added: exactly two scored, one row dropped, the rest kept as they were. A rerun is a no-op."""
+    _, bundle = trained
+    audio = tmp_path / "audio"
+    shutil.copytree(corpus, audio)
+    out = tmp_path / "out"
+    first = run_score(spark, str(bundle), str(out), inputs=[str(audio)])
+    before = read_scores(str(out)).set_index("track_id")
+    n_ok, n_err = first["ok"], first["errors"]
+    assert set(before["precision"].dropna()) == {"float32"}  # auto on a CPU without native bfloat16
+    assert before.loc["techno0.mp3", "size_bytes"] == (audio / "techno0.mp3").stat().st_size
+
+    again = _incremental(spark, bundle, out, audio)
+    assert (again["kept"], again["scored"], again["retried"], again["dropped"]) == (n_ok, 0, n_err, 0)
+    pd.testing.assert_frame_equal(read_scores(str(out)).set_index("track_id"), before)
+
+    make_audio(audio / "jazz1.mp3", 7.5, style="techno", seed=9)  # changed: another size and mtime
+    (audio / "ambient0.mp3").unlink()
+    make_audio(audio / "new.mp3", 4.5, style="jazz", seed=5)
+    changed = _incremental(spark, bundle, out, audio)
+    assert (changed["kept"], changed["scored"], changed["dropped"]) == (n_ok - 2, 2, 1)
+    after = read_scores(str(out)).set_index("track_id")
+    assert after.index.is_unique and len(after) == len(before)  # one removed, one added
+    assert "ambient0.mp3" not in after.index and after.loc["new.mp3", "status"] == "ok"
+    assert after.loc["jazz1.mp3", "size_bytes"] != before.loc["jazz1.mp3", "size_bytes"]
+    for tid in ("techno0.mp3", "ambient2.mp3", "broken.mp3"):
+        pd.testing.assert_series_equal(after.loc[tid], before.loc[tid])
+
+    rerun = _incremental(spark, bundle, out, audio)
+    assert (rerun["kept"], rerun["scored"], rerun["dropped"]) == (n_ok, 0, 0)
+    pd.testing.assert_frame_equal(read_scores(str(out)).set_index("track_id"), after)
+    assert not [d for d in os.listdir(out) if d.startswith(".")]  # no staging or lock left
+
+
+def test_incremental_rescores_everything_for_another_bundle_or_settings(spark, trained, corpus, tmp_path):
+    _, bundle = trained
+    out = tmp_path / "out"
+    run_score(spark, str(bundle), str(out), inputs=[str(corpus)])
+    other = _incremental(spark, bundle, out, corpus, calibrate=False)
+    assert other["kept"] == 0 and other["scored"] == other["files_in"]
+
+
+def test_incremental_from_features_keeps_unchanged_tracks(spark, trained, tmp_path):
+    features, bundle = trained
+    out = tmp_path / "out"
+    first = run_score(spark, str(bundle), str(out), features=str(features))
+    before = read_scores(str(out))
+    again = run_score(spark, str(bundle), str(out), features=str(features), incremental=True)
+    assert (again["kept"], again["scored"]) == (first["ok"], 0)
+    pd.testing.assert_frame_equal(read_scores(str(out)), before)
+
+
+def test_bfloat16_agrees_with_float32_on_a_trained_bundle(trained, corpus):
+    """Parity of the two precisions on the same windows: top-1 agreement and max |dp| (printed)."""
+    from genreclf.inference import load
+    from genreclf.scoring import predict
+
+    _, bundle = trained
+    windows = np.concatenate([featurize_file(str(p), Recipe()).features for p in sorted(corpus.glob("*[0-9].mp3"))])
+    _, fp32, computed32 = load(str(bundle), "float32", 1)
+    _, bf16, computed16 = load(str(bundle), "bfloat16", 1)
+    assert (computed32, computed16) == ("float32", "bfloat16")
+    p32, p16 = predict(fp32, windows), predict(bf16, windows)
+    agree = float((p32.argmax(1) == p16.argmax(1)).mean())
+    delta = float(np.abs(p32 - p16).max())
+    print(f"bf16 vs fp32 on {len(windows)} windows: top-1 agreement {agree:.4f}, max |dp| {delta:.2e}")
+    assert agree >= 0.99 and delta < 0.05
+
+
+def test_precision_is_recorded_per_row(spark, trained, scored_from_audio, tmp_path):
+    """A bfloat16 run says so in every scored row, and picks the same genres as float32."""
+    import dataclasses
+
+    from genreclf.config import Settings
+
+    features, bundle = trained
+    settings = Settings()
+    settings = dataclasses.replace(settings, score=dataclasses.replace(settings.score, precision="bfloat16"))
+    run_score(spark, str(bundle), str(tmp_path / "out"), features=str(features), settings=settings)
+    bf16 = read_scores(str(tmp_path / "out")).set_index("track_id")
+    fp32 = read_scores(str(scored_from_audio[0])).set_index("track_id")
+    ok = bf16[bf16["status"] == "ok"]
+    assert set(ok["precision"]) == {"bfloat16"} and bf16[bf16["status"] != "ok"]["precision"].isna().all()
+    assert (ok["genre"] == fp32.loc[ok.index, "genre"]).all()
+    with pytest.raises(ConfigError, match="float16.*needs GPU executors"):
+        run_score(spark, str(bundle), str(tmp_path / "out16"), features=str(features),
+                  settings=dataclasses.replace(settings, score=dataclasses.replace(settings.score,
+                                                                                  precision="float16")))

@@ -1,0 +1,124 @@
+"""How a score task runs the model: windows of several tracks per call, decoding ahead in threads,
+the precision chosen and cast at load. Real TensorFlow, no Spark."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from genreclf.errors import ConfigError
+from genreclf.inference import POLICIES, cast_model, resolve
+from genreclf.scoring import TrackBatcher, prefetch
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """The reference architecture on a small input (16 frames x 33 bins), seeded weights."""
+    import keras
+
+    from genreclf.model import build_model
+    from genreclf.tfsetup import configure_tensorflow
+
+    configure_tensorflow(training=False, threads=1)
+    keras.utils.set_random_seed(3)
+    return build_model((16, 33, 1), 5, "float16")
+
+
+def test_cross_track_batches_give_the_per_track_predictions(small_model):
+    """Tracks of 3, 19, 1, 40 and 7 windows through batches of 16: every track's window predictions
+    equal predicting that track alone (fp32, within 1e-6), and tracks come back in order."""
+    rng = np.random.default_rng(0)
+    tracks = {f"t{i}": rng.random((n, 16, 33)).astype(np.float16) for i, n in enumerate((3, 19, 1, 40, 7))}
+    batcher = TrackBatcher(small_model, 16)
+    done = []
+    for key, windows in tracks.items():
+        done += batcher.add(key, windows)
+        assert batcher._waiting < 16  # bounded: less than one batch waits between calls
+    done += batcher.flush()
+    assert [k for k, _ in done] == list(tracks)
+    for key, preds in done:
+        alone = small_model.predict_on_batch(tracks[key].astype(np.float32)[..., None])
+        assert preds.shape == alone.shape
+        np.testing.assert_allclose(preds, alone, atol=1e-6)
+
+
+def test_batches_are_full_until_the_last(small_model):
+    """Model calls see batch_size windows each (whatever the track lengths), then one remainder."""
+    sizes = []
+
+    class Spy:
+        output_shape = small_model.output_shape
+
+        def predict_on_batch(self, x):
+            sizes.append(len(x))
+            return small_model.predict_on_batch(x)
+
+    batcher = TrackBatcher(Spy(), 8)
+    for n in (5, 5, 5, 2):
+        batcher.add(n, np.zeros((n, 16, 33), np.float16))
+    batcher.flush()
+    assert sizes == [8, 8, 1]
+
+
+def test_prefetch_keeps_order_runs_ahead_and_bounds_what_waits():
+    """Results come in input order; with 2 threads at most 3 are computed before the consumer
+    takes the first (memory bound), and work overlaps the consumer."""
+    started = []
+    lock = threading.Lock()
+
+    def work(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.05)
+        return i * i
+
+    gen = prefetch(range(10), work, threads=2)
+    first = next(gen)
+    time.sleep(0.2)
+    assert first == (0, 0)
+    assert len(started) <= 3  # the generator is paused: only the threads + 1 submitted before it yielded
+    assert list(gen) == [(i, i * i) for i in range(1, 10)]
+    assert list(prefetch(range(3), work, threads=0)) == [(0, 0), (1, 1), (2, 4)]
+
+
+def test_prefetch_passes_errors_to_the_consumer():
+    def work(i):
+        if i == 2:
+            raise ValueError("bad file")
+        return i
+
+    with pytest.raises(ValueError, match="bad file"):
+        list(prefetch(range(5), work, threads=2))
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    import genreclf.inference as inference
+
+    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
+    assert resolve("auto", has_gpu=False) == "float32"
+    assert resolve("auto", has_gpu=True) == "bfloat16"
+    assert resolve("float16", has_gpu=False) == "float32"  # an executor without a GPU falls back
+    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: True)
+    assert resolve("auto", has_gpu=False) == "bfloat16"
+    assert resolve("float32", has_gpu=True) == "float32"
+
+
+def test_cast_keeps_weights_input_and_softmax_in_their_dtypes(small_model):
+    cast = cast_model(small_model, "bfloat16")
+    policies = [layer.dtype_policy.name for layer in cast.layers]
+    assert policies[0] == small_model.layers[0].dtype_policy.name  # the input: the stored feature dtype
+    assert policies[-1] == "float32" and set(policies[1:-1]) == {POLICIES["bfloat16"]}
+    assert all(w.dtype == "float32" for w in cast.weights)
+    for a, b in zip(small_model.get_weights(), cast.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert cast_model(small_model, "float32") is small_model
+
+
+def test_an_unknown_precision_is_refused_naming_the_key():
+    from genreclf.config import ScoreSettings
+
+    with pytest.raises(ConfigError, match=r"\[score\] precision = 'fp8' is not allowed: must be 'auto' or"):
+        ScoreSettings(precision="fp8")
+    with pytest.raises(ConfigError, match=r"\[score\] decode_threads"):
+        ScoreSettings(decode_threads=-1)
