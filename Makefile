@@ -69,6 +69,7 @@ crossval: install
 
 bench: install
 	$(PY) -m benchmarks.run --out bench-output
+	$(PY) -m benchmarks.scoring --out bench-output
 	$(PY) -m benchmarks.object_store --out bench-output
 
 clean:

@@ -111,7 +111,6 @@ def model_loop(paths, bundle) -> float:
 
 def make_bundle(out: str, labels) -> str:
     """An untrained (seeded) bundle: scoring speed does not depend on the weights."""
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     import keras
 
     from genreclf.bundle import BUNDLE_FILE, MODEL_FILE, bundle_info, write_json
@@ -127,7 +126,7 @@ def make_bundle(out: str, labels) -> str:
 
 
 # ---------------------------------------------------------------- Spark jobs
-def spark_session(master: str):
+def spark_session(master: str, task_cpus: int = 1):
     from pyspark.sql import SparkSession
 
     from genreclf.spark import worker_environment
@@ -136,6 +135,7 @@ def spark_session(master: str):
     worker_environment()
     s = (SparkSession.builder.master(master).appName(f"genreclf-bench-{master}")
          .config("spark.driver.memory", "2g").config("spark.ui.enabled", "false")
+         .config("spark.task.cpus", str(task_cpus))
          .config("spark.ui.showConsoleProgress", "false")
          .config("spark.sql.execution.arrow.maxRecordsPerBatch", "32").getOrCreate())
     s.sparkContext.setLogLevel("ERROR")

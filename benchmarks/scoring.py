@@ -1,0 +1,149 @@
+"""Scoring cost per track per core against its floors, measured in the same run.
+
+    python -m benchmarks.scoring [--tracks 48] [--out bench-output]   (part of make bench)
+
+Floors, one core, one process: decode + STFT alone (``benchmarks.run.floor_loop``), and the model
+alone on 19-window tracks in each precision and batch layout (one call per track vs windows of
+several tracks per call). Jobs, local[2], whole runs over N tracks (best of 3): score from mp3 in
+float32 and bfloat16, with decoding inline or ahead in a thread, with 1 or 2 cores per task.
+Prints ms per track per core, ratios to the floors, and the core-hours 1 M tracks would take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+
+from benchmarks.run import R, floor_loop, make_bundle, make_corpus, spark_session, timed
+
+log = logging.getLogger("genreclf.bench")
+
+#: Scoring job variants: (name, spark.task.cpus, [score] settings).
+VARIANTS = (
+    ("fp32, decode inline, 1 core/task", 1, {"precision": "float32", "decode_threads": 0}),
+    ("fp32, decode ahead, 1 core/task", 1, {"precision": "float32", "decode_threads": 1}),
+    ("fp32, decode inline, 2 cores/task", 2, {"precision": "float32", "decode_threads": 0}),
+    ("fp32, decode ahead, 2 cores/task", 2, {"precision": "float32", "decode_threads": 1}),
+    ("bf16, decode ahead, 1 core/task", 1, {"precision": "bfloat16", "decode_threads": 1}),
+)
+
+
+def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24) -> float:
+    """Seconds per 19-window track for the model alone, one thread, in a fresh process (the
+    precision's oneDNN choice is made before TensorFlow is imported)."""
+    import subprocess
+
+    code = (
+        "import sys, time, numpy as np\n"
+        "from genreclf.inference import load\n"
+        "from genreclf.scoring import TrackBatcher\n"
+        f"_, model, computed = load({bundle!r}, {precision!r}, 1)\n"
+        f"x = np.random.default_rng(0).random(({tracks} * 19, {R.frames}, {R.bins})).astype(np.float16)\n"
+        f"b = TrackBatcher(model, {batch}); b.add(0, x[:{batch}]); b.flush()  # warm-up: tracing\n"
+        "t = time.perf_counter()\n"
+        f"b = TrackBatcher(model, {batch})\n"
+        f"for k in range({tracks}): b.add(k, x[19 * k:19 * (k + 1)])\n"
+        "b.flush()\n"
+        f"print(computed, (time.perf_counter() - t) / {tracks})\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    computed, seconds = out.stdout.split()[-2:]
+    return float(seconds)
+
+
+def run(out: str, tracks: int = 48) -> dict:
+    from genreclf.config import Settings
+    from genreclf.inference import cpu_has_bf16
+    from genreclf.score_job import run_score
+
+    paths, _ = make_corpus(os.path.join(out, "corpus"), tracks)
+    inputs = os.path.join(out, "score-bench-inputs")
+    os.makedirs(inputs, exist_ok=True)
+    for p in paths:
+        link = os.path.join(inputs, os.path.basename(p))
+        if not os.path.exists(link):
+            os.symlink(os.path.abspath(p), link)
+    bundle = make_bundle(out, [chr(ord("a") + i) for i in range(16)])
+    res = {"score_bench_tracks": len(paths), "cpu_native_bf16": cpu_has_bf16()}
+
+    floor_loop(paths[:2])  # warm-up: numba cache, FFT plans
+    res["decode_stft_s_per_track"] = floor_loop(paths[:16]) / 16
+    for precision in ("float32", "bfloat16"):
+        for batch in (19, Settings().score.batch_size):
+            res[f"model_{precision}_batch{batch}_s_per_track"] = model_alone(bundle, precision, batch)
+    log.info("floors: decode+STFT %.0f ms/track; model fp32 %.0f ms, bf16 %.0f ms",
+             1e3 * res["decode_stft_s_per_track"], 1e3 * res["model_float32_batch19_s_per_track"],
+             1e3 * res["model_bfloat16_batch19_s_per_track"])
+
+    base = Settings()
+    for cpus in (1, 2):
+        spark = spark_session("local[2]", task_cpus=cpus)
+        try:
+            for name, task_cpus, knobs in VARIANTS:
+                if task_cpus != cpus:
+                    continue
+                settings = dataclasses.replace(base, score=dataclasses.replace(base.score, **knobs))
+                target = os.path.join(out, "score-bench-scores")
+                run_score(spark, bundle, target, inputs=[inputs], overwrite=True, settings=settings)  # warm-up
+                seconds = timed(lambda: run_score(spark, bundle, target, inputs=[inputs], overwrite=True,
+                                                  settings=settings))
+                res[f"job[{name}]_s"] = seconds
+                log.info("score job %s: %.1f s for %d tracks", name, seconds, len(paths))
+        finally:
+            spark.stop()
+    report(res)
+    return res
+
+
+def report(res: dict) -> None:
+    n = res["score_bench_tracks"]
+    floor = res["decode_stft_s_per_track"]
+    batch = max(int(k.split("batch")[1].split("_")[0]) for k in res if k.startswith("model_float32_batch"))
+    rows = [("decode + STFT alone, 1 core", floor, "")]
+    for precision in ("float32", "bfloat16"):
+        per_track = res[f"model_{precision}_batch19_s_per_track"]
+        across = res[f"model_{precision}_batch{batch}_s_per_track"]
+        rows.append((f"model alone {precision}, one call per track", per_track, ""))
+        rows.append((f"model alone {precision}, {batch} windows per call", across,
+                     f"cross-track batching x {per_track / across:.2f}"))
+    fp32_floor = floor + res["model_float32_batch19_s_per_track"]
+    rows.append(("floor: decode + STFT + fp32 model", fp32_floor, ""))
+    first = None
+    for name, _, _ in VARIANTS:
+        per_core = 2 * res[f"job[{name}]_s"] / n  # local[2]: 2 cores for the whole job
+        first = first or per_core
+        rows.append((f"score job local[2]: {name}", per_core,
+                     f"floor x {fp32_floor / per_core:.2f}; first variant x {first / per_core:.2f}"))
+    width = max(len(r[0]) for r in rows)
+    print(f"\nscoring benchmark: {n} x 30 s mp3, {os.cpu_count()} cores, native bf16: {res['cpu_native_bf16']}; "
+          "ms per track per core (jobs: whole runs, fixed costs included, best of 3)")
+    for name, seconds, note in rows:
+        hours = seconds * 1e6 / 3600
+        print(f"  {name:<{width}}  {1e3 * seconds:7.1f} ms  {hours:6.0f} core-h per 1 M tracks  {note}")
+    res["score_bench_created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scoring", description=__doc__.splitlines()[0])
+    p.add_argument("--tracks", type=int, default=48)
+    p.add_argument("--out", default="bench-output")
+    args = p.parse_args(argv)
+    from genreclf.spark import setup_logging
+
+    setup_logging()
+    out = os.path.abspath(args.out)
+    res = run(out, args.tracks)
+    with open(os.path.join(out, "results-scoring.json"), "w") as f:
+        json.dump(res, f, indent=2, sort_keys=True, default=float)
+    print(f"results: {os.path.join(out, 'results-scoring.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
