@@ -285,6 +285,8 @@ def report(res: dict, out: str) -> None:
          f"cost = (featurize job + model) x {ratios['score_audio_cost_vs_featurize_plus_model']:.2f}", "<= 1.3 x"),
         ("score from features local[2], per core", f"{1 / s_feat:.2f} tracks/s",
          f"model-only loop x {model_only / s_feat:.2f}", ""),
+        ("  steady state (T(2N)-T(N))/N, per core", f"{1 / (2 * res['score_features_local2_s_per_track']):.2f} tracks/s",
+         f"model-only loop x {model_only / (2 * res['score_features_local2_s_per_track']):.2f} (noisy estimate)", ""),
         ("peak RSS, 10-minute file (one process)", f"{res['peak_rss_mb_10min']:.0f} MB", "", "< 1 GB"),
         *pipeline.rows(res),
     ]

@@ -134,7 +134,7 @@ class ScoreSettings:
     batch_size: int = 64  # windows per model call, across tracks: bounds a worker's memory
     max_windows: int = 0  # 0: average every window; N: only the centred N windows of longer tracks
     precision: str = "auto"  # genreclf.inference.PRECISIONS; auto = bfloat16 where native, else float32
-    decode_threads: int = 1  # files decoded ahead in threads while the model predicts; 0 = inline
+    decode_threads: int = 0  # files decoded ahead in threads while the model predicts; 0 = inline
 
     def __post_init__(self):
         _check(self, "score", {

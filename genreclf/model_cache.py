@@ -42,5 +42,6 @@ def get_model(bundle_dir: str, precision: str = "float32"):
         stats_dir = os.environ.get("GENRECLF_MODEL_LOAD_LOG")
         if stats_dir:  # observability for tests and debugging: one line per load
             with open(os.path.join(stats_dir, f"loads-{os.getpid()}.txt"), "a") as f:
-                f.write(key[0] + "\n")
+                # bundle, the precision computed, the GPUs the task was given (genreclf.inference)
+                f.write(f"{key[0]}\t{_MODELS[key][2]}\t{os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n")
     return _MODELS[key]

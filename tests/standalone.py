@@ -17,12 +17,14 @@ def free_port() -> int:
 
 
 class StandaloneCluster:
-    def __init__(self, workdir, workers=2, cores=1, memory="1g"):
+    def __init__(self, workdir, workers=2, cores=1, memory="1g", gpus=()):
+        """``gpus``: GPU addresses each worker announces (a discovery script that prints them), so
+        applications can ask for ``spark.executor.resource.gpu.amount`` even on a machine without one."""
         import pyspark
 
         self.home = os.path.dirname(pyspark.__file__)
         self.workdir = str(workdir)
-        self.n_workers, self.cores, self.memory = workers, cores, memory
+        self.n_workers, self.cores, self.memory, self.gpus = workers, cores, memory, list(gpus)
         self.port, self.ui_port = free_port(), free_port()
         self.procs = []
 
@@ -30,9 +32,19 @@ class StandaloneCluster:
     def url(self) -> str:
         return f"spark://127.0.0.1:{self.port}"
 
+    def _gpu_options(self) -> str:
+        script = os.path.join(self.workdir, "gpus.sh")
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\necho '" + json.dumps({"name": "gpu", "addresses": self.gpus}) + "'\n")
+        os.chmod(script, 0o755)
+        return (f"-Dspark.worker.resource.gpu.amount={len(self.gpus)} "
+                f"-Dspark.worker.resource.gpu.discoveryScript={script}")
+
     def _launch(self, name, *args):
         env = dict(os.environ, SPARK_HOME=self.home, SPARK_LOCAL_IP="127.0.0.1",
                    SPARK_LOG_DIR=self.workdir, SPARK_WORKER_DIR=os.path.join(self.workdir, "work"))
+        if self.gpus and name.startswith("worker"):
+            env["SPARK_WORKER_OPTS"] = " ".join(filter(None, [env.get("SPARK_WORKER_OPTS"), self._gpu_options()]))
         log = open(os.path.join(self.workdir, f"{name}.log"), "w")
         proc = subprocess.Popen([os.path.join(self.home, "bin", "spark-class"), *args], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,6 +1,7 @@
 """Inputs expand to one catalogue row per file: directories, globs, catalogue CSVs, labels, FMA."""
 
 import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -118,6 +119,41 @@ def test_a_fifo_is_listed_as_a_row_not_skipped(tmp_path):
     os.mkfifo(tmp_path / "d" / "pipe.mp3")
     cat = expand_inputs([str(tmp_path / "d")])
     assert cat.entries["track_id"].tolist() == ["one.mp3", "pipe.mp3"]
+
+
+#: Runs a command as root without the capabilities that let root read any file (DAC override):
+#: these tests run as root, where a chmod 000 directory would otherwise read fine.
+SETPRIV = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to drop root's DAC override")
+def test_an_unreadable_directory_is_a_row_saying_so(tmp_path):
+    """A subdirectory that cannot be listed was skipped silently: its files got no row, no log line.
+    Listed and read as featurize's driver and tasks do, in a process that obeys permissions."""
+    import json
+    import subprocess
+    import sys
+
+    touch(tmp_path / "d" / "one.mp3")
+    touch(tmp_path / "d" / "locked" / "hidden.mp3")
+    os.chmod(tmp_path / "d" / "locked", 0)
+    code = ("import json, sys\n"
+            "from genreclf.catalog import expand_inputs\n"
+            "from genreclf.config import Recipe\n"
+            "from genreclf.featurize import featurize_file\n"
+            "cat = expand_inputs([sys.argv[1]]).entries\n"
+            "rows = [featurize_file(p, Recipe(), track_id=t).row for p, t in zip(cat['path'], cat['track_id'])]\n"
+            "print(json.dumps({r['track_id']: [r['status'], r['error']] for r in rows}))\n")
+    try:
+        out = subprocess.run([*SETPRIV, sys.executable, "-c", code, str(tmp_path / "d")], capture_output=True,
+                             text=True, timeout=300)
+    finally:
+        os.chmod(tmp_path / "d" / "locked", 0o755)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(rows) == {"one.mp3", "locked"}
+    assert rows["locked"][0] == "error" and rows["locked"][1].startswith("unreadable directory: permission denied")
+    assert "cannot read directory" in out.stderr and "locked" in out.stderr  # and a log line naming it
 
 
 def test_conflicting_label_rows_are_an_error_listing_them(tmp_path):

@@ -71,7 +71,8 @@ def local_run(data):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = StandaloneCluster(tmp_path_factory.mktemp("standalone"), workers=2).start()
+    # Each worker announces one (fake) GPU: applications that ask for none are unaffected.
+    c = StandaloneCluster(tmp_path_factory.mktemp("standalone"), workers=2, gpus=["0"]).start()
     yield c
     c.stop()
 
@@ -145,10 +146,19 @@ def test_score_survives_a_killed_python_worker_with_the_same_numbers(cluster, da
                                    atol=1e-6)
 
 
-def test_score_from_features_on_the_cluster(cluster, data, local_run):
+def test_score_from_features_on_gpu_executors_of_the_cluster(cluster, data, local_run, tmp_path):
+    """Spark's GPU scheduling (conf/spark-gpu.conf's properties): every task's model is pinned to
+    the GPU Spark gave it (CUDA_VISIBLE_DEVICES); no CUDA here, so TensorFlow computes float32 on
+    the CPU, and the numbers equal local mode's."""
     root, _ = data
+    loads = tmp_path / "loads"
+    loads.mkdir()
+    gpu = ["--conf", "spark.executor.resource.gpu.amount=1", "--conf", "spark.task.resource.gpu.amount=1",
+           "--conf", f"spark.executorEnv.GENRECLF_MODEL_LOAD_LOG={loads}"]
     submit("score", "--model", str(root / "bundle"), "--features", str(root / "local_f"),
-           "--output", str(root / "cluster_fs"), master=cluster.url)
+           "--output", str(root / "cluster_fs"), master=cluster.url, extra=gpu)
+    lines = [line.rstrip("\n").split("\t") for f in loads.iterdir() for line in f.open()]
+    assert lines and all(precision == "float32" and gpus == "0" for _, precision, gpus in lines), lines
     local = read_scores(str(root / "local_s")).set_index("track_id")
     remote = read_scores(str(root / "cluster_fs")).set_index("track_id")
     assert sorted(remote.index) == sorted(local.index)

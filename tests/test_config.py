@@ -9,7 +9,16 @@ from genreclf.errors import ConfigError
 def test_the_shipped_configuration_loads():
     settings = load_settings()
     assert settings.train == TrainSettings() and settings.featurize == FeaturizeSettings()
-    assert settings.storage == StorageSettings()
+    assert settings.storage == StorageSettings() and settings.score == ScoreSettings()
+
+
+def test_the_gpu_scoring_preset_loads():
+    import os
+
+    from genreclf.config import DEFAULT_CONF
+
+    gpu = load_settings(os.path.join(os.path.dirname(DEFAULT_CONF), "gpu.toml"))
+    assert gpu.score.decode_threads > ScoreSettings().decode_threads and gpu.score.precision == "auto"
 
 
 @pytest.mark.parametrize("cls, values, message", [
@@ -18,6 +27,8 @@ def test_the_shipped_configuration_loads():
     (FeaturizeSettings, {"row_group_size_mb": 4096}, "[featurize] row_group_size_mb = 4096 is not allowed"),
     (ScoreSettings, {"batch_size": 0}, "[score] batch_size = 0 is not allowed: must be an integer >= 1"),
     (ScoreSettings, {"max_windows": -1}, "[score] max_windows = -1 is not allowed"),
+    (ScoreSettings, {"precision": "fp8"}, "[score] precision = 'fp8' is not allowed: must be 'auto' or 'float32' or"),
+    (ScoreSettings, {"decode_threads": -1}, "[score] decode_threads = -1 is not allowed: must be an integer in [0, 64]"),
     (TrainSettings, {"epochs": 0}, "[train] epochs = 0 is not allowed: must be an integer >= 1"),
     (TrainSettings, {"val_fraction": 1.0}, "[train] val_fraction = 1.0 is not allowed: must be a number in [0, 1)"),
     (TrainSettings, {"batch_size": True}, "[train] batch_size = True is not allowed"),

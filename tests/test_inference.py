@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 
-from genreclf.errors import ConfigError
 from genreclf.inference import POLICIES, cast_model, resolve
 from genreclf.scoring import TrackBatcher, prefetch
 
@@ -113,12 +112,3 @@ def test_cast_keeps_weights_input_and_softmax_in_their_dtypes(small_model):
     for a, b in zip(small_model.get_weights(), cast.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert cast_model(small_model, "float32") is small_model
-
-
-def test_an_unknown_precision_is_refused_naming_the_key():
-    from genreclf.config import ScoreSettings
-
-    with pytest.raises(ConfigError, match=r"\[score\] precision = 'fp8' is not allowed: must be 'auto' or"):
-        ScoreSettings(precision="fp8")
-    with pytest.raises(ConfigError, match=r"\[score\] decode_threads"):
-        ScoreSettings(decode_threads=-1)

@@ -46,13 +46,21 @@ def trained(spark, corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scored_from_audio(spark, corpus, trained, tmp_path_factory):
+    """Scored with two decode threads and model calls of 4 windows, so that most tracks' windows
+    span calls shared with other tracks: the tests below pin that this changes no number."""
+    import dataclasses
+
+    from genreclf.config import Settings
+
     _, bundle = trained
     out = tmp_path_factory.mktemp("scores") / "from_audio"
     log_dir = tmp_path_factory.mktemp("loads")
     env = spark.sparkContext.environment  # shipped with each Python UDF to its workers
     env["GENRECLF_MODEL_LOAD_LOG"] = str(log_dir)
+    settings = Settings()
+    settings = dataclasses.replace(settings, score=dataclasses.replace(settings.score, decode_threads=2, batch_size=4))
     try:
-        summary = run_score(spark, str(bundle), str(out), inputs=[str(corpus)], csv=True)
+        summary = run_score(spark, str(bundle), str(out), inputs=[str(corpus)], csv=True, settings=settings)
     finally:
         del env["GENRECLF_MODEL_LOAD_LOG"]
     return out, summary, log_dir
