@@ -351,3 +351,26 @@ def test_precision_is_recorded_per_row(spark, trained, scored_from_audio, tmp_pa
         run_score(spark, str(bundle), str(tmp_path / "out16"), features=str(features),
                   settings=dataclasses.replace(settings, score=dataclasses.replace(settings.score,
                                                                                   precision="float16")))
+
+
+def test_a_failed_score_leaves_no_staging_lock_or_shipped_bundle(spark, trained, corpus, tmp_path):
+    """Was: a failed score left ``scores.tmp-*`` (not hidden) in the output and a 26 MB bundle zip
+    in /tmp. A Python worker killed mid-task fails the job (local mode does not retry tasks)."""
+    import tempfile
+
+    from pyspark.errors import PySparkException
+    from py4j.protocol import Py4JJavaError
+
+    _, bundle = trained
+    out = tmp_path / "out"
+    shipped_before = {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("genreclf-ship-")}
+    env = spark.sparkContext.environment
+    env["GENRECLF_FAULT_ONCE"] = str(tmp_path / "fault-injected")
+    try:
+        with pytest.raises((Py4JJavaError, PySparkException)):
+            run_score(spark, str(bundle), str(out), inputs=[str(corpus)])
+    finally:
+        del env["GENRECLF_FAULT_ONCE"]
+    assert (tmp_path / "fault-injected").exists()
+    assert os.listdir(out) == []  # no scores, no staging directory, no lock
+    assert {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("genreclf-ship-")} == shipped_before
