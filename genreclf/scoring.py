@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from genreclf.calibration import apply_temperature
+from genreclf.calibration import track_probabilities
 from genreclf.config import Recipe
 from genreclf.schema import STATUS_OK
 
@@ -119,12 +119,8 @@ def prefetch(items, fn, threads: int):
 
 def mean_probabilities(probs: np.ndarray, *, temperature: float = 1.0, calibration: str = "none") -> np.ndarray:
     """The track's vector: the mean of its window probabilities (float64), calibrated as the bundle says."""
-    if calibration == "window" and temperature != 1.0:
-        probs = apply_temperature(probs, temperature)
-    mean = np.asarray(probs, np.float64).mean(axis=0)
-    if calibration == "track" and temperature != 1.0:
-        mean = apply_temperature(mean[None, :], temperature)[0]
-    return mean
+    codes = np.zeros(len(probs), np.int64)
+    return track_probabilities(probs, codes, 1, temperature=temperature, mode=calibration)[0]
 
 
 def _bundle_dir(bundle: str) -> str:

@@ -312,19 +312,25 @@ def _glob_regex(pattern: str) -> str:
 
 # --- reading -------------------------------------------------------------------------------------
 
+#: How pyarrow's S3 (AWS SDK) errors say "denied" and "not there": such errors are not retried.
+_DENIED = ("ACCESS_DENIED", "AccessDenied", "HTTP status 403", "Forbidden")
+_MISSING = ("NO_SUCH_KEY", "NO_SUCH_BUCKET", "HTTP status 404")
+
+
+def _denied(error: Exception) -> bool:
+    return isinstance(error, PermissionError) or any(k in str(error) for k in _DENIED)
+
+
 def _permanent(error: Exception) -> bool:
-    text = str(error)
-    return isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError)) or any(
-        k in text for k in ("ACCESS_DENIED", "AccessDenied", "NO_SUCH_KEY", "NO_SUCH_BUCKET", "HTTP status 403",
-                            "HTTP status 404", "Forbidden"))
+    return (isinstance(error, (FileNotFoundError, IsADirectoryError)) or _denied(error)
+            or any(k in str(error) for k in _MISSING))
 
 
 def describe(error: Exception) -> str:
     """A short reason for an I/O error, as rows and logs give it."""
     if isinstance(error, FileNotFoundError):
         return "not found"
-    if isinstance(error, PermissionError) or any(k in str(error) for k in ("ACCESS_DENIED", "AccessDenied",
-                                                                           "HTTP status 403", "Forbidden")):
+    if _denied(error):
         return "permission denied"
     return (getattr(error, "strerror", None) or str(error)).splitlines()[0][:200]
 
