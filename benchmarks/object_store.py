@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 
-from benchmarks.run import make_bundle, make_corpus, spark_session, timed
+from benchmarks.run import link_inputs, make_bundle, make_corpus, spark_session, timed
 
 log = logging.getLogger("genreclf.bench")
 
@@ -30,12 +30,7 @@ def run(out: str, tracks: int = 24) -> dict:
     from tests.s3server import CREDENTIALS, MotoServer
 
     paths, _ = make_corpus(os.path.join(out, "corpus"), tracks)  # the make bench corpus, when made
-    local_in = os.path.join(out, "s3-bench-inputs")
-    os.makedirs(local_in, exist_ok=True)
-    for p in paths:
-        link = os.path.join(local_in, os.path.basename(p))
-        if not os.path.exists(link):
-            os.symlink(os.path.abspath(p), link)
+    local_in = link_inputs(os.path.join(out, "s3-bench-inputs"), paths)
     os.environ.update(CREDENTIALS)
     server = MotoServer(tempfile.mkdtemp(prefix="genreclf-moto-")).start()
     res = {"s3_bench_tracks": len(paths)}

@@ -56,6 +56,16 @@ def make_corpus(out: str, n: int) -> tuple:
     return sorted(os.path.join(tracks, f) for f in os.listdir(tracks))[:n], long_path
 
 
+def link_inputs(directory: str, paths) -> str:
+    """``directory`` holding a symlink to each of ``paths``: an input directory of exactly those files."""
+    os.makedirs(directory, exist_ok=True)
+    for p in paths:
+        link = os.path.join(directory, os.path.basename(p))
+        if not os.path.exists(link):
+            os.symlink(os.path.abspath(p), link)
+    return directory
+
+
 # ---------------------------------------------------------------- single-process baselines
 def floor_loop(paths) -> float:
     """The unavoidable work, one core: decode -> resample -> window features (STFT, stored dtype). Returns seconds."""
@@ -209,13 +219,7 @@ def main(argv=None) -> int:
     from genreclf.featurize_job import run_featurize
     from genreclf.score_job import run_score
 
-    sub = {k: os.path.join(out, "inputs", k) for k in ("n", "2n")}
-    for key, files in (("n", paths), ("2n", all_paths)):
-        os.makedirs(sub[key], exist_ok=True)
-        for f in files:
-            link = os.path.join(sub[key], os.path.basename(f))
-            if not os.path.exists(link):
-                os.symlink(f, link)
+    sub = {key: link_inputs(os.path.join(out, "inputs", key), files) for key, files in (("n", paths), ("2n", all_paths))}
     feats = os.path.join(out, "features")
     bundle = make_bundle(out, [chr(ord("a") + i) for i in range(16)])
     for cores in (1, 2):

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from benchmarks.run import R, floor_loop, make_bundle, make_corpus, spark_session, timed
+from benchmarks.run import R, floor_loop, link_inputs, make_bundle, make_corpus, spark_session, timed
 
 log = logging.getLogger("genreclf.bench")
 
@@ -63,12 +63,7 @@ def run(out: str, tracks: int = 48) -> dict:
     from genreclf.score_job import run_score
 
     paths, _ = make_corpus(os.path.join(out, "corpus"), tracks)
-    inputs = os.path.join(out, "score-bench-inputs")
-    os.makedirs(inputs, exist_ok=True)
-    for p in paths:
-        link = os.path.join(inputs, os.path.basename(p))
-        if not os.path.exists(link):
-            os.symlink(os.path.abspath(p), link)
+    inputs = link_inputs(os.path.join(out, "score-bench-inputs"), paths)
     bundle = make_bundle(out, [chr(ord("a") + i) for i in range(16)])
     res = {"score_bench_tracks": len(paths), "cpu_native_bf16": cpu_has_bf16()}
 
