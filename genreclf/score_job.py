@@ -288,8 +288,13 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
         lock.release()
 
     rows = written
+    submission = storage.join(out_url, SUBMISSION_FILE)
     if csv:
-        write_submission(rows, labels, storage.join(out_url, SUBMISSION_FILE))
+        write_submission(rows, labels, submission)
+    elif storage.exists(submission):  # an earlier run's: it would no longer match the scores
+        storage.delete(submission)
+        log.info("score: removed %s of an earlier run (it would not match these scores; --csv writes one)",
+                 submission)
     summary = summarize(rows.assign(warning=None), time.time() - started, n_inputs=n_inputs)
     summary["genres"] = rows["genre"].value_counts().to_dict()
     summary["output"] = scores_url

@@ -131,6 +131,28 @@ def test_scores_on_s3_equal_the_local_run(runs, store):
     assert storage.read_text(f"{bucket}/scores/submission.csv").startswith("file_id,")
 
 
+def test_incremental_scoring_on_s3_scores_only_a_new_object(spark, s3, runs, store, make_audio, tmp_path):
+    """Listing mtimes and sizes of objects are stable: a rerun keeps every ok row; one new object is
+    the one file scored. An earlier submission.csv, no longer matching, is removed."""
+    _, _, bucket = store
+    settings = _settings(s3.endpoint)
+    before = read_scores(f"{bucket}/scores")
+    again = run_score(spark, f"{bucket}/model", f"{bucket}/scores", inputs=[f"{bucket}/audio"], settings=settings,
+                      incremental=True)
+    assert (again["kept"], again["scored"], again["dropped"]) == ((before["status"] == "ok").sum(), 0, 0)
+    assert read_scores(f"{bucket}/scores").equals(before)
+    assert not storage.exists(f"{bucket}/scores/submission.csv")
+    make_audio(tmp_path / "new.mp3", 4.5, style="ambient", seed=7)
+    storage.write_bytes(f"{bucket}/audio/new.mp3", (tmp_path / "new.mp3").read_bytes())
+    try:
+        grown = run_score(spark, f"{bucket}/model", f"{bucket}/scores", inputs=[f"{bucket}/audio"],
+                          settings=settings, incremental=True, csv=True)
+        assert (grown["kept"], grown["scored"]) == (again["kept"], 1)
+        assert read_scores(f"{bucket}/scores").set_index("track_id").loc["new.mp3", "status"] == "ok"
+    finally:
+        storage.delete(f"{bucket}/audio/new.mp3")
+
+
 def test_a_nonexistent_bucket_is_a_clear_driver_error(spark, s3, store, tmp_path):
     with pytest.raises(ConfigError, match="no-such-bucket"):
         run_featurize(spark, ["s3://no-such-bucket/audio"], str(tmp_path / "f"), settings=_settings(s3.endpoint))
