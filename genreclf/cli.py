@@ -59,8 +59,9 @@ def score_parser() -> argparse.ArgumentParser:
                       help="keep the rows of unchanged files (same path, size, mtime, bundle and settings), score "
                            "new, changed and failed files, drop rows of files no longer listed; replaced atomically")
     p.add_argument("--precision", choices=SCORE_PRECISIONS,
-                   help="model arithmetic (overrides [score] precision): auto = bfloat16 on GPUs and CPUs with "
-                        "AMX / AVX-512 BF16, float32 elsewhere; float16 needs GPU executors")
+                   help="model arithmetic (overrides [score] precision): auto = bfloat16 on GPUs (float16 before "
+                        "compute capability 8.0) and CPUs with AMX / AVX-512 BF16, float32 elsewhere; float16 "
+                        "needs GPU executors")
     p.add_argument("--no-calibration", dest="calibrate", action="store_false",
                    help="ignore the bundle's temperature: the reference's plain mean of window softmaxes")
     add_break_lock(p)

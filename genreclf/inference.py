@@ -2,7 +2,8 @@
 
 ``[score] precision``: "float32" (the reference's numbers), "bfloat16" (16-bit compute, float32
 weights and softmax), "float16" (GPUs only), or "auto": bfloat16 where the hardware computes it
-natively (a GPU, or a CPU with AMX / AVX-512 BF16), float32 elsewhere. The bundle's weights stay
+natively (a GPU of compute capability 8.0 or more, or a CPU with AMX / AVX-512 BF16), float16 on
+older GPUs, float32 elsewhere. The bundle's weights stay
 float32; the cast happens when a worker loads the model.
 
 oneDNN is used for inference only where bfloat16 runs on the CPU (its AMX / AVX-512 BF16
@@ -67,10 +68,13 @@ def prepare_process(precision: str) -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1" if wants_bf16 and not gpus else "0")
 
 
-def resolve(precision: str, has_gpu: bool) -> str:
-    """The precision actually computed for a requested one on this worker."""
+def resolve(precision: str, has_gpu: bool, gpu_capability: tuple | None = None) -> str:
+    """The precision actually computed for a requested one on this worker. On a GPU, auto is
+    bfloat16 from compute capability 8.0 (A100, H100, L4...), float16 before (T4, V100: no bf16 units)."""
     if precision == "auto":
-        return "bfloat16" if has_gpu or cpu_has_bf16() else "float32"
+        if has_gpu:
+            return "float16" if gpu_capability and tuple(gpu_capability) < (8, 0) else "bfloat16"
+        return "bfloat16" if cpu_has_bf16() else "float32"
     if precision == "float16" and not has_gpu:
         # The driver refuses float16 without GPU executors; an executor without one falls back.
         log.warning("[score] precision = 'float16' needs a GPU; this worker has none: computing float32")
@@ -102,7 +106,9 @@ def load(bundle_dir: str, precision: str, threads: int):
     from genreclf.tfsetup import configure_tensorflow
 
     tf = configure_tensorflow(training=False, threads=threads)
-    computed = resolve(precision, bool(tf.config.list_physical_devices("GPU")))
+    gpus = tf.config.list_physical_devices("GPU")
+    capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") if gpus else None
+    computed = resolve(precision, bool(gpus), capability)
     model = cast_model(load_model(bundle_dir), computed)
     log.info("score model %s: %s, oneDNN %s", bundle_dir, computed, os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
     return load_bundle_info(bundle_dir), model, computed

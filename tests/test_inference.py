@@ -97,6 +97,8 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
     assert resolve("auto", has_gpu=False) == "float32"
     assert resolve("auto", has_gpu=True) == "bfloat16"
+    assert resolve("auto", has_gpu=True, gpu_capability=(9, 0)) == "bfloat16"  # H100
+    assert resolve("auto", has_gpu=True, gpu_capability=(7, 5)) == "float16"  # T4: no bfloat16 units
     assert resolve("float16", has_gpu=False) == "float32"  # an executor without a GPU falls back
     monkeypatch.setattr(inference, "cpu_has_bf16", lambda: True)
     assert resolve("auto", has_gpu=False) == "bfloat16"
