@@ -131,27 +131,36 @@ def _unscored(tracks, scored_ids: set) -> list:
             for t in tracks.itertuples(index=False) if t.track_id not in scored_ids]
 
 
+#: Error reasons that may not recur for an unchanged file (a store's failure, a decoder crash):
+#: ``--incremental`` scores those files again. Any other error of an unchanged file would recur.
+RETRIED_REASONS = ("unreadable file", "unreadable directory", "decode failed")
+
+
+def _retried(rows) -> "pd.Series":
+    return (rows["status"] != STATUS_OK) & rows["error"].fillna("").str.startswith(RETRIED_REASONS)
+
+
 def _keep_unchanged(existing, inputs, same_run: bool) -> tuple:
     """(rows of ``existing`` to keep, the inputs still to score) for ``--incremental``.
 
-    Kept: ok rows of a run with the same bundle and settings whose file has the same path, size
-    and mtime (under this run's track_id). Errors are retried, as featurize --incremental does.
+    Kept: the rows of a run with the same bundle and settings whose file has the same path, size
+    and mtime (under this run's track_id), but for errors that may not recur (RETRIED_REASONS).
     """
     if existing is None or not same_run or existing.empty:
         return None, inputs
-    ok = existing[existing["status"] == STATUS_OK]
-    key = inputs[["path", "size_bytes", "mtime"]].merge(ok[["path", "size_bytes", "mtime"]].assign(_kept=True),
-                                                        how="left", on=["path", "size_bytes", "mtime"])
+    keepable = existing[~_retried(existing)]
+    key = inputs[["path", "size_bytes", "mtime"]].merge(
+        keepable[["path", "size_bytes", "mtime"]].assign(_kept=True), how="left", on=["path", "size_bytes", "mtime"])
     unchanged = key["_kept"].eq(True).to_numpy()
     ids = dict(zip(inputs["path"][unchanged], inputs["track_id"][unchanged]))
-    kept = ok[ok["path"].isin(ids)].copy()
+    kept = keepable[keepable["path"].isin(ids)].copy()
     kept["track_id"] = kept["path"].map(ids)
     return kept, inputs[~unchanged]
 
 
 def _count_failed_before(existing, to_score) -> int:
-    """Inputs to score whose unchanged file has an error row in ``existing``: retried, not new."""
-    failed = existing[existing["status"] != STATUS_OK][["path", "size_bytes", "mtime"]]
+    """Inputs to score whose unchanged file failed before for a reason that may not recur: retried."""
+    failed = existing[_retried(existing)][["path", "size_bytes", "mtime"]]
     return len(to_score[["path", "size_bytes", "mtime"]].merge(failed, on=["path", "size_bytes", "mtime"]))
 
 
@@ -197,7 +206,8 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     with the bundle's calibration unless ``calibrate`` is false (the reference's plain mean).
 
     ``incremental``: keep the rows of an existing output whose file (path, size, mtime), bundle and
-    settings are unchanged, score the rest, drop rows of files no longer listed; replace atomically.
+    settings are unchanged (but errors that may not recur), score the rest, drop rows of files no
+    longer listed; replace atomically.
     """
     if bool(inputs) == bool(features):
         raise ConfigError("give either --input (raw audio) or --features (a featurize output), not both or neither")
@@ -230,7 +240,7 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     digest = bundle_digest(local_bundle)
     # What makes two runs' numbers comparable: --incremental keeps rows only of an equal record.
     run = {"bundle": digest, "precision": settings.score.precision, "calibration": list(calibration),
-           "max_windows": settings.score.max_windows}
+           "max_windows": settings.score.max_windows, "max_duration_s": settings.featurize.max_duration_s}
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
     lock = OutputLock(storage.join(out_url, LOCK_FILE), run_id, break_lock=break_lock, job="score",
                       stale_after_s=settings.storage.lock_stale_after_s).acquire()
@@ -305,7 +315,7 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
              summary["ok"], summary["errors"], summary["elapsed_s"], summary["tracks_per_s"],
              ", ".join(summary["precision"]) or "-")
     if incremental:
-        log.info("  incremental: %d kept unchanged, %d scored (new or changed), %d retried (failed before), "
+        log.info("  incremental: %d kept unchanged, %d scored (new or changed), %d retried (an error that may not recur), "
                  "%d dropped (no longer listed)", n_kept, summary["scored"], retried, dropped)
     for reason, n in summary["errors_by_reason"].items():
         log.info("  error  %6d  %s", n, reason)

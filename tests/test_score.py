@@ -263,27 +263,28 @@ def _incremental(spark, bundle, out, audio, **kw):
 
 
 def test_incremental_scores_only_new_and_changed_files(spark, trained, corpus, tmp_path, make_audio):
-    """Unchanged: nothing rescored, the output identical. Then one file changed, one removed, one
-    added: exactly two scored, one row dropped, the rest kept as they were. A rerun is a no-op."""
+    """Unchanged: nothing rescored (errors of unchanged files recur: kept too), the output identical.
+    Then one file changed, one removed, one added: exactly two scored, one row dropped, the rest
+    kept as they were. A rerun is a no-op."""
     _, bundle = trained
     audio = tmp_path / "audio"
     shutil.copytree(corpus, audio)
     out = tmp_path / "out"
     first = run_score(spark, str(bundle), str(out), inputs=[str(audio)])
     before = read_scores(str(out)).set_index("track_id")
-    n_ok, n_err = first["ok"], first["errors"]
+    n_files = first["files_in"]
     assert set(before["precision"].dropna()) == {"float32"}  # auto on a CPU without native bfloat16
     assert before.loc["techno0.mp3", "size_bytes"] == (audio / "techno0.mp3").stat().st_size
 
     again = _incremental(spark, bundle, out, audio)
-    assert (again["kept"], again["scored"], again["retried"], again["dropped"]) == (n_ok, 0, n_err, 0)
+    assert first["errors"] and (again["kept"], again["scored"], again["retried"], again["dropped"]) == (n_files, 0, 0, 0)
     pd.testing.assert_frame_equal(read_scores(str(out)).set_index("track_id"), before)
 
     make_audio(audio / "jazz1.mp3", 7.5, style="techno", seed=9)  # changed: another size and mtime
     (audio / "ambient0.mp3").unlink()
     make_audio(audio / "new.mp3", 4.5, style="jazz", seed=5)
     changed = _incremental(spark, bundle, out, audio)
-    assert (changed["kept"], changed["scored"], changed["dropped"]) == (n_ok - 2, 2, 1)
+    assert (changed["kept"], changed["scored"], changed["dropped"]) == (n_files - 2, 2, 1)
     after = read_scores(str(out)).set_index("track_id")
     assert after.index.is_unique and len(after) == len(before)  # one removed, one added
     assert "ambient0.mp3" not in after.index and after.loc["new.mp3", "status"] == "ok"
@@ -292,9 +293,25 @@ def test_incremental_scores_only_new_and_changed_files(spark, trained, corpus, t
         pd.testing.assert_series_equal(after.loc[tid], before.loc[tid])
 
     rerun = _incremental(spark, bundle, out, audio)
-    assert (rerun["kept"], rerun["scored"], rerun["dropped"]) == (n_ok, 0, 0)
+    assert (rerun["kept"], rerun["scored"], rerun["dropped"]) == (n_files, 0, 0)
     pd.testing.assert_frame_equal(read_scores(str(out)).set_index("track_id"), after)
     assert not [d for d in os.listdir(out) if d.startswith(".")]  # no staging or lock left
+
+
+def test_incremental_retries_errors_that_may_not_recur():
+    """A store's failure or a decoder crash is scored again; a file that is not audio is kept."""
+    from genreclf.score_job import _count_failed_before, _keep_unchanged
+
+    existing = pd.DataFrame({
+        "track_id": ["a", "b", "c", "d"], "path": ["/m/a", "/m/b", "/m/c", "/m/d"],
+        "status": ["ok", "error", "error", "error"],
+        "error": [None, "not audio: no audio stream", "unreadable file: read failed mid-file: reset",
+                  "decode failed: ValueError: boom"],
+        "size_bytes": [1, 2, 3, 4], "mtime": [10.0, 20.0, 30.0, 40.0]})
+    inputs = existing[["track_id", "path", "size_bytes", "mtime"]]
+    kept, to_score = _keep_unchanged(existing, inputs, same_run=True)
+    assert kept["path"].tolist() == ["/m/a", "/m/b"] and to_score["path"].tolist() == ["/m/c", "/m/d"]
+    assert _count_failed_before(existing, to_score) == 2
 
 
 def test_incremental_rescores_everything_for_another_bundle_or_settings(spark, trained, corpus, tmp_path):
