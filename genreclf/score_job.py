@@ -234,7 +234,6 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
         raise OutputExistsError(f"{scores_url} exists; pass --overwrite to replace it or --incremental to score "
                                 "only new and changed files")
     local_bundle = storage.fetch_dir(bundle, names={MODEL_FILE, BUNDLE_FILE})
-    _check_model(local_bundle, bundle, len(labels))
     started = time.time()
     sc = spark.sparkContext
     digest = bundle_digest(local_bundle)
@@ -268,6 +267,7 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
         if n_kept:
             write_part(staging, "part-kept.parquet", 0, score_table(rows_of(kept), labels, run))
         if len(to_score):
+            _check_model(local_bundle, bundle, len(labels))  # ~5 s of TensorFlow import: only when tasks will run
             name, shipped = ship_bundle(sc, local_bundle, digest)
             options = _task_options(recipe, settings, calibration, staging, run)
             if features:
