@@ -90,9 +90,8 @@ def cast_model(model, precision: str):
     import keras
 
     config = model.get_config()
-    output_names = {getattr(t, "_keras_history", [None])[0].name for t in model.outputs}
     for layer in config["layers"]:
-        if layer["class_name"] != "InputLayer" and layer["config"].get("name") not in output_names:
+        if layer["class_name"] != "InputLayer" and layer["config"].get("name") not in model.output_names:
             layer["config"]["dtype"] = POLICIES[precision]
     cast = keras.Model.from_config(config)
     cast.set_weights(model.get_weights())
