@@ -100,7 +100,7 @@ def _from_features(spark, bundle_name, features, to_score, options):
 
     windows_url = storage.join(storage.to_url(features), WINDOWS_DIR)
     files = [storage.located(windows_url, p) for p in window_files(windows_url)]
-    wanted = spark.sparkContext.broadcast({t.track_id: (t.path, _int(t.size_bytes), _float(t.mtime))
+    wanted = spark.sparkContext.broadcast({t.track_id: (t.path, t.size_bytes, t.mtime)
                                            for t in to_score.itertuples(index=False)})
     n_parts = max(1, min(len(files), max(spark.sparkContext.defaultParallelism,
                                          -(-len(files) // FILES_PER_SCORE_TASK))))
@@ -110,24 +110,16 @@ def _from_features(spark, bundle_name, features, to_score, options):
     return frame.mapInPandas(fn, schema=TASK_SCHEMA)
 
 
-def _int(v):
-    return None if v is None or pd.isna(v) else int(v)
-
-
-def _float(v):
-    return None if v is None or pd.isna(v) else float(v)
-
-
 def _rest_of_tracks(tracks) -> list:
     """Score rows for featurize's error rows (no model runs for them)."""
-    return [score_row(t.track_id, t.path, t.status, t.error, size_bytes=_int(t.size_bytes), mtime=_float(t.mtime))
+    return [score_row(t.track_id, t.path, t.status, t.error, size_bytes=t.size_bytes, mtime=t.mtime)
             for t in tracks.itertuples(index=False)]
 
 
 def _unscored(tracks, scored_ids: set) -> list:
     """Rows for ok tracks of the features that no task scored: their windows are missing."""
     return [score_row(t.track_id, t.path, STATUS_ERROR, "no windows: the features hold none for this track",
-                      size_bytes=_int(t.size_bytes), mtime=_float(t.mtime))
+                      size_bytes=t.size_bytes, mtime=t.mtime)
             for t in tracks.itertuples(index=False) if t.track_id not in scored_ids]
 
 
@@ -136,7 +128,7 @@ def _unscored(tracks, scored_ids: set) -> list:
 RETRIED_REASONS = ("unreadable file", "unreadable directory", "decode failed")
 
 
-def _retried(rows) -> "pd.Series":
+def _retried(rows: pd.DataFrame) -> pd.Series:
     return (rows["status"] != STATUS_OK) & rows["error"].fillna("").str.startswith(RETRIED_REASONS)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import logging
 import os
 
@@ -53,9 +54,15 @@ RUN_KEY = b"genreclf.score_run"
 
 def score_row(track_id, path, status, error=None, n_windows=0, probs=None, *, size_bytes=None, mtime=None,
               precision=None) -> dict:
-    """One score row as :func:`score_table` takes it."""
+    """One score row as :func:`score_table` takes it. A missing size or mtime (a FIFO, a file a
+    catalogue names but the store lacks) may come as None or NaN (pandas' null): it is null."""
     return {"track_id": track_id, "path": path, "status": status, "error": error, "n_windows": int(n_windows),
-            "probs": probs, "size_bytes": size_bytes, "mtime": mtime, "precision": precision}
+            "probs": probs, "size_bytes": None if _missing(size_bytes) else int(size_bytes),
+            "mtime": None if _missing(mtime) else float(mtime), "precision": precision}
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def score_table(rows: list, labels: list, run: dict | None = None) -> pa.Table:
@@ -84,9 +91,8 @@ def rows_of(frame: pd.DataFrame) -> list:
     rows = []
     for r in frame.itertuples(index=False):
         probs = list(r.probability_vector) if r.probability_vector is not None else None
-        rows.append(score_row(r.track_id, r.path, r.status, r.error, r.n_windows, probs,
-                              size_bytes=None if pd.isna(r.size_bytes) else int(r.size_bytes),
-                              mtime=None if pd.isna(r.mtime) else float(r.mtime), precision=r.precision))
+        rows.append(score_row(r.track_id, r.path, r.status, r.error, r.n_windows, probs, size_bytes=r.size_bytes,
+                              mtime=r.mtime, precision=r.precision))
     return rows
 
 

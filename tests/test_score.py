@@ -391,3 +391,22 @@ def test_a_failed_score_leaves_no_staging_lock_or_shipped_bundle(spark, trained,
     assert (tmp_path / "fault-injected").exists()
     assert os.listdir(out) == []  # no scores, no staging directory, no lock
     assert {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("genreclf-ship-")} == shipped_before
+
+
+def test_files_without_a_size_still_get_their_rows(spark, trained, tmp_path, make_audio):
+    """A FIFO and a file a catalogue names but the disk lacks have no size or mtime: their rows say
+    why, with null size and mtime (NaN from pandas once broke the task writing them)."""
+    _, bundle = trained
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    make_audio(audio / "a.mp3", 4.5)
+    os.mkfifo(audio / "pipe.mp3")
+    catalogue = tmp_path / "catalogue.csv"
+    catalogue.write_text("path\nmissing/gone.mp3\n")
+    summary = run_score(spark, str(bundle), str(tmp_path / "out"), inputs=[str(audio), str(catalogue)])
+    rows = read_scores(str(tmp_path / "out")).set_index("path")
+    assert summary["files_in"] == 3 and len(rows) == 3
+    pipe, gone = rows.loc[str(audio / "pipe.mp3")], rows.loc[str(tmp_path / "missing" / "gone.mp3")]
+    assert pipe["error"].startswith("not a regular file") and gone["error"].startswith("unreadable file: not found")
+    assert pd.isna(pipe["size_bytes"]) and pd.isna(gone["mtime"])
+    assert rows.loc[str(audio / "a.mp3"), "size_bytes"] == (audio / "a.mp3").stat().st_size
