@@ -1,8 +1,13 @@
 """TensorFlow process set-up, done once before TensorFlow is imported.
 
+oneDNN is chosen here, never left to TensorFlow's default: TensorFlow turns it on by itself on CPUs
+with AVX-512 VNNI / BF16 or AMX and off on AVX2-only CPUs, so the same job would run other kernels
+(and give other last digits) on another host. genreclf uses it only where it pays: bfloat16
+inference on a CPU with native bfloat16 (its AMX / AVX-512 BF16 kernels). Elsewhere it is off:
 oneDNN's Conv2DBackpropInput is pathological for the reference's (4 x 513) kernel on a 1-channel
-input: measured 9.3 s vs 0.19 s per 32-window batch with oneDNN off (2-core CPU). Training therefore
-turns oneDNN off unless ``TF_ENABLE_ONEDNN_OPTS`` is set; GPUs use cuDNN either way.
+input (measured 9.3 s vs 0.19 s per 32-window batch, 2-core CPU), and float32 inference measured
+300 vs 100 ms per track (2-core AMD EPYC, AVX2). ``TF_ENABLE_ONEDNN_OPTS`` set by the user wins;
+GPUs use cuDNN either way.
 """
 
 from __future__ import annotations
@@ -13,11 +18,17 @@ import os
 log = logging.getLogger(__name__)
 
 
-def configure_tensorflow(*, training: bool, threads: int | None = None, precision: str = "float32"):
-    """Import and configure TensorFlow: oneDNN choice, thread pools, GPU memory growth, the Keras
-    dtype policy (``precision``: float32, mixed_float16 or mixed_bfloat16). Returns ``tf``."""
-    if training:
-        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+def onednn_enabled() -> bool:
+    """Whether this process's TensorFlow uses oneDNN (as :func:`configure_tensorflow` set it up)."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def configure_tensorflow(*, training: bool, threads: int | None = None, precision: str = "float32",
+                         onednn: bool = False):
+    """Import and configure TensorFlow: oneDNN (``onednn``, unless the environment says), thread
+    pools, GPU memory growth, the Keras dtype policy (``precision``: float32, mixed_float16 or
+    mixed_bfloat16). ``training`` is for the log line. Returns ``tf``."""
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1" if onednn else "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -36,6 +47,7 @@ def configure_tensorflow(*, training: bool, threads: int | None = None, precisio
     import keras
 
     keras.mixed_precision.set_global_policy(precision)
-    log.info("TensorFlow %s on %s, precision %s", tf.__version__, ", ".join(g.name for g in gpus) if gpus else "CPU",
-             precision)
+    log.info("TensorFlow %s for %s on %s, precision %s, oneDNN %s", tf.__version__,
+             "training" if training else "inference", ", ".join(g.name for g in gpus) if gpus else "CPU", precision,
+             "on" if onednn_enabled() else "off")
     return tf

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 from genreclf.synth import encode, synthesize
+from tests import hostenv
+
+hostenv.pin_test_process()
 
 
 @pytest.fixture(scope="session")
@@ -20,13 +23,15 @@ def spark(tmp_path_factory):
 
     worker_environment()
 
-    session = (SparkSession.builder.master("local[2]").appName("genreclf-tests")
-               .config("spark.driver.memory", "2g")
-               .config("spark.sql.execution.arrow.maxRecordsPerBatch", "32")
-               .config("spark.sql.shuffle.partitions", "4")
-               .config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false")
-               .getOrCreate())
+    with hostenv.launching():  # the JVM and its Python workers: the environment the suite started with
+        session = (SparkSession.builder.master("local[2]").appName("genreclf-tests")
+                   .config("spark.driver.memory", "2g")
+                   .config("spark.sql.execution.arrow.maxRecordsPerBatch", "32")
+                   .config("spark.sql.shuffle.partitions", "4")
+                   .config("spark.ui.enabled", "false")
+                   .config("spark.ui.showConsoleProgress", "false")
+                   .config("spark.executorEnv." + hostenv.ONEDNN_ENV, hostenv.session_worker_onednn())
+                   .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

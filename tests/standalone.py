@@ -9,6 +9,8 @@ import subprocess
 import time
 import urllib.request
 
+from tests import hostenv
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -41,7 +43,7 @@ class StandaloneCluster:
                 f"-Dspark.worker.resource.gpu.discoveryScript={script}")
 
     def _launch(self, name, *args):
-        env = dict(os.environ, SPARK_HOME=self.home, SPARK_LOCAL_IP="127.0.0.1",
+        env = hostenv.launch_env(SPARK_HOME=self.home, SPARK_LOCAL_IP="127.0.0.1",
                    SPARK_LOG_DIR=self.workdir, SPARK_WORKER_DIR=os.path.join(self.workdir, "work"))
         if self.gpus and name.startswith("worker"):
             env["SPARK_WORKER_OPTS"] = " ".join(filter(None, [env.get("SPARK_WORKER_OPTS"), self._gpu_options()]))

@@ -7,13 +7,14 @@ import sys
 import pytest
 
 from genreclf.featureset import read_tracks
+from tests import hostenv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBMIT = os.path.join(ROOT, "spark-submit.sh")
 
 
 def run(*args, **kw):
-    env = dict(os.environ, GENRECLF_PYTHON=sys.executable)
+    env = hostenv.launch_env(GENRECLF_PYTHON=sys.executable)
     return subprocess.run([SUBMIT, *args], capture_output=True, text=True, env=env, timeout=600, **kw)
 
 

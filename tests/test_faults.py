@@ -18,12 +18,13 @@ import pytest
 
 from genreclf import storage
 from genreclf.featureset import read_tracks, window_files
+from tests import hostenv
 
 pytestmark = pytest.mark.faults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBMIT = os.path.join(ROOT, "spark-submit.sh")
-ENV = dict(os.environ, GENRECLF_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
+ENV = hostenv.launch_env(GENRECLF_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
 
 
 def featurize(inputs, out, *flags):

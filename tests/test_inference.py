@@ -91,18 +91,39 @@ def test_prefetch_passes_errors_to_the_consumer():
         list(prefetch(range(5), work, threads=2))
 
 
-def test_auto_precision_follows_the_hardware(monkeypatch):
-    import genreclf.inference as inference
+@pytest.mark.parametrize("flags, native", [("avx512_bf16 avx2", True), ("amx_bf16,amx_tile", True),
+                                           ("avx2 fma", False), ("none", False), ("", False)])
+def test_auto_precision_follows_the_cpu_flags_given(monkeypatch, flags, native):
+    """GENRECLF_CPU_FLAGS replaces /proc/cpuinfo's flags: each answer is tested on every host."""
+    from genreclf.inference import CPU_FLAGS_ENV, cpu_has_bf16, prepare_process
 
-    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
-    assert resolve("auto", has_gpu=False) == "float32"
+    monkeypatch.setenv(CPU_FLAGS_ENV, flags)
+    assert cpu_has_bf16() is native
+    assert resolve("auto", has_gpu=False) == ("bfloat16" if native else "float32")
+    assert prepare_process("auto") is native  # oneDNN only for bfloat16 on the CPU
+    assert prepare_process("float32") is False and prepare_process("bfloat16") is True
+    # Native bfloat16 on a CPU needs oneDNN's kernels too: without them, auto computes float32.
+    assert resolve("auto", has_gpu=False, cpu_bf16=False) == "float32"
+    # GPUs decide by compute capability, whatever the CPU.
     assert resolve("auto", has_gpu=True) == "bfloat16"
     assert resolve("auto", has_gpu=True, gpu_capability=(9, 0)) == "bfloat16"  # H100
     assert resolve("auto", has_gpu=True, gpu_capability=(7, 5)) == "float16"  # T4: no bfloat16 units
     assert resolve("float16", has_gpu=False) == "float32"  # an executor without a GPU falls back
-    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: True)
-    assert resolve("auto", has_gpu=False) == "bfloat16"
     assert resolve("float32", has_gpu=True) == "float32"
+
+
+def test_cpu_flags_are_read_from_the_host_unless_forced(monkeypatch):
+    from genreclf.inference import CPU_FLAGS_ENV, cpu_flags
+
+    monkeypatch.delenv(CPU_FLAGS_ENV, raising=False)
+    try:
+        lines = open("/proc/cpuinfo").read().splitlines()
+    except OSError:
+        lines = []
+    expected = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    assert cpu_flags() == expected
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx512_bf16, sse2")
+    assert cpu_flags() == {"avx512_bf16", "sse2"}
 
 
 def test_cast_keeps_weights_input_and_softmax_in_their_dtypes(small_model):

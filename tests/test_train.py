@@ -18,7 +18,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_reference_architecture_and_optimizer():
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import keras
 
     from genreclf.model import build_model, compile_model
@@ -128,12 +127,21 @@ def test_split_is_by_track(bundle, tiny_features):
 
 
 def test_reloaded_model_predicts_identically_in_a_fresh_process(bundle, tmp_path):
+    """The fresh process runs TensorFlow as this one does (oneDNN, pinned by tests/hostenv.py, through
+    the environment; the thread pools, which set the order of sums, given), so the same kernels run:
+    bit-identical predictions."""
+    import tensorflow as tf
+
     out, _ = bundle
     rng = np.random.default_rng(0)
     x = (rng.random((4, 128, 513, 1)) * 10).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
+    threading = tf.config.threading
+    pools = (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads())
     script = (
-        "import os, sys, numpy as np; os.environ['TF_ENABLE_ONEDNN_OPTS']='0';"
+        "import numpy as np, tensorflow as tf;"
+        f"tf.config.threading.set_intra_op_parallelism_threads({pools[0]});"
+        f"tf.config.threading.set_inter_op_parallelism_threads({pools[1]});"
         "from genreclf.bundle import load_model;"
         f"m = load_model({str(out)!r}); np.save({str(tmp_path / 'p.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))"
     )
