@@ -23,10 +23,10 @@ log = logging.getLogger("genreclf.bench")
 def run(out: str, tracks: int = 24) -> dict:
     import pyarrow.fs as pafs
 
-    from genreclf import storage
     from genreclf.config import Settings, StorageSettings
-    from genreclf.featurize_job import run_featurize
-    from genreclf.score_job import run_score
+    from genreclf.featurize import run_featurize
+    from genreclf.io import storage
+    from genreclf.score import run_score
     from tests.s3server import CREDENTIALS, MotoServer
 
     paths, _ = make_corpus(os.path.join(out, "corpus"), tracks)  # the make bench corpus, when made
@@ -76,7 +76,7 @@ def run(out: str, tracks: int = 24) -> dict:
 
 
 def main(argv=None) -> int:
-    from genreclf.spark import setup_logging
+    from genreclf.io.spark import setup_logging
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.object_store", description=__doc__.splitlines()[0])
     p.add_argument("--tracks", type=int, default=24)

@@ -39,7 +39,7 @@ RUNS = 3
 
 def make_windows(out: str, n_tracks: int = 500) -> str:
     """~19.5 windows per track, 8 files of 255-row (32 MB) row groups, as featurize writes them."""
-    from genreclf.synth import write_windows
+    from genreclf.audio.synth import write_windows
 
     url = "file://" + os.path.join(os.path.abspath(out), "pipeline-windows", "windows")
     marker = url[len("file://"):] + f".{n_tracks}.done"
@@ -83,7 +83,7 @@ def parquet_read(ws, plain, workers: int) -> float:
 
 def copy_once(ws, workers: int) -> float:
     """Ceiling (a'): every window copied once from the mapped files into a batch-sized buffer."""
-    from genreclf.dataset import aligned_empty, gather_rows
+    from genreclf.ml.buffers import aligned_empty, gather_rows
 
     buffers = {}
 
@@ -104,7 +104,7 @@ def petastorm_windows(url: str, workers: int):
 
     from petastorm import make_batch_reader
 
-    from genreclf.featureset import decode_npy_column
+    from genreclf.formats.features import decode_npy_column
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -151,8 +151,8 @@ _PINNED = """
 import os, sys, time
 os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:int(sys.argv[2])]))
 from benchmarks.pipeline import LABELS, R, whole_pipeline
-from genreclf.dataset import WindowSet, tf_dataset
-from genreclf.tfsetup import configure_tensorflow
+from genreclf.ml.pipeline import WindowSet, tf_dataset
+from genreclf.ml.tfsetup import configure_tensorflow
 configure_tensorflow(training=True)
 ws = WindowSet(sys.argv[1], R, labels=LABELS)
 ds = tf_dataset(ws, batch_size=128, shuffle=True, workers=int(sys.argv[2]))
@@ -173,7 +173,7 @@ _STEP = """
 import os, sys, time, numpy as np
 import keras
 keras.mixed_precision.set_global_policy(sys.argv[1])
-from genreclf.model import build_model, compile_model
+from genreclf.ml.network import build_model, compile_model
 keras.utils.set_random_seed(0)
 m = compile_model(build_model((128, 513, 1), 16, "float16"))
 rng = np.random.default_rng(0)
@@ -197,8 +197,8 @@ def train_step(precision: str, onednn: bool) -> float:
 
 def run(out: str) -> dict:
     """Every training-input figure of ``make bench``, as a flat dict for results.json."""
-    from genreclf.dataset import WindowSet, tf_dataset
-    from genreclf.tfsetup import configure_tensorflow
+    from genreclf.ml.pipeline import WindowSet, tf_dataset
+    from genreclf.ml.tfsetup import configure_tensorflow
 
     url = make_windows(out)
     ws = WindowSet(url, R, labels=LABELS)
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench-output")
     args = p.parse_args(argv)
-    from genreclf.spark import setup_logging
+    from genreclf.io.spark import setup_logging
 
     setup_logging()
     os.makedirs(args.out, exist_ok=True)

@@ -28,7 +28,7 @@ R = Recipe()
 
 # ---------------------------------------------------------------- corpus
 def _encode_one(args):
-    from genreclf.synth import STYLES, encode, synthesize
+    from genreclf.audio.synth import STYLES, encode, synthesize
 
     path, i, seconds = args
     style = STYLES[i % len(STYLES)]
@@ -69,10 +69,10 @@ def link_inputs(directory: str, paths) -> str:
 # ---------------------------------------------------------------- single-process baselines
 def floor_loop(paths) -> float:
     """The unavoidable work, one core: decode -> resample -> window features (STFT, stored dtype). Returns seconds."""
-    from genreclf.audio import AudioReader
-    from genreclf.featurize import STFT_BATCH
-    from genreclf.features import window_features
-    from genreclf.windows import iter_windows
+    from genreclf.audio.decode import AudioReader
+    from genreclf.audio.extract import STFT_BATCH
+    from genreclf.audio.stft import window_features
+    from genreclf.audio.windows import iter_windows
 
     started = time.perf_counter()
     for p in paths:
@@ -107,9 +107,9 @@ def reference_loop(paths) -> float:
 
 def model_loop(paths, bundle) -> float:
     """Single-process scoring with the same model: decode -> STFT -> predict -> mean per track."""
-    from genreclf.featurize import featurize_file
-    from genreclf.model_cache import get_model
-    from genreclf.scoring import mean_probabilities, predict
+    from genreclf.audio.extract import featurize_file
+    from genreclf.ml.inference import mean_probabilities, predict
+    from genreclf.ml.model_cache import get_model
 
     _, model, _ = get_model(bundle)
     predict(model, featurize_file(paths[0], R).features)  # warm-up: graph tracing
@@ -123,8 +123,8 @@ def make_bundle(out: str, labels) -> str:
     """An untrained (seeded) bundle: scoring speed does not depend on the weights."""
     import keras
 
-    from genreclf.bundle import BUNDLE_FILE, MODEL_FILE, bundle_info, write_json
-    from genreclf.model import build_model, compile_model
+    from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, bundle_info, write_json
+    from genreclf.ml.network import build_model, compile_model
 
     path = os.path.join(out, "bundle")
     if not os.path.exists(os.path.join(path, MODEL_FILE)):
@@ -139,7 +139,7 @@ def make_bundle(out: str, labels) -> str:
 def spark_session(master: str, task_cpus: int = 1):
     from pyspark.sql import SparkSession
 
-    from genreclf.spark import worker_environment
+    from genreclf.io.spark import worker_environment
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
     worker_environment()
@@ -176,8 +176,8 @@ def peak_rss_mb(long_path: str) -> float:
     code = (
         "import resource, sys\n"
         "from genreclf.config import Recipe\n"
-        "from genreclf.featurize import window_tables\n"
-        "from genreclf.schema import window_schema\n"
+        "from genreclf.audio.extract import window_tables\n"
+        "from genreclf.formats.schema import window_schema\n"
         "import pandas as pd\n"
         "r = Recipe()\n"
         "batch = pd.DataFrame({'path': [sys.argv[1]], 'track_id': ['long'], 'label': [None], 'size_bytes': [0], 'mtime': [0.0]})\n"
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     p.add_argument("--tracks", type=int, default=48, help="N: 30 s tracks (2N are made for the linearity check)")
     p.add_argument("--out", default="bench-output")
     args = p.parse_args(argv)
-    from genreclf.spark import setup_logging
+    from genreclf.io.spark import setup_logging
 
     setup_logging()
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "genreclf-numba-cache"))
@@ -216,8 +216,8 @@ def main(argv=None) -> int:
              1e3 * res["reference_s_per_track"])
 
     # featurize job, local[1] and local[2], N and 2N tracks.
-    from genreclf.featurize_job import run_featurize
-    from genreclf.score_job import run_score
+    from genreclf.featurize import run_featurize
+    from genreclf.score import run_score
 
     sub = {key: link_inputs(os.path.join(out, "inputs", key), files) for key, files in (("n", paths), ("2n", all_paths))}
     feats = os.path.join(out, "features")

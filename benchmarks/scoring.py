@@ -19,7 +19,14 @@ import os
 import sys
 import time
 
-from benchmarks.run import R, floor_loop, link_inputs, make_bundle, make_corpus, spark_session
+from benchmarks.run import (
+    R,
+    floor_loop,
+    link_inputs,
+    make_bundle,
+    make_corpus,
+    spark_session,
+)
 
 log = logging.getLogger("genreclf.bench")
 
@@ -41,8 +48,8 @@ def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24) -> fl
 
     code = (
         "import sys, time, numpy as np\n"
-        "from genreclf.inference import load\n"
-        "from genreclf.scoring import TrackBatcher\n"
+        "from genreclf.ml.inference import load\n"
+        "from genreclf.ml.inference import TrackBatcher\n"
         f"_, model, computed = load({bundle!r}, {precision!r}, 1)\n"
         f"x = np.random.default_rng(0).random(({tracks} * 19, {R.frames}, {R.bins})).astype(np.float16)\n"
         f"b = TrackBatcher(model, {batch}); b.add(0, x[:{batch}]); b.flush()  # warm-up: tracing\n"
@@ -60,8 +67,8 @@ def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24) -> fl
 
 def run(out: str, tracks: int = 48) -> dict:
     from genreclf.config import Settings
-    from genreclf.inference import cpu_has_bf16
-    from genreclf.score_job import run_score
+    from genreclf.ml.inference import cpu_has_bf16
+    from genreclf.score import run_score
 
     paths, _ = make_corpus(os.path.join(out, "corpus"), tracks)
     inputs = link_inputs(os.path.join(out, "score-bench-inputs"), paths)
@@ -142,7 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--tracks", type=int, default=48)
     p.add_argument("--out", default="bench-output")
     args = p.parse_args(argv)
-    from genreclf.spark import setup_logging
+    from genreclf.io.spark import setup_logging
 
     setup_logging()
     out = os.path.abspath(args.out)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from genreclf.inference import PRECISIONS as SCORE_PRECISIONS
+from genreclf.config import SCORE_PRECISIONS
 
 EPILOG = "Settings: conf/genreclf.toml (override with --conf). Docs: README.md."
 
@@ -79,14 +79,14 @@ def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str
     """
     from genreclf.config import load_settings
     from genreclf.errors import GenreclfError
-    from genreclf.spark import get_spark, setup_logging
+    from genreclf.io.spark import get_spark, setup_logging
 
     args = parser.parse_args(argv)
     setup_logging()
     log = logging.getLogger(f"genreclf.{parser.prog.split()[-1]}")
     try:
         settings = load_settings(getattr(args, "conf", None))
-        from genreclf import storage
+        from genreclf.io import storage
 
         storage.configure(settings.storage.to_dict())
         for name in writes:

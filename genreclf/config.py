@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 
-from genreclf.errors import ConfigError
-from genreclf.inference import PRECISIONS as SCORE_PRECISIONS
+from genreclf.errors import ConfigError, check_fields, one_of
+from genreclf.io.storage import StorageSettings
 
 #: The 16 top-level genres of FMA / the crowdAI challenge, in the submission's column order.
 FMA_GENRES = (
@@ -28,18 +27,16 @@ FMA_GENRES = (
 DEFAULT_CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "genreclf.toml")
 
 
+#: Precisions a score may be computed in ([score] precision; genreclf.ml.inference resolves auto).
+SCORE_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 #: Window functions of the STFT: the reference's symmetric Hann (``scipy.signal.hanning``).
 WINDOW_FUNCTIONS = ("hann-symmetric",)
-#: Magnitude compressions (genreclf.features.compress): none (the reference), log1p(C*|X|), decibels.
+#: Magnitude compressions (genreclf.audio.stft.compress): none (the reference), log1p(C*|X|), decibels.
 MAGNITUDES = ("linear", "log", "db")
 #: Floor of the "db" magnitude (-100 dB): silence maps to -100, not -inf.
 DB_FLOOR = 1e-5
 #: Stored feature dtypes.
 FEATURE_DTYPES = ("float16", "float32")
-
-
-def _choices(values) -> str:
-    return " or ".join(repr(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ class Recipe:
     dtype: str = "float16"
 
     def __post_init__(self):
-        _check(self, "recipe", {
+        check_fields(self, "recipe", {
             "sample_rate": (lambda v: isinstance(v, int) and 1000 <= v <= 384000, "an integer in [1000, 384000] (Hz)"),
             "n_fft": (lambda v: isinstance(v, int) and 16 <= v <= 65536, "an integer in [16, 65536]"),
             "window": (lambda v: isinstance(v, int) and v >= self.n_fft,
@@ -75,10 +72,10 @@ class Recipe:
             "frames": (lambda v: isinstance(v, int) and 4 <= v <= self.window // self.stft_hop + 1,
                        f"an integer in [4, window // stft_hop + 1 = {self.window // self.stft_hop + 1}] "
                        "(the model's first convolution spans 4 frames; a window holds no more)"),
-            "window_function": (lambda v: v in WINDOW_FUNCTIONS, _choices(WINDOW_FUNCTIONS)),
-            "magnitude": (lambda v: v in MAGNITUDES, _choices(MAGNITUDES)),
+            "window_function": (lambda v: v in WINDOW_FUNCTIONS, one_of(WINDOW_FUNCTIONS)),
+            "magnitude": (lambda v: v in MAGNITUDES, one_of(MAGNITUDES)),
             "log_scale": (lambda v: isinstance(v, (int, float)) and 0 < v < float("inf"), "a number > 0"),
-            "dtype": (lambda v: v in FEATURE_DTYPES, _choices(FEATURE_DTYPES)),
+            "dtype": (lambda v: v in FEATURE_DTYPES, one_of(FEATURE_DTYPES)),
         })
 
     @property
@@ -120,7 +117,7 @@ class FeaturizeSettings:
     max_duration_s: float = 3600.0  # longer files get an error row; bounds worker memory per file
 
     def __post_init__(self):
-        _check(self, "featurize", {
+        check_fields(self, "featurize", {
             "files_per_task": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
             "row_group_size_mb": (lambda v: isinstance(v, int) and 1 <= v <= 2047, "an integer in [1, 2047] (MB)"),
             "max_duration_s": (lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),
@@ -133,55 +130,26 @@ class ScoreSettings:
 
     batch_size: int = 64  # windows per model call, across tracks: bounds a worker's memory
     max_windows: int = 0  # 0: average every window; N: only the centred N windows of longer tracks
-    precision: str = "auto"  # genreclf.inference.PRECISIONS; auto = bfloat16 where native, else float32
+    precision: str = "auto"  # SCORE_PRECISIONS; auto = bfloat16 where native, else float32
     decode_threads: int = 0  # files decoded ahead in threads while the model predicts; 0 = inline
 
     def __post_init__(self):
-        _check(self, "score", {
+        check_fields(self, "score", {
             "batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
             "max_windows": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = every window)"),
-            "precision": (lambda v: v in SCORE_PRECISIONS, _choices(SCORE_PRECISIONS)),
+            "precision": (lambda v: v in SCORE_PRECISIONS, one_of(SCORE_PRECISIONS)),
             "decode_threads": (lambda v: isinstance(v, int) and 0 <= v <= 64, "an integer in [0, 64] (0 = inline)"),
         })
 
 
-@dataclass(frozen=True)
-class StorageSettings:
-    """How object stores are reached (genreclf.storage); credentials come from the environment
-    (AWS_ACCESS_KEY_ID / AWS_PROFILE ...), never from a config file."""
-
-    endpoint_url: str = ""  # S3-compatible endpoint (MinIO, Ceph...), e.g. "http://10.0.0.5:9000"; "" = AWS
-    region: str = ""  # S3 region; "" = the environment's (AWS_REGION / AWS_DEFAULT_REGION / profile)
-    retries: int = 3  # further attempts after a transient read error (connection reset, throttling)
-    retry_backoff_s: float = 0.5  # first wait; doubles per retry
-    read_ahead_kb: int = 1024  # remote reads are buffered in requests of this size
-    list_progress_s: float = 5.0  # a progress line this often while listing a large input
-    lock_stale_after_s: float = 86400.0  # an output lock this old may be broken (--break-lock)
-
-    def __post_init__(self):
-        _check(self, "storage", {
-            "endpoint_url": (lambda v: isinstance(v, str) and (v == "" or re.match(r"^https?://[^/]+/?$", v)),
-                             'a URL "http://host:port" or "https://host" (or "" for AWS)'),
-            "region": (lambda v: isinstance(v, str), "a region name (or empty)"),
-            "retries": (lambda v: isinstance(v, int) and 0 <= v <= 20, "an integer in [0, 20]"),
-            "retry_backoff_s": (lambda v: isinstance(v, (int, float)) and 0 <= v <= 60, "seconds in [0, 60]"),
-            "read_ahead_kb": (lambda v: isinstance(v, int) and 4 <= v <= 262144, "an integer in [4, 262144] (KiB)"),
-            "list_progress_s": (lambda v: isinstance(v, (int, float)) and v > 0, "seconds > 0"),
-            "lock_stale_after_s": (lambda v: isinstance(v, (int, float)) and v > 0, "seconds > 0"),
-        })
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 #: Training precisions: Keras dtype policies. float32 reproduces the reference; the mixed ones
 #: compute in 16 bits with float32 weights (GPUs; bfloat16 also on CPUs with AMX / AVX-512 BF16).
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-#: Where a fitted temperature is applied (genreclf.calibration): the track's mean, every window, or nowhere.
+TRAIN_PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+#: Where a fitted temperature is applied (genreclf.ml.calibration): the track's mean, every window, or nowhere.
 CALIBRATION_MODES = ("track", "window", "none")
 #: Loss weights per class: equal (the reference), or inverse to the class's share of training windows.
 CLASS_WEIGHTS = ("none", "balanced")
-#: Window readers of the training pipeline (genreclf.dataset).
+#: Window readers of the training pipeline (genreclf.ml.pipeline).
 READERS = ("arrow", "petastorm")
 #: Where the label list comes from: the sorted labels of the data, or [labels] genres.
 LABEL_SOURCES = ("data", "conf")
@@ -206,29 +174,21 @@ class TrainSettings:
     class_weight: str = "none"  # "balanced": weight each class's windows by n / (classes * class count)
 
     def __post_init__(self):
-        _check(self, "train", {
+        check_fields(self, "train", {
             "epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
             "batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
             "val_fraction": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
             "seed": (lambda v: isinstance(v, int), "an integer"),
             "patience": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-            "labels_from": (lambda v: v in LABEL_SOURCES, _choices(LABEL_SOURCES)),
+            "labels_from": (lambda v: v in LABEL_SOURCES, one_of(LABEL_SOURCES)),
             "shuffle_buffer": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (windows)"),
-            "reader": (lambda v: v in READERS, _choices(READERS)),
+            "reader": (lambda v: v in READERS, one_of(READERS)),
             "reader_workers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = auto)"),
-            "precision": (lambda v: v in PRECISIONS, _choices(PRECISIONS)),
+            "precision": (lambda v: v in TRAIN_PRECISIONS, one_of(TRAIN_PRECISIONS)),
             "cache_dir": (lambda v: isinstance(v, str), "a directory path (or empty)"),
-            "calibration": (lambda v: v in CALIBRATION_MODES, _choices(CALIBRATION_MODES)),
-            "class_weight": (lambda v: v in CLASS_WEIGHTS, _choices(CLASS_WEIGHTS)),
+            "calibration": (lambda v: v in CALIBRATION_MODES, one_of(CALIBRATION_MODES)),
+            "class_weight": (lambda v: v in CLASS_WEIGHTS, one_of(CLASS_WEIGHTS)),
         })
-
-
-def _check(obj, section: str, rules: dict) -> None:
-    """Raise ConfigError naming ``[section] key``, its value and what is allowed, for the first bad field."""
-    for key, (ok, allowed) in rules.items():
-        value = getattr(obj, key)
-        if isinstance(value, bool) or not ok(value):
-            raise ConfigError(f"[{section}] {key} = {value!r} is not allowed: must be {allowed}")
 
 
 @dataclass(frozen=True)
@@ -257,7 +217,7 @@ def load_settings(path: str | None = None) -> Settings:
         path = DEFAULT_CONF if os.path.exists(DEFAULT_CONF) else None
     if path is None:
         return Settings()
-    from genreclf import storage
+    from genreclf.io import storage
 
     try:
         data = tomllib.loads(storage.read_text(path))

@@ -17,16 +17,27 @@ import time
 import numpy as np
 import pandas as pd
 
-from genreclf import storage
-from genreclf.bundle import SPLIT_FILE, load_bundle_info, load_model, read_json, write_json
-from genreclf.calibration import fit_temperatures, track_probabilities
 from genreclf.config import Settings, load_settings
-from genreclf.dataset import WindowSet
 from genreclf.errors import ConfigError
-from genreclf.evaluate import evaluate_predictions, predict_windows, track_codes, usable_tracks
-from genreclf.featureset import read_recipe, read_tracks
-from genreclf.metrics import classification_report
-from genreclf.schema import WINDOWS_DIR
+from genreclf.formats.bundle import (
+    SPLIT_FILE,
+    load_bundle_info,
+    load_model,
+    read_json,
+    write_json,
+)
+from genreclf.formats.features import read_recipe, read_tracks
+from genreclf.formats.schema import WINDOWS_DIR
+from genreclf.io import storage
+from genreclf.ml.calibration import fit_temperatures, track_probabilities
+from genreclf.ml.metrics import classification_report
+from genreclf.ml.pipeline import WindowSet
+from genreclf.ml.reports import (
+    evaluate_predictions,
+    predict_windows,
+    track_codes,
+    usable_tracks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +109,7 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
                  batch_size: int = 64, workers: int = 1, **overrides) -> dict:
     """Cross-validate the training recipe on ``features``; writes OUTPUT/cv.json, cv.csv, cv.md and
     the pooled confusion matrix and reliability diagram. Returns the summary."""
-    from genreclf.plots import confusion, reliability_diagram
+    from genreclf.ml.plots import confusion, reliability_diagram
     from genreclf.train import choose_labels
 
     settings = settings or load_settings()

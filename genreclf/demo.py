@@ -15,9 +15,9 @@ import logging
 import os
 import time
 
-from genreclf import storage
-from genreclf.spark import setup_logging
-from genreclf.synth import STYLES, make_corpus
+from genreclf.audio.synth import STYLES, make_corpus
+from genreclf.io import storage
+from genreclf.io.spark import setup_logging
 
 log = logging.getLogger("genreclf.demo")
 

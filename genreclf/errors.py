@@ -23,3 +23,17 @@ class TrackError(GenreclfError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def one_of(values) -> str:
+    """How a message lists the allowed values: 'a' or 'b' or 'c'."""
+    return " or ".join(repr(v) for v in values)
+
+
+def check_fields(obj, section: str, rules: dict) -> None:
+    """Raise ConfigError naming ``[section] key``, its value and what is allowed, for the first field
+    of ``obj`` whose rule ``(ok, allowed)`` fails (a bool is never a number here)."""
+    for key, (ok, allowed) in rules.items():
+        value = getattr(obj, key)
+        if isinstance(value, bool) or not ok(value):
+            raise ConfigError(f"[{section}] {key} = {value!r} is not allowed: must be {allowed}")

@@ -1,165 +1,271 @@
-"""Per-file featurization: one audio file -> its window features and exactly one status row.
+"""The featurize job on Spark: catalogue -> petastorm windows dataset + one tracks row per file.
 
-Pure of Spark: :func:`featurize_file` is what a Spark task runs for each file, and
-:func:`window_tables` turns catalogue rows into bounded Arrow tables of encoded window rows.
+Files are spread over Spark tasks; each task decodes and transforms its files in a ``mapInPandas``
+function, writes their window rows straight to one Parquet file of the windows dataset (named after
+the run and the partition, written to a hidden temporary name and renamed, so a retried attempt
+replaces it and never duplicates rows), and returns one status row per file to the driver. Under
+the output's lock, the driver checks that every input file has exactly one row and that the window
+rows match the ok tracks, writes petastorm's dataset metadata and commits (featureset.commit: one
+atomic replace of the tracks file, which names the window files). A killed run leaves the previous
+commit whole; its files are removed by the next run.
+
+Writing windows from the Python worker with pyarrow rather than handing ~130 KB rows to the JVM's
+Parquet writer removes a copy per row: measured 2.85 s -> 2.25 s for 44 tracks on local[2].
 """
 
 from __future__ import annotations
 
+import functools
+import io
+import json
 import logging
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+import time
+import uuid
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from genreclf.audio import AudioReader
-from genreclf.config import Recipe
-from genreclf.errors import TrackError
-from genreclf.features import window_features
-from genreclf.schema import STATUS_ERROR, STATUS_OK, TRACKS_SCHEMA, window_arrow_schema
-from genreclf.windows import iter_windows
+from genreclf import __version__
+from genreclf.audio.extract import window_tables
+from genreclf.config import Recipe, Settings, load_settings
+from genreclf.errors import GenreclfError, OutputExistsError
+from genreclf.formats.features import (
+    commit,
+    committed,
+    count_windows,
+    listed_window_files,
+    read_recipe,
+    read_tracks,
+    window_files,
+    without_tracks,
+    write_dataset_metadata,
+    write_empty,
+    write_window_file,
+)
+from genreclf.formats.schema import (
+    RECIPE_FILE,
+    STATUS_OK,
+    TRACKS_DIR,
+    TRACKS_SCHEMA,
+    WINDOWS_DIR,
+    summarize,
+    window_schema,
+)
+from genreclf.io import storage
+from genreclf.io.catalog import apply_labels, expand_inputs
+from genreclf.io.lock import LOCK_FILE, OutputLock
+from genreclf.io.progress import SparkProgress
+from genreclf.io.spark import entries_frame, task_count
 
 log = logging.getLogger(__name__)
 
-#: Windows transformed per FFT call: measured fastest, and keeps the transient buffers near 4 MB.
-STFT_BATCH = 4
+
+def _rows_per_group(recipe: Recipe, row_group_size_mb: int) -> int:
+    row_bytes = recipe.frames * recipe.bins * pa.from_numpy_dtype(recipe.dtype).bit_width // 8
+    return max(1, row_group_size_mb * 2**20 // row_bytes)
 
 
-@dataclass
-class TrackResult:
-    """A file's status row (keys of TRACKS_SCHEMA) and, when ok, its features in batches.
+def _partition_fn(batches, *, recipe_json: str, windows_url: str, run_id: str, row_group_size_mb: int,
+                  max_duration_s: float, storage_options: dict):
+    """Runs in a Spark task: featurize this partition's files into one Parquet file; yield status rows."""
+    from pyspark import TaskContext
 
-    Batches are kept as computed (never concatenated) so a long file costs its features once.
-    """
-
-    row: dict
-    batches: list | None
-
-    @property
-    def features(self) -> np.ndarray | None:
-        """All windows' features, (k, frames, bins); a copy, for tests and small tools."""
-        return None if self.batches is None else np.concatenate(self.batches)
-
-    def iter_features(self):
-        for batch in self.batches or ():
-            yield from batch
+    storage.configure(storage_options)
+    recipe = Recipe.from_dict(json.loads(recipe_json))
+    ctx = TaskContext.get()
+    rows = []
+    tables = window_tables(batches, recipe, window_schema(recipe), rows_per_table=_rows_per_group(recipe, row_group_size_mb),
+                           max_duration_s=max_duration_s, on_track=rows.append)
+    write_window_file(windows_url, f"part-{run_id}-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(), tables)
+    yield pd.DataFrame(rows, columns=TRACKS_SCHEMA.names).astype(
+        {"n_windows": "int32", "sample_rate": "Int32", "channels": "Int32", "size_bytes": "Int64"})
 
 
-def _features(reader: AudioReader, recipe: Recipe) -> list:
-    batches, batch = [], []
-    for window in iter_windows(reader.chunks(), recipe):
-        batch.append(window)
-        if len(batch) == STFT_BATCH:
-            batches.append(window_features(np.stack(batch), recipe))
-            batch = []
-    if batch:
-        batches.append(window_features(np.stack(batch), recipe))
-    if not batches:
-        raise TrackError("shorter than one 3 s window",
-                         f"decoded {reader.duration_s:.2f} s; a window needs "
-                         f"{recipe.min_window_samples / recipe.sample_rate:.2f} s")
-    return batches
+def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: bool):
+    """What the last commit of an existing output holds, and whether this run may change it:
+    returns (state or None, prior tracks for --incremental or None)."""
+    state = committed(out_url)
+    ours = {WINDOWS_DIR, TRACKS_DIR, RECIPE_FILE, LOCK_FILE}
+    foreign = [e.base_name for e in storage.list_dir(out_url) if e.base_name not in ours and not e.base_name.startswith(".")]
+    if state is None and foreign:
+        raise OutputExistsError(f"{out_url} is a non-empty directory that is not a featurize output (it holds "
+                                f"{', '.join(sorted(foreign)[:5])}); featurize writes only into a new or empty "
+                                "directory or its own output: choose another --output")
+    if state is None:
+        if storage.exists(storage.join(out_url, RECIPE_FILE)) and not overwrite:
+            raise OutputExistsError(f"{out_url} has a recipe.json but no tracks table: not a featurize output "
+                                    "of this version; pass --overwrite to replace it")
+        return None, None  # nothing committed: window files there are a crashed run's, removed below
+    if incremental:
+        prior_recipe = read_recipe(out_url)
+        if prior_recipe != recipe:
+            raise GenreclfError(f"{out_url} was featurized with a different recipe ({prior_recipe}); "
+                                "--incremental cannot mix recipes: use --overwrite or a new output")
+        return state, read_tracks(out_url)
+    if overwrite:
+        return state, None
+    raise OutputExistsError(f"{out_url} already holds a featurize output; "
+                            "pass --overwrite to replace it or --incremental to add new files")
 
 
-def featurize_file(path: str, recipe: Recipe, *, track_id: str | None = None, label: str | None = None,
-                   group: str | None = None, size_bytes: int | None = None, mtime: float | None = None,
-                   max_duration_s: float | None = None) -> TrackResult:
-    """Decode, window and transform one file. Never raises for bad input: the row says what went wrong.
+def _remove_orphans(windows_url: str, keep: set) -> int:
+    """Delete window files no commit references and hidden partial files (a crashed or killed run's);
+    returns how many."""
+    fs, _ = storage.filesystem(windows_url)
+    orphans = [p for p in listed_window_files(windows_url) if p not in keep]
+    out_url = storage.parent(storage.to_location(windows_url))
+    for where in (windows_url, storage.join(out_url, TRACKS_DIR)):  # a killed writer's hidden partial files
+        orphans += [e.path for e in storage.list_dir(where) if e.base_name.startswith(".") and e.base_name.endswith(".tmp")]
+    for path in orphans:
+        fs.delete_file(path)
+    if orphans:
+        log.info("featurize: removed %d window files of an interrupted run (never committed)", len(orphans))
+    return len(orphans)
 
-    A file is ok only if it decoded to the end (a truncated file is an error, not a shorter track);
-    corrupt packets in the middle are skipped and noted in ``warning``. Memory is one file's features
-    (about 131 KB a window in float16) plus one window of audio, whatever the file's length.
-    """
-    row = {name: None for name in TRACKS_SCHEMA.names}
-    row.update(track_id=track_id if track_id is not None else path, path=path, label=label, group=group,
-               size_bytes=size_bytes, mtime=mtime, n_windows=0)
-    max_samples = int(max_duration_s * recipe.sample_rate) if max_duration_s else None
-    reader = AudioReader(path, recipe.sample_rate, max_samples)
-    features = None
+
+def _check_invariant(windows_url: str, new_files: list, new_rows: pd.DataFrame) -> None:
+    """Before the commit: every new ok track has exactly ``n_windows`` window rows in this run's
+    files, and no window row belongs to anything else."""
+    counts = count_windows(windows_url, new_files)
+    ok = new_rows[new_rows["status"] == STATUS_OK].set_index("track_id")["n_windows"].astype("int64")
+    wrong = ok.index[ok.to_numpy() != counts.reindex(ok.index).fillna(0).to_numpy()]
+    stray = counts.index.difference(ok.index)
+    if len(wrong) or len(stray):
+        raise GenreclfError(f"internal error: window rows do not match the tracks table (wrong counts for "
+                            f"{list(wrong[:3])}, rows of no ok track: {list(stray[:3])}); nothing was committed")
+
+
+def _unchanged_ok(catalog: pd.DataFrame, prior: pd.DataFrame) -> pd.Series:
+    ok = prior[prior["status"] == STATUS_OK].set_index("path")
+    same = catalog["path"].isin(ok.index)
+    idx = catalog.loc[same, "path"]
+    same.loc[same] = (ok.loc[idx, "size_bytes"].to_numpy() == catalog.loc[same, "size_bytes"].to_numpy()) & \
+                     (ok.loc[idx, "mtime"].to_numpy() == catalog.loc[same, "mtime"].to_numpy())
+    return same.astype(bool)
+
+
+def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None,
+                  settings: Settings | None = None, overwrite: bool = False, incremental: bool = False,
+                  break_lock: bool = False) -> dict:
+    """Featurize ``inputs`` into ``output``; returns the summary (also logged)."""
+    settings = settings or load_settings()
+    storage.configure(settings.storage.to_dict())
+    started = time.time()
+    out_url = storage.to_url(output)
+
+    catalog = expand_inputs(inputs)
+    table = catalog.entries
+    unlabelled = 0
+    if labels:
+        table = apply_labels(table, labels)
+        unlabelled = int(table["label"].isna().sum())
+        if unlabelled:
+            log.warning("featurize: %d of %d inputs have no label in %s (their windows are unlabelled: train "
+                        "leaves them out)", unlabelled, len(table), labels)
+    n_inputs = len(table)
+    log.info("featurize: %d input files%s", n_inputs,
+             f" ({len(catalog.skipped)} sidecar files passed over)" if catalog.skipped else "")
+
+    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    lock = OutputLock(storage.join(out_url, LOCK_FILE), run_id, break_lock=break_lock, job="featurize",
+                      stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
-        with reader:
-            features = _features(reader, recipe)
-        row.update(status=STATUS_OK, n_windows=sum(len(b) for b in features))
-    except TrackError as e:
-        features = None
-        row.update(status=STATUS_ERROR, error=str(e))
-    except Exception as e:  # a decoder bug must cost one file, never the job
-        log.exception("unexpected failure on %s", path)
-        features = None
-        row.update(status=STATUS_ERROR, error=f"decode failed: {type(e).__name__}: {e}")
-    if reader.info is not None:
-        row.update(sample_rate=reader.info.sample_rate, channels=reader.info.channels, codec=reader.info.codec)
-    if reader.n_samples:
-        row["duration_s"] = reader.duration_s
-    if row["status"] == STATUS_OK:
-        row["warning"] = reader.warning()
-    return TrackResult(row, features)
+        summary = _featurize_locked(spark, table, out_url, run_id, settings, overwrite, incremental)
+    finally:
+        lock.release()
+    summary = {**summarize(summary.pop("new_rows"), time.time() - started, n_inputs=n_inputs,
+                           skipped=len(catalog.skipped), unchanged=n_inputs - summary["to_process"]),
+               "output": out_url, "unlabelled": unlabelled}
+    for line in format_summary(summary).splitlines():
+        log.info(line)
+    return summary
 
 
-class WindowTableBuilder:
-    """Accumulates window rows into one Arrow table whose ``stft`` column is petastorm's NdarrayCodec
-    encoding (.npy bytes), built in one preallocated buffer: the .npy header is identical for every
-    window of a recipe, so it is encoded once by the codec and each window's data is copied once."""
+def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, incremental) -> dict:
+    """The run, under the output's lock: clean up, process, check, commit, then drop what the commit
+    superseded. A kill before the commit leaves the previous commit whole (its files untouched)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
 
-    def __init__(self, codec_field, recipe: Recipe, capacity: int):
-        sample = np.zeros(recipe.shape, dtype=recipe.dtype)
-        encoded = bytes(codec_field.codec.encode(codec_field, sample))
-        self._header = np.frombuffer(encoded[: len(encoded) - sample.nbytes], np.uint8)
-        self._row = len(encoded)
-        self.capacity = max(1, min(capacity, (2**31 - 1) // self._row))  # int32 offsets of pa.binary()
-        self._new()
+    recipe, fs_settings = settings.recipe, settings.featurize
+    windows_url = storage.join(out_url, WINDOWS_DIR)
+    state, prior = _prepare_output(out_url, recipe, overwrite, incremental)
+    old_files = window_files(windows_url) if state is not None else []
+    _remove_orphans(windows_url, set(old_files))
+    kept = pd.DataFrame(columns=TRACKS_SCHEMA.names)
+    files = list(old_files) if prior is not None else []  # --overwrite: the old files go after the commit
+    superseded = []
+    if prior is not None:
+        unchanged = _unchanged_ok(table, prior)
+        todo_paths = set(table.loc[~unchanged, "path"])
+        kept = prior[~prior["path"].isin(todo_paths)]
+        stale = prior.loc[prior["path"].isin(todo_paths) & (prior["status"] == STATUS_OK), "track_id"].tolist()
+        table = _unique_against(table[~unchanged], kept)
+        log.info("featurize --incremental: %d files unchanged and ok, %d to process", int(unchanged.sum()), len(table))
+        if stale:
+            files, superseded, removed = without_tracks(windows_url, files, stale, run_id)
+            log.info("featurize --incremental: %d changed files: %d old windows left out", len(stale), removed)
 
-    def _new(self):
-        self._buf = np.empty((self.capacity, self._row), np.uint8)
-        self._buf[:, : self._header.size] = self._header
-        self._ids, self._windows, self._labels = [], [], []
+    sc = spark.sparkContext
+    n_parts = task_count(len(table), fs_settings.files_per_task, sc.defaultParallelism)
+    fn = functools.partial(_partition_fn, recipe_json=json.dumps(recipe.to_dict()), windows_url=windows_url,
+                           run_id=run_id, row_group_size_mb=fs_settings.row_group_size_mb,
+                           max_duration_s=fs_settings.max_duration_s, storage_options=settings.storage.to_dict())
+    statuses = entries_frame(spark, table, n_parts).mapInPandas(fn, schema=from_arrow_schema(TRACKS_SCHEMA))
 
-    def __len__(self):
-        return len(self._ids)
+    sc.setJobDescription(f"genreclf featurize: {len(table)} files in {n_parts} tasks")
+    with SparkProgress(sc, "featurize"):
+        new_rows = statuses.toPandas() if len(table) else TRACKS_SCHEMA.empty_table().to_pandas()
+    sc.setJobDescription(None)
 
-    def add(self, track_id: str, window: int, label, features: np.ndarray) -> None:
-        self._buf[len(self._ids), self._header.size:] = np.ascontiguousarray(features).view(np.uint8).reshape(-1)
-        self._ids.append(track_id)
-        self._windows.append(window)
-        self._labels.append(label)
+    missing = set(table["path"]) - set(new_rows["path"])
+    if missing or len(new_rows) != len(table):
+        raise GenreclfError(f"internal error: {len(table)} files sent to Spark but {len(new_rows)} status rows "
+                            f"came back (missing e.g. {sorted(missing)[:3]}); nothing was committed")
+    prefix = f"part-{run_id}-"
+    new_files = [p for p in listed_window_files(windows_url)
+                 if storage.basename(p).startswith(prefix) and "-rewrite-" not in storage.basename(p)]
+    _check_invariant(windows_url, new_files, new_rows)
+    files = sorted(set(files) | set(new_files))
+    if not files:  # no file had audio: an empty dataset still has a schema
+        files = [write_empty(windows_url, run_id)]
+    tracks = pd.concat([kept, new_rows], ignore_index=True) if len(kept) else new_rows
+    write_dataset_metadata(windows_url, recipe, files)
+    log.info("featurize: committing %d tracks and %d window files", len(tracks), len(files))
+    commit(out_url, tracks, [storage.basename(p) for p in files], recipe, run_id)
+    # After the commit: what it no longer references (--overwrite's old files, rewritten files).
+    fs, _ = storage.filesystem(windows_url)
+    for path in set(old_files) | set(superseded):
+        if path not in files:
+            fs.delete_file(path)
+    storage.write_text(storage.join(out_url, RECIPE_FILE), json.dumps(
+        {**recipe.to_dict(), "genreclf_version": __version__}, indent=2, sort_keys=True))
+    return {"new_rows": new_rows, "to_process": len(table)}
 
-    def full(self) -> bool:
-        return len(self._ids) >= self.capacity
 
-    def table(self) -> pa.Table:
-        """The rows added so far as a table (then starts afresh)."""
-        n = len(self._ids)
-        offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * self._row).tobytes())
-        stft = pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(self._buf[:n])])
-        schema = window_arrow_schema()
-        table = pa.Table.from_arrays([pa.array(self._ids, pa.string()), pa.array(self._windows, pa.int32()),
-                                      pa.array(self._labels, pa.string()), stft], schema=schema)
-        self._new()
-        return table
+def _unique_against(table: pd.DataFrame, kept: pd.DataFrame) -> pd.DataFrame:
+    """New files whose relative track_id is taken by another file of the committed output (a second
+    input root) are qualified with their full path, as clashes within one run are."""
+    taken = dict(zip(kept["track_id"], kept["path"]))
+    clash = table["track_id"].map(taken).notna() & (table["track_id"].map(taken) != table["path"])
+    if clash.any():
+        table = table.copy()
+        table.loc[clash, "track_id"] = table.loc[clash, "path"]
+    return table
 
 
-def window_tables(catalog_batches: Iterable[pd.DataFrame], recipe: Recipe, schema, *,
-                  rows_per_table: int, max_duration_s: float | None, on_track=None) -> Iterator[pa.Table]:
-    """Featurize every catalogue row, yielding encoded window rows as Arrow tables of ``rows_per_table``.
-
-    ``on_track(row)`` receives each file's status row. Only one file's features and one pending
-    table are held at a time, so a task's memory does not grow with its number of files.
-    """
-    builder = WindowTableBuilder(schema.fields["stft"], recipe, rows_per_table)
-    for batch in catalog_batches:
-        for entry in batch.itertuples(index=False):
-            result = featurize_file(
-                entry.path, recipe, track_id=entry.track_id, label=entry.label, group=getattr(entry, "group", None),
-                size_bytes=entry.size_bytes, mtime=entry.mtime, max_duration_s=max_duration_s)
-            if on_track is not None:
-                on_track(result.row)
-            if result.batches is None:
-                continue
-            for i, feat in enumerate(result.iter_features()):
-                builder.add(result.row["track_id"], i, result.row["label"], feat)
-                if builder.full():
-                    yield builder.table()
-    if len(builder):
-        yield builder.table()
+def format_summary(s: dict) -> str:
+    buf = io.StringIO()
+    buf.write(f"featurize summary: {s['files_in']} files in, {s['processed']} processed, {s['ok']} ok, "
+              f"{s['errors']} errors, {s['windows_written']} windows written\n")
+    if s["unchanged_skipped"]:
+        buf.write(f"  {s['unchanged_skipped']} files unchanged since the last run (kept)\n")
+    if s.get("unlabelled"):
+        buf.write(f"  {s['unlabelled']} files have no label in the labels CSV\n")
+    if s["sidecar_files_passed_over"]:
+        buf.write(f"  {s['sidecar_files_passed_over']} sidecar files (csv, txt, images...) passed over\n")
+    for reason, n in s["errors_by_reason"].items():
+        buf.write(f"  error  {n:6d}  {reason}\n")
+    if s["warnings"]:
+        buf.write(f"  {s['warnings']} ok files needed repair (see the 'warning' column)\n")
+    buf.write(f"  elapsed {s['elapsed_s']:.1f} s, {s['tracks_per_s']} tracks/s")
+    return buf.getvalue()

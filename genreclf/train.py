@@ -8,18 +8,31 @@ import os
 import time
 import uuid
 
-from genreclf import storage
-from genreclf.bundle import (BUNDLE_FILE, HISTORY_FILE, MODEL_FILE, SPLIT_FILE, bundle_info, write_json)
 from genreclf.config import Settings, load_settings
-from genreclf.dataset import WindowSet, cached_windows, tf_dataset
 from genreclf.errors import ConfigError, OutputExistsError
-from genreclf.calibration import fit_temperatures
-from genreclf.evaluate import (calibrated_report, format_report, predict_windows, track_codes, usable_tracks,
-                               write_reports)
-from genreclf.featureset import read_recipe, read_tracks
-from genreclf.lock import OutputLock
-from genreclf.schema import STATUS_OK, WINDOWS_DIR
-from genreclf.split import split_tracks
+from genreclf.formats.bundle import (
+    BUNDLE_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    SPLIT_FILE,
+    bundle_info,
+    write_json,
+)
+from genreclf.formats.features import cached_windows, read_recipe, read_tracks
+from genreclf.formats.schema import STATUS_OK, WINDOWS_DIR
+from genreclf.io import storage
+from genreclf.io.lock import OutputLock
+from genreclf.ml.calibration import fit_temperatures
+from genreclf.ml.pipeline import WindowSet, tf_dataset
+from genreclf.ml.reports import (
+    calibrated_report,
+    format_report,
+    predict_windows,
+    track_codes,
+    usable_tracks,
+    write_reports,
+)
+from genreclf.ml.split import split_tracks
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +100,7 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
         log.info("train: splitting by group (artist/album) for %d tracks", int(usable["group"].notna().sum()))
     train_ids, val_ids = split_tracks(usable, cfg.val_fraction, cfg.seed, group_col=group_col)
 
-    from genreclf.tfsetup import configure_tensorflow
+    from genreclf.ml.tfsetup import configure_tensorflow
 
     tf = configure_tensorflow(training=True, precision=cfg.precision)
     import keras
@@ -101,7 +114,7 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
              "%s reader, %d thread(s)", len(labels), len(train_ids), train_set.n_windows, len(val_ids),
              val_set.n_windows if val_set else 0, cfg.reader, workers)
 
-    from genreclf.model import build_model, compile_model
+    from genreclf.ml.network import build_model, compile_model
 
     keras.utils.set_random_seed(cfg.seed)
     model = compile_model(build_model((recipe.frames, recipe.bins, 1), len(labels), recipe.dtype))
@@ -145,7 +158,7 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
         elif calibration != "none":
             log.warning("train: no validation tracks to fit a temperature on; the bundle is not calibrated")
             calibration = "none"
-        from genreclf.plots import training_curves
+        from genreclf.ml.plots import training_curves
 
         write_json(os.path.join(tmp, HISTORY_FILE), hist)
         training_curves(hist, os.path.join(tmp, "training_curves.png"))
@@ -176,7 +189,7 @@ def as_float32(model, recipe, n_classes: int):
 
     if keras.mixed_precision.dtype_policy().name == "float32":
         return model
-    from genreclf.model import build_model
+    from genreclf.ml.network import build_model
 
     keras.mixed_precision.set_global_policy("float32")
     plain = build_model((recipe.frames, recipe.bins, 1), n_classes, recipe.dtype)

@@ -9,7 +9,7 @@ from genreclf.cli import featurize_parser, run_main
 
 
 def featurize(args, settings, spark):
-    from genreclf.featurize_job import run_featurize
+    from genreclf.featurize import run_featurize
 
     run_featurize(spark, args.input, args.output, labels=args.labels, settings=settings,
                   overwrite=args.overwrite, incremental=args.incremental, break_lock=args.break_lock)

@@ -13,7 +13,7 @@ from genreclf.cli import run_main, score_parser
 def score(args, settings, spark):
     import dataclasses
 
-    from genreclf.score_job import run_score
+    from genreclf.score import run_score
 
     if args.precision:
         settings = dataclasses.replace(settings, score=dataclasses.replace(settings.score, precision=args.precision))

@@ -9,7 +9,14 @@ import dataclasses
 import sys
 
 from genreclf.cli import add_break_lock, run_main
-from genreclf.config import CALIBRATION_MODES, CLASS_WEIGHTS, LABEL_SOURCES, PRECISIONS, READERS, TrainSettings
+from genreclf.config import (
+    CALIBRATION_MODES,
+    CLASS_WEIGHTS,
+    LABEL_SOURCES,
+    READERS,
+    TRAIN_PRECISIONS,
+    TrainSettings,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reader-workers", type=int, metavar="N",
                    help="reader threads; 0 = auto (default): 1 on CPU, which keeps the order reproducible, "
                         "up to 8 on a GPU node (measured ~15 k windows/s per core)")
-    p.add_argument("--precision", choices=PRECISIONS,
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS,
                    help="float32 (default, the reference), mixed_float16 (GPUs) or mixed_bfloat16 (GPUs, CPUs "
                         "with AMX/AVX-512 BF16); the bundle's weights are float32 either way")
     p.add_argument("--cache-dir", metavar="DIR",

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from genreclf.synth import encode, synthesize
+from genreclf.audio.synth import encode, synthesize
 from tests import hostenv
 
 hostenv.pin_test_process()
@@ -19,7 +19,7 @@ def spark(tmp_path_factory):
     os.environ.setdefault("NUMBA_CACHE_DIR", str(tmp_path_factory.mktemp("numba")))
     from pyspark.sql import SparkSession
 
-    from genreclf.spark import worker_environment
+    from genreclf.io.spark import worker_environment
 
     worker_environment()
 

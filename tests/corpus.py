@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from genreclf.synth import encode, synthesize
+from genreclf.audio.synth import encode, synthesize
 
 
 def build(directory, make_audio, long_file=True):

@@ -1,13 +1,13 @@
 """What the suite's outcome may depend on in the host, pinned or made explicit.
 
-- oneDNN: genreclf chooses it per process (genreclf.tfsetup); TensorFlow's own default depends on the
+- oneDNN: genreclf chooses it per process (genreclf.ml.tfsetup); TensorFlow's own default depends on the
   CPU (on with AVX-512 VNNI / BF16 or AMX, off with AVX2 only). The test process's TensorFlow, which
   many tests import directly, is pinned to what training and evaluation choose (off). The processes
   the tests start (spark-submit, a fresh Python) get the environment the suite was started with, and
   decide for themselves as in production. The shared local session's Python workers serve many jobs,
   and a process's oneDNN is fixed by its first job: they are pinned to what a default (precision
   auto) score chooses on this CPU, so that auto resolves the same whatever ran before.
-- CPU flags: ``GENRECLF_CPU_FLAGS`` (genreclf.inference) replaces /proc/cpuinfo's flags, in this
+- CPU flags: ``GENRECLF_CPU_FLAGS`` (genreclf.ml.inference) replaces /proc/cpuinfo's flags, in this
   process and every process it starts: ``GENRECLF_CPU_FLAGS=avx512_bf16 make test`` runs the suite as on
   a CPU with native bfloat16, ``GENRECLF_CPU_FLAGS=none make test`` as on an AVX2-only CPU.
 """
@@ -52,8 +52,8 @@ def launching():
 
 def session_worker_onednn() -> str:
     """TF_ENABLE_ONEDNN_OPTS of the shared session's Python workers: the suite's setting, else
-    what genreclf.inference.prepare_process chooses for precision auto on this CPU."""
-    from genreclf.inference import cpu_has_bf16
+    what genreclf.ml.inference.prepare_process chooses for precision auto on this CPU."""
+    from genreclf.ml.inference import cpu_has_bf16
 
     return STARTED_WITH if STARTED_WITH is not None else ("1" if cpu_has_bf16() else "0")
 
@@ -61,10 +61,10 @@ def session_worker_onednn() -> str:
 def auto_precision(gpu_task: bool = False) -> str:
     """What ``[score] precision = "auto"`` computes in a CPU worker started with :func:`launch_env`
     (``gpu_task``: a task Spark gave a GPU that TensorFlow cannot see: genreclf keeps oneDNN off)."""
-    from genreclf.inference import cpu_has_bf16, resolve
+    from genreclf.ml.inference import cpu_has_bf16, resolve
 
     if STARTED_WITH is None:
-        onednn = cpu_has_bf16() and not gpu_task  # genreclf.inference.prepare_process's choice
+        onednn = cpu_has_bf16() and not gpu_task  # genreclf.ml.inference.prepare_process's choice
     else:
         onednn = STARTED_WITH.strip().lower() in ("1", "true", "on", "yes")
     return resolve("auto", has_gpu=False, cpu_bf16=cpu_has_bf16() and onednn)

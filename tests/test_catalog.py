@@ -6,8 +6,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from genreclf.catalog import apply_labels, expand_inputs
 from genreclf.errors import ConfigError
+from genreclf.io.catalog import apply_labels, expand_inputs
 
 
 def touch(path, data=b"x"):
@@ -138,9 +138,9 @@ def test_an_unreadable_directory_is_a_row_saying_so(tmp_path):
     touch(tmp_path / "d" / "locked" / "hidden.mp3")
     os.chmod(tmp_path / "d" / "locked", 0)
     code = ("import json, sys\n"
-            "from genreclf.catalog import expand_inputs\n"
+            "from genreclf.io.catalog import expand_inputs\n"
             "from genreclf.config import Recipe\n"
-            "from genreclf.featurize import featurize_file\n"
+            "from genreclf.audio.extract import featurize_file\n"
             "cat = expand_inputs([sys.argv[1]]).entries\n"
             "rows = [featurize_file(p, Recipe(), track_id=t).row for p, t in zip(cat['path'], cat['track_id'])]\n"
             "print(json.dumps({r['track_id']: [r['status'], r['error']] for r in rows}))\n")

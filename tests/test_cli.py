@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from genreclf.featureset import read_tracks
+from genreclf.formats.features import read_tracks
 from tests import hostenv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genreclf.featureset import read_tracks
-from genreclf.scoreset import read_scores
+from genreclf.formats.features import read_tracks
+from genreclf.formats.scores import read_scores
 from tests import hostenv
 from tests.standalone import StandaloneCluster
 
@@ -176,7 +176,7 @@ def test_score_from_features_on_gpu_executors_of_the_cluster(cluster, data, loca
 
 def test_featurize_and_score_on_s3_from_the_cluster(cluster, data, local_run, s3, tmp_path):
     """The executors read the catalogue from a real S3 server and write windows and scores to it."""
-    from genreclf import storage
+    from genreclf.io import storage
     from tests.s3server import CREDENTIALS
 
     root, audio = data

@@ -2,7 +2,13 @@
 
 import pytest
 
-from genreclf.config import FeaturizeSettings, ScoreSettings, StorageSettings, TrainSettings, load_settings
+from genreclf.config import (
+    FeaturizeSettings,
+    ScoreSettings,
+    StorageSettings,
+    TrainSettings,
+    load_settings,
+)
 from genreclf.errors import ConfigError
 
 

@@ -7,11 +7,18 @@ import os
 import numpy as np
 import pytest
 
+from genreclf.audio.synth import synthetic_track_id as track_id
+from genreclf.audio.synth import write_windows
 from genreclf.config import Recipe
-from genreclf.dataset import BufferRing, WindowSet, aligned_empty, cached_windows, gather_rows
-from genreclf.featureset import decode_npy_column, mapped_stft_rows, stft_rows, window_files
-from genreclf.synth import synthetic_track_id as track_id
-from genreclf.synth import write_windows
+from genreclf.formats.features import (
+    cached_windows,
+    decode_npy_column,
+    mapped_stft_rows,
+    stft_rows,
+    window_files,
+)
+from genreclf.ml.buffers import BufferRing, aligned_empty, gather_rows
+from genreclf.ml.pipeline import WindowSet
 
 R = Recipe()
 LABELS = ["ambient", "jazz", "rock"]
@@ -110,7 +117,7 @@ def test_petastorm_reader_gives_the_same_windows(windows):
 
 
 def test_tf_dataset_feeds_float16_and_one_hot(windows):
-    from genreclf.dataset import tf_dataset
+    from genreclf.ml.pipeline import tf_dataset
 
     url, tracks = windows
     ws = WindowSet(url, R, labels=LABELS)

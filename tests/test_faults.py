@@ -16,8 +16,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from genreclf import storage
-from genreclf.featureset import read_tracks, window_files
+from genreclf.formats.features import read_tracks, window_files
+from genreclf.io import storage
 from tests import hostenv
 
 pytestmark = pytest.mark.faults
@@ -170,10 +170,10 @@ def test_a_killed_score_leaves_the_old_scores_and_a_rerun_equals_an_uninterrupte
     uninterrupted run (within 1e-6; tracks kept from the old output are the same numbers)."""
     import keras
 
-    from genreclf.bundle import BUNDLE_FILE, MODEL_FILE, bundle_info, write_json
     from genreclf.config import Recipe
-    from genreclf.model import build_model
-    from genreclf.scoreset import read_scores
+    from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, bundle_info, write_json
+    from genreclf.formats.scores import read_scores
+    from genreclf.ml.network import build_model
 
     first, every, _, _ = corpus
     bundle = tmp_path / "bundle"  # seeded, untrained: crash safety does not depend on the weights

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import scipy.signal
 
+from genreclf.audio.stft import analysis_window, stft_magnitudes
 from genreclf.config import Recipe
-from genreclf.features import analysis_window, stft_magnitudes
 
 R = Recipe()
 
@@ -49,7 +49,7 @@ def test_sine_peaks_at_its_bin():
 
 
 def test_float16_cast_is_bit_identical_to_numpy():
-    from genreclf.features import to_dtype
+    from genreclf.audio.stft import to_dtype
 
     rng = np.random.default_rng(1)
     bits = rng.integers(0, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
@@ -69,7 +69,7 @@ def test_float16_cast_is_bit_identical_to_numpy():
 ])
 def test_compressed_features_equal_their_formula(magnitude, formula):
     """window_features = formula(|librosa STFT|) in the stored float16, for every magnitude recipe."""
-    from genreclf.features import window_features
+    from genreclf.audio.stft import window_features
 
     rng = np.random.default_rng(1)
     windows = (0.3 * rng.standard_normal((2, R.window))).astype(np.float32)
@@ -83,7 +83,7 @@ def test_compressed_features_equal_their_formula(magnitude, formula):
 
 def test_featurize_uses_the_recipe_magnitude(tmp_path, make_audio):
     """The one seam: a file featurized with magnitude = log holds log1p(C |X|) of the linear features."""
-    from genreclf.featurize import featurize_file
+    from genreclf.audio.extract import featurize_file
 
     path = make_audio(tmp_path / "a.mp3", 4.5, style="techno")
     linear = featurize_file(str(path), Recipe(dtype="float32")).features

@@ -6,9 +6,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from genreclf.audio import decode
+from genreclf.audio.decode import decode
+from genreclf.audio.extract import featurize_file
 from genreclf.config import Recipe
-from genreclf.featurize import featurize_file
 
 R = Recipe()
 
@@ -104,8 +104,8 @@ def test_window_table_bytes_are_petastorms_encoding(cases):
     """The bulk-built stft column equals NdarrayCodec.encode of each window, byte for byte."""
     import pandas as pd
 
-    from genreclf.featurize import window_tables
-    from genreclf.schema import window_schema
+    from genreclf.audio.extract import window_tables
+    from genreclf.formats.schema import window_schema
 
     directory, _ = cases
     schema = window_schema(R)

@@ -9,9 +9,9 @@ import pytest
 
 from genreclf.config import Recipe
 from genreclf.errors import OutputExistsError
-from genreclf.featureset import read_recipe, read_tracks
-from genreclf.featurize_job import run_featurize
-from genreclf.storage import to_url
+from genreclf.featurize import run_featurize
+from genreclf.formats.features import read_recipe, read_tracks
+from genreclf.io.storage import to_url
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_all_files_bad_still_writes_rows(spark, tmp_path):
     (0, 64, 2, 1), (1, 64, 2, 1), (44, 64, 2, 2), (44, 16, 2, 3), (1000, 64, 8, 16), (3, 64, 8, 3),
 ])
 def test_task_count_uses_every_core_and_bounds_files_per_task(n_files, per_task, cores, expected):
-    from genreclf.spark import task_count
+    from genreclf.io.spark import task_count
 
     assert task_count(n_files, per_task, cores) == expected
 
@@ -158,7 +158,7 @@ def test_a_crashed_runs_window_files_are_never_read_and_removed_by_the_next_run(
     wrote those tracks again and they had 2x their windows."""
     import shutil
 
-    from genreclf.featureset import count_windows, window_files
+    from genreclf.formats.features import count_windows, window_files
 
     audio = tmp_path / "in"
     audio.mkdir()
@@ -194,7 +194,7 @@ def test_a_held_lock_refuses_a_second_writer_and_a_stale_one_needs_break_lock(sp
     import socket
     import time
 
-    from genreclf.lock import LockedError
+    from genreclf.io.lock import LockedError
 
     audio = tmp_path / "in"
     audio.mkdir()

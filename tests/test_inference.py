@@ -7,8 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from genreclf.inference import POLICIES, cast_model, resolve
-from genreclf.scoring import TrackBatcher, prefetch
+from genreclf.ml.inference import POLICIES, TrackBatcher, cast_model, prefetch, resolve
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +15,8 @@ def small_model():
     """The reference architecture on a small input (16 frames x 33 bins), seeded weights."""
     import keras
 
-    from genreclf.model import build_model
-    from genreclf.tfsetup import configure_tensorflow
+    from genreclf.ml.network import build_model
+    from genreclf.ml.tfsetup import configure_tensorflow
 
     configure_tensorflow(training=False, threads=1)
     keras.utils.set_random_seed(3)
@@ -95,7 +94,7 @@ def test_prefetch_passes_errors_to_the_consumer():
                                            ("avx2 fma", False), ("none", False), ("", False)])
 def test_auto_precision_follows_the_cpu_flags_given(monkeypatch, flags, native):
     """GENRECLF_CPU_FLAGS replaces /proc/cpuinfo's flags: each answer is tested on every host."""
-    from genreclf.inference import CPU_FLAGS_ENV, cpu_has_bf16, prepare_process
+    from genreclf.ml.inference import CPU_FLAGS_ENV, cpu_has_bf16, prepare_process
 
     monkeypatch.setenv(CPU_FLAGS_ENV, flags)
     assert cpu_has_bf16() is native
@@ -113,7 +112,7 @@ def test_auto_precision_follows_the_cpu_flags_given(monkeypatch, flags, native):
 
 
 def test_cpu_flags_are_read_from_the_host_unless_forced(monkeypatch):
-    from genreclf.inference import CPU_FLAGS_ENV, cpu_flags
+    from genreclf.ml.inference import CPU_FLAGS_ENV, cpu_flags
 
     monkeypatch.delenv(CPU_FLAGS_ENV, raising=False)
     try:

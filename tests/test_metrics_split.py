@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genreclf.calibration import track_probabilities
-from genreclf.metrics import classification_report, log_loss
-from genreclf.split import split_tracks
+from genreclf.ml.calibration import track_probabilities
+from genreclf.ml.metrics import classification_report, log_loss
+from genreclf.ml.split import split_tracks
 
 
 def test_log_loss_by_hand():

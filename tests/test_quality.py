@@ -5,10 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genreclf.calibration import apply_temperature, fit_temperature, track_probabilities
 from genreclf.crossval import cv_folds
 from genreclf.errors import ConfigError
-from genreclf.metrics import log_loss, reliability
+from genreclf.ml.calibration import (
+    apply_temperature,
+    fit_temperature,
+    track_probabilities,
+)
+from genreclf.ml.metrics import log_loss, reliability
 
 
 def _overconfident(seed, n_tracks=30, windows=5, classes=4, sharpness=6.0):
@@ -105,7 +109,7 @@ def test_too_many_folds_for_the_artists_is_refused():
 
 def test_a_dataset_manifest_works_as_a_labels_csv(tmp_path):
     """``file``/``label``/``artist`` columns (corpus-train's MANIFEST.csv) are read as path/genre/group."""
-    from genreclf.catalog import apply_labels, expand_inputs
+    from genreclf.io.catalog import apply_labels, expand_inputs
 
     (tmp_path / "clips").mkdir()
     for name in ("a.mp3", "b.mp3"):
@@ -129,8 +133,8 @@ def test_balanced_class_weights_as_sklearn():
 
 
 def test_a_model_trained_on_linear_magnitudes_refuses_log_features():
-    from genreclf.bundle import bundle_info, check_recipe
     from genreclf.config import Recipe
+    from genreclf.formats.bundle import bundle_info, check_recipe
 
     info = bundle_info(["a", "b"], Recipe())
     check_recipe(info, Recipe(), "the same features")

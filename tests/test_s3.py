@@ -9,15 +9,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from genreclf import storage
+from genreclf.audio.extract import featurize_file
 from genreclf.config import Recipe, Settings, StorageSettings
 from genreclf.errors import ConfigError
-from genreclf.featureset import read_tracks, window_files
-from genreclf.featurize import featurize_file
-from genreclf.featurize_job import run_featurize
-from genreclf.schema import WINDOWS_DIR
-from genreclf.score_job import run_score
-from genreclf.scoreset import read_scores
+from genreclf.featurize import run_featurize
+from genreclf.formats.features import read_tracks, window_files
+from genreclf.formats.schema import WINDOWS_DIR
+from genreclf.formats.scores import read_scores
+from genreclf.io import storage
+from genreclf.score import run_score
 from tests.s3server import CREDENTIALS, CuttableProxy, MotoServer
 
 BUCKET = "catalogue"
@@ -172,7 +172,7 @@ def test_a_store_that_answers_403_is_a_clear_driver_error(s3, store, tmp_path):
     try:
         storage.configure({"endpoint_url": denying.endpoint})
         with pytest.raises(ConfigError, match="permission denied"):
-            from genreclf.catalog import expand_inputs
+            from genreclf.io.catalog import expand_inputs
 
             expand_inputs(["s3://catalogue/audio"])
     finally:

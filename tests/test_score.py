@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from genreclf.audio.extract import featurize_file
 from genreclf.config import Recipe, ScoreSettings, Settings
 from genreclf.errors import ConfigError, OutputExistsError
-from genreclf.featurize import featurize_file
-from genreclf.featurize_job import run_featurize
-from genreclf.inference import cpu_has_bf16
-from genreclf.score_job import run_score
-from genreclf.scoreset import SUBMISSION_FILE, read_scores
-from genreclf.scoring import excerpt
+from genreclf.featurize import run_featurize
+from genreclf.formats.scores import SUBMISSION_FILE, read_scores
+from genreclf.ml.inference import cpu_has_bf16, excerpt
+from genreclf.score import run_score
 from tests import hostenv
 
 #: Scores compared with a float32 recomputation are computed in float32 on every CPU: the default
@@ -150,8 +149,8 @@ def test_scoring_from_features_gives_the_same_numbers(spark, scored_from_audio, 
 def test_scoring_from_features_plans_no_shuffle(spark, trained, tmp_path):
     """Each task averages the tracks of the window files it reads: the plan has no Exchange."""
     from genreclf.config import Settings
-    from genreclf.featureset import read_tracks
-    from genreclf.score_job import _from_features, _task_options
+    from genreclf.formats.features import read_tracks
+    from genreclf.score.driver import _from_features, _task_options
 
     features, _ = trained
     options = _task_options(Recipe(), Settings(), ("none", 1.0), str(tmp_path / "staging"), {})
@@ -164,8 +163,8 @@ def test_every_track_has_its_windows_in_one_file(trained):
     """The featurize invariant score-from-features relies on."""
     import pyarrow.parquet as pq
 
-    from genreclf import storage
-    from genreclf.featureset import window_files
+    from genreclf.formats.features import window_files
+    from genreclf.io import storage
 
     features, _ = trained
     url = storage.join(storage.to_url(str(features)), "windows")
@@ -237,7 +236,7 @@ def test_scoring_features_where_every_track_is_ok(spark, trained, tmp_path, make
 
 
 def test_submission_file_ids_are_unique_when_basenames_clash(tmp_path):
-    from genreclf.scoreset import write_submission
+    from genreclf.formats.scores import write_submission
 
     scores = pd.DataFrame({"track_id": ["a/x.mp3", "b/x.mp3", "y.mp3"], "path": ["/m/a/x.mp3", "/m/b/x.mp3", "/m/y.mp3"],
                            "status": ["ok"] * 3, "probability_vector": [[0.5, 0.5]] * 3})
@@ -304,7 +303,7 @@ def test_incremental_scores_only_new_and_changed_files(spark, trained, corpus, t
 
 def test_incremental_retries_errors_that_may_not_recur():
     """A store's failure or a decoder crash is scored again; a file that is not audio is kept."""
-    from genreclf.score_job import _count_failed_before, _keep_unchanged
+    from genreclf.formats.scores import count_failed_before, keep_unchanged
 
     existing = pd.DataFrame({
         "track_id": ["a", "b", "c", "d"], "path": ["/m/a", "/m/b", "/m/c", "/m/d"],
@@ -313,9 +312,9 @@ def test_incremental_retries_errors_that_may_not_recur():
                   "decode failed: ValueError: boom"],
         "size_bytes": [1, 2, 3, 4], "mtime": [10.0, 20.0, 30.0, 40.0]})
     inputs = existing[["track_id", "path", "size_bytes", "mtime"]]
-    kept, to_score = _keep_unchanged(existing, inputs, same_run=True)
+    kept, to_score = keep_unchanged(existing, inputs, same_run=True)
     assert kept["path"].tolist() == ["/m/a", "/m/b"] and to_score["path"].tolist() == ["/m/c", "/m/d"]
-    assert _count_failed_before(existing, to_score) == 2
+    assert count_failed_before(existing, to_score) == 2
 
 
 def test_incremental_rescores_everything_for_another_bundle_or_settings(spark, trained, corpus, tmp_path):
@@ -352,7 +351,7 @@ def _bf16_roundings(bundle) -> int:
     that computes new values in bfloat16 (convolutions, dense, batch norm, average pooling)."""
     import keras
 
-    from genreclf.inference import cast_model
+    from genreclf.ml.inference import cast_model
 
     cast = cast_model(keras.saving.load_model(str(bundle / "model.keras"), compile=False), "bfloat16")
     computing = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.BatchNormalization,
@@ -403,8 +402,8 @@ def test_a_failed_score_leaves_no_staging_lock_or_shipped_bundle(spark, trained,
     in /tmp. A Python worker killed mid-task fails the job (local mode does not retry tasks)."""
     import tempfile
 
-    from pyspark.errors import PySparkException
     from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
 
     _, bundle = trained
     out = tmp_path / "out"

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from genreclf.bundle import check_recipe, load_bundle_info
 from genreclf.config import Recipe
 from genreclf.errors import ConfigError
-from genreclf.featurize_job import run_featurize
+from genreclf.featurize import run_featurize
+from genreclf.formats.bundle import check_recipe, load_bundle_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_reference_architecture_and_optimizer():
     import keras
 
-    from genreclf.model import build_model, compile_model
+    from genreclf.ml.network import build_model, compile_model
 
     model = compile_model(build_model((128, 513, 1), 16))
     assert model.count_params() == 2_186_468  # the reference's ~2.19 M
@@ -98,7 +98,7 @@ def test_cross_validation_trains_and_tests_every_fold(tiny_features, tmp_path):
     """evaluate --cv: each track tested once, by a model that never saw it; mean ± sd per variant
     (here with balanced class weights, which the folds pass on to training)."""
     from genreclf.crossval import VARIANTS, run_crossval
-    from genreclf.featureset import read_tracks
+    from genreclf.formats.features import read_tracks
 
     result = run_crossval(str(tiny_features), str(tmp_path / "cv"), 2, epochs=1, batch_size=8, val_fraction=0.34,
                           class_weight="balanced")
@@ -117,7 +117,7 @@ def test_cross_validation_trains_and_tests_every_fold(tiny_features, tmp_path):
 
 
 def test_split_is_by_track(bundle, tiny_features):
-    from genreclf.featureset import read_tracks
+    from genreclf.formats.features import read_tracks
 
     out, _ = bundle
     val = set(json.loads((out / "split.json").read_text())["val"])
@@ -142,11 +142,11 @@ def test_reloaded_model_predicts_identically_in_a_fresh_process(bundle, tmp_path
         "import numpy as np, tensorflow as tf;"
         f"tf.config.threading.set_intra_op_parallelism_threads({pools[0]});"
         f"tf.config.threading.set_inter_op_parallelism_threads({pools[1]});"
-        "from genreclf.bundle import load_model;"
+        "from genreclf.formats.bundle import load_model;"
         f"m = load_model({str(out)!r}); np.save({str(tmp_path / 'p.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))"
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=300)
-    from genreclf.bundle import load_model
+    from genreclf.formats.bundle import load_model
 
     here = load_model(str(out)).predict(x, verbose=0)
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), here)
@@ -171,7 +171,7 @@ def test_a_different_recipe_is_refused(bundle):
 
 def test_training_is_reproducible_under_a_seed(bundle, tiny_features, tmp_path):
     """A second run with the same seed gives the same weights, so the same predictions."""
-    from genreclf.bundle import load_model
+    from genreclf.formats.bundle import load_model
     from genreclf.train import run_train
 
     out, _ = bundle
@@ -188,7 +188,7 @@ def test_training_in_mixed_precision_writes_a_float32_bundle(tiny_features, tmp_
     """A tiny end-to-end run in each 16-bit mode; the bundle scores in float32 wherever it goes."""
     import keras
 
-    from genreclf.bundle import load_model
+    from genreclf.formats.bundle import load_model
     from genreclf.train import run_train
 
     out = tmp_path / precision

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from genreclf.audio.windows import count_windows, iter_windows
 from genreclf.config import Recipe
-from genreclf.windows import count_windows, iter_windows
 
 R = Recipe()
 SR = R.sample_rate

@@ -4,7 +4,7 @@ This lives in an importable module on purpose: a cache defined in a job script i
 each task and starts empty every time, reloading the model per task (the pattern of mlflow's
 ``spark_model_cache``). TensorFlow's thread pools are sized to the task's cores so concurrent
 workers on one executor do not oversubscribe the CPU; the device and precision are chosen by
-:mod:`genreclf.inference`.
+:mod:`genreclf.ml.inference`.
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ def tf_threads() -> int:
 
 def get_model(bundle_dir: str, precision: str = "float32"):
     """(bundle info, Keras model, the precision it computes) for ``bundle_dir`` in ``precision``
-    ([score] precision, :mod:`genreclf.inference`), loaded at most once in this process."""
+    ([score] precision, :mod:`genreclf.ml.inference`), loaded at most once in this process."""
     key = (os.path.realpath(bundle_dir), precision)
     if key not in _MODELS:
-        from genreclf.inference import load
+        from genreclf.ml.inference import load
 
         _MODELS[key] = load(bundle_dir, precision, tf_threads())
         stats_dir = os.environ.get("GENRECLF_MODEL_LOAD_LOG")
         if stats_dir:  # observability for tests and debugging: one line per load
             with open(os.path.join(stats_dir, f"loads-{os.getpid()}.txt"), "a") as f:
-                # bundle, the precision computed, the GPUs the task was given (genreclf.inference)
+                # bundle, the precision computed, the GPUs the task was given (genreclf.ml.inference)
                 f.write(f"{key[0]}\t{_MODELS[key][2]}\t{os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n")
     return _MODELS[key]

@@ -10,11 +10,15 @@ Writes are "hidden, then commit": data goes to a name starting with ``.`` in the
 atomic on local disks and HDFS; on object stores a move is a server-side copy then a delete, so a
 committed object appears whole but a directory replaced by :func:`replace_dir` is swapped object
 by object (what that means for each output is said where it is used).
+
+Long because it is the one storage layer: every user location goes through this module's API
+(locations, listing, reading with retries, the commit helpers); splitting it would split that API.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import glob as _glob
 import io
@@ -27,15 +31,47 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from genreclf.errors import ConfigError, check_fields
+
 log = logging.getLogger(__name__)
 
-#: Settings that shape how stores are reached ([storage] in conf/genreclf.toml); set by configure().
-_OPTIONS = {"endpoint_url": "", "region": "", "retries": 3, "retry_backoff_s": 0.5, "read_ahead_kb": 1024,
-            "list_progress_s": 5.0, "lock_stale_after_s": 86400.0}
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """How object stores are reached (genreclf.io.storage); credentials come from the environment
+    (AWS_ACCESS_KEY_ID / AWS_PROFILE ...), never from a config file."""
+
+    endpoint_url: str = ""  # S3-compatible endpoint (MinIO, Ceph...), e.g. "http://10.0.0.5:9000"; "" = AWS
+    region: str = ""  # S3 region; "" = the environment's (AWS_REGION / AWS_DEFAULT_REGION / profile)
+    retries: int = 3  # further attempts after a transient read error (connection reset, throttling)
+    retry_backoff_s: float = 0.5  # first wait; doubles per retry
+    read_ahead_kb: int = 1024  # remote reads are buffered in requests of this size
+    list_progress_s: float = 5.0  # a progress line this often while listing a large input
+    lock_stale_after_s: float = 86400.0  # an output lock this old may be broken (--break-lock)
+
+    def __post_init__(self):
+        check_fields(self, "storage", {
+            "endpoint_url": (lambda v: isinstance(v, str) and (v == "" or re.match(r"^https?://[^/]+/?$", v)),
+                             'a URL "http://host:port" or "https://host" (or "" for AWS)'),
+            "region": (lambda v: isinstance(v, str), "a region name (or empty)"),
+            "retries": (lambda v: isinstance(v, int) and 0 <= v <= 20, "an integer in [0, 20]"),
+            "retry_backoff_s": (lambda v: isinstance(v, (int, float)) and 0 <= v <= 60, "seconds in [0, 60]"),
+            "read_ahead_kb": (lambda v: isinstance(v, int) and 4 <= v <= 262144, "an integer in [4, 262144] (KiB)"),
+            "list_progress_s": (lambda v: isinstance(v, (int, float)) and v > 0, "seconds > 0"),
+            "lock_stale_after_s": (lambda v: isinstance(v, (int, float)) and v > 0, "seconds > 0"),
+        })
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: The settings in force in this process ([storage]; the defaults until configure()).
+_OPTIONS = StorageSettings().to_dict()
 _FILESYSTEMS: dict = {}
 _LOCK = threading.Lock()
 
@@ -151,8 +187,6 @@ def _cached(scheme, netloc, make):
 
 
 def _config_error(message: str):
-    from genreclf.errors import ConfigError
-
     return ConfigError(message)
 
 

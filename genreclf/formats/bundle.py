@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 
-from genreclf import __version__, storage
+from genreclf import __version__
 from genreclf.config import Recipe
 from genreclf.errors import ConfigError
+from genreclf.io import storage
 
 MODEL_FILE = "model.keras"
 BUNDLE_FILE = "bundle.json"

@@ -1,6 +1,6 @@
 """Classification metrics: scikit-learn's, so numbers match what users compute themselves, plus
 what it lacks (expected calibration error, the challenge's clipping). Track-level predictions
-(the mean of a track's window probabilities) come from genreclf.calibration.track_probabilities.
+(the mean of a track's window probabilities) come from genreclf.ml.calibration.track_probabilities.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 
 import numpy as np
 import pandas as pd
@@ -19,16 +21,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genreclf import storage
 from genreclf.config import Recipe
 from genreclf.errors import ConfigError
-from genreclf.schema import RECIPE_FILE, TRACKS_DIR, TRACKS_SCHEMA, window_arrow_schema, window_schema
-
+from genreclf.formats.schema import (
+    RECIPE_FILE,
+    TRACKS_DIR,
+    TRACKS_SCHEMA,
+    window_arrow_schema,
+    window_schema,
+)
+from genreclf.io import storage
 
 #: Keys of the tracks file's Parquet metadata that make it the commit record (see :func:`commit`).
 FILES_KEY = b"genreclf.window_files"
 RECIPE_KEY = b"genreclf.recipe"
 RUN_KEY = b"genreclf.run_id"
+
+log = logging.getLogger(__name__)
 
 
 def write_window_file(windows_url: str, name: str, attempt: int, tables) -> int:
@@ -259,7 +268,7 @@ def stft_rows(column: pa.Array | pa.ChunkedArray, recipe: Recipe) -> tuple:
 def mapped_stft_rows(buffer: np.ndarray, metadata, row_group: int, recipe: Recipe) -> np.ndarray | None:
     """Where each row's array data begins in a whole window file (``buffer``, e.g. memory-mapped),
     read from the Parquet page headers; None when the file's layout needs pyarrow to decode."""
-    from genreclf.parquet_pages import plain_binary_values
+    from genreclf.formats.pages import plain_binary_values
 
     index = metadata.schema.names.index("stft")
     found = plain_binary_values(buffer, metadata.row_group(row_group).column(index),
@@ -271,3 +280,34 @@ def mapped_stft_rows(buffer: np.ndarray, metadata, row_group: int, recipe: Recip
         return starts
     first = buffer[starts[0]:starts[0] + lengths[0]].tobytes()
     return starts + _check_rows(first, lengths, recipe)
+
+
+def cached_windows(windows_url: str, cache_dir: str) -> str:
+    """``windows_url`` itself, or with ``cache_dir`` a local copy of its window files, made once.
+
+    Remote features (s3://, gs://, hdfs://) are then downloaded on the first use only, not once
+    per epoch. A file already in the cache with the same size is kept; each file is copied under a
+    hidden name and renamed, so an interrupted copy is never taken for a complete one.
+    """
+    if not cache_dir:
+        return windows_url
+    import hashlib
+
+    src_fs, _ = storage.filesystem(windows_url)
+    local = os.path.join(os.path.abspath(cache_dir), hashlib.sha1(windows_url.encode()).hexdigest()[:16])
+    os.makedirs(local, exist_ok=True)
+    files = window_files(windows_url)
+    sizes = {i.path: i.size for i in src_fs.get_file_info(files)}
+    copied = 0
+    for path in files:
+        target = os.path.join(local, path.rsplit("/", 1)[-1])
+        if os.path.exists(target) and os.path.getsize(target) == sizes[path]:
+            continue
+        storage.download(storage.located(windows_url, path), target)
+        copied += 1
+    wanted = {p.rsplit("/", 1)[-1] for p in files}
+    for name in os.listdir(local):  # files the source no longer has (e.g. after --incremental)
+        if name not in wanted:
+            os.remove(os.path.join(local, name))
+    log.info("features cache: %d of %d window files copied to %s", copied, len(files), local)
+    return storage.to_url(local)

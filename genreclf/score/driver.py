@@ -2,11 +2,11 @@
 
 The bundle (a local path or URL) is fetched once by the driver and shipped to executors with
 ``SparkContext.addArchive`` (no shared filesystem assumed), then loaded once per Python worker
-(:mod:`model_cache`). From raw audio, each task decodes its files exactly as featurize does and
+(:mod:`genreclf.ml.model_cache`). From raw audio, each task decodes its files exactly as featurize does and
 averages each track's window predictions itself. From features, each task reads whole window
 files (a featurize output keeps a track's windows in one file) and averages their tracks itself:
 no shuffle (a ``groupBy(track_id)`` cost ~60 s for 10 tracks on the test cluster). Either way the
-tasks write their rows with pyarrow (:mod:`scoreset`) and the driver commits after checking one
+tasks write their rows with pyarrow (:mod:`genreclf.formats.scores`) and the driver commits after checking one
 row per input.
 """
 
@@ -21,22 +21,39 @@ import shutil
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 
-import pandas as pd
-
-from genreclf import storage
-from genreclf.bundle import BUNDLE_FILE, MODEL_FILE, calibration_of, check_recipe, load_bundle_info
-from genreclf.catalog import expand_inputs
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import ConfigError, GenreclfError, OutputExistsError
-from genreclf.featureset import read_recipe, read_tracks, window_files
-from genreclf.lock import LOCK_FILE, OutputLock
-from genreclf.progress import SparkProgress
-from genreclf.schema import STATUS_ERROR, STATUS_OK, WINDOWS_DIR, summarize
-from genreclf.scoreset import (SCORES_DIR, SUBMISSION_FILE, commit, read_dir, read_run, rows_of, score_row,
-                               score_table, staging_dir, write_part, write_submission)
-from genreclf.scoring import score_audio_partition, score_window_files_partition
-from genreclf.spark import entries_frame, task_count
+from genreclf.formats.bundle import (
+    BUNDLE_FILE,
+    MODEL_FILE,
+    calibration_of,
+    check_recipe,
+    load_bundle_info,
+)
+from genreclf.formats.features import read_recipe, read_tracks, window_files
+from genreclf.formats.schema import STATUS_ERROR, STATUS_OK, WINDOWS_DIR, summarize
+from genreclf.formats.scores import (
+    SCORES_DIR,
+    SUBMISSION_FILE,
+    commit,
+    plan_incremental,
+    read_dir,
+    read_run,
+    rows_of,
+    score_row,
+    score_table,
+    staging_dir,
+    write_part,
+    write_submission,
+)
+from genreclf.io import storage
+from genreclf.io.catalog import expand_inputs
+from genreclf.io.lock import LOCK_FILE, OutputLock
+from genreclf.io.progress import SparkProgress
+from genreclf.io.spark import entries_frame, task_count
+from genreclf.score.tasks import score_audio_partition, score_window_files_partition
 
 log = logging.getLogger(__name__)
 
@@ -123,44 +140,11 @@ def _unscored(tracks, scored_ids: set) -> list:
             for t in tracks.itertuples(index=False) if t.track_id not in scored_ids]
 
 
-#: Error reasons that may not recur for an unchanged file (a store's failure, a decoder crash):
-#: ``--incremental`` scores those files again. Any other error of an unchanged file would recur.
-RETRIED_REASONS = ("unreadable file", "unreadable directory", "decode failed")
-
-
-def _retried(rows: pd.DataFrame) -> pd.Series:
-    return (rows["status"] != STATUS_OK) & rows["error"].fillna("").str.startswith(RETRIED_REASONS)
-
-
-def _keep_unchanged(existing, inputs, same_run: bool) -> tuple:
-    """(rows of ``existing`` to keep, the inputs still to score) for ``--incremental``.
-
-    Kept: the rows of a run with the same bundle and settings whose file has the same path, size
-    and mtime (under this run's track_id), but for errors that may not recur (RETRIED_REASONS).
-    """
-    if existing is None or not same_run or existing.empty:
-        return None, inputs
-    keepable = existing[~_retried(existing)]
-    key = inputs[["path", "size_bytes", "mtime"]].merge(
-        keepable[["path", "size_bytes", "mtime"]].assign(_kept=True), how="left", on=["path", "size_bytes", "mtime"])
-    unchanged = key["_kept"].eq(True).to_numpy()
-    ids = dict(zip(inputs["path"][unchanged], inputs["track_id"][unchanged]))
-    kept = keepable[keepable["path"].isin(ids)].copy()
-    kept["track_id"] = kept["path"].map(ids)
-    return kept, inputs[~unchanged]
-
-
-def _count_failed_before(existing, to_score) -> int:
-    """Inputs to score whose unchanged file failed before for a reason that may not recur: retried."""
-    failed = existing[_retried(existing)][["path", "size_bytes", "mtime"]]
-    return len(to_score[["path", "size_bytes", "mtime"]].merge(failed, on=["path", "size_bytes", "mtime"]))
-
-
 def _check_model(local_bundle: str, bundle: str, n_labels: int) -> None:
     """Load the model once on the driver before any task: a corrupt or mismatched model.keras is one
     clear error here, not a traceback from every executor."""
-    from genreclf.bundle import load_model
-    from genreclf.tfsetup import configure_tensorflow
+    from genreclf.formats.bundle import load_model
+    from genreclf.ml.tfsetup import configure_tensorflow
 
     configure_tensorflow(training=False)
     try:
@@ -191,6 +175,20 @@ def _check_precision(spark, precision: str) -> None:
                           "conf/spark-gpu.conf); use 'auto', 'float32' or 'bfloat16' on CPUs")
 
 
+@dataclass
+class _Job:
+    """What the driver knows of a score run before it takes the output's lock."""
+
+    labels: list
+    recipe: Recipe
+    calibration: tuple  # (mode, temperature)
+    out_url: str
+    scores_url: str
+    local_bundle: str
+    digest: str
+    run: dict  # what makes two runs' numbers comparable: --incremental keeps rows only of an equal record
+
+
 def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, features: str | None = None,
               csv: bool = False, overwrite: bool = False, incremental: bool = False, settings: Settings | None = None,
               calibrate: bool = True, break_lock: bool = False) -> dict:
@@ -201,17 +199,38 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     settings are unchanged (but errors that may not recur), score the rest, drop rows of files no
     longer listed; replace atomically.
     """
+    settings = settings or load_settings()
+    job = _prepare(spark, bundle, output, inputs, features, overwrite, incremental, settings, calibrate)
+    started = time.time()
+    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    lock = OutputLock(storage.join(job.out_url, LOCK_FILE), run_id, break_lock=break_lock, job="score",
+                      stale_after_s=settings.storage.lock_stale_after_s).acquire()
+    try:
+        rows, n_inputs, plan = _score_locked(spark, job, bundle, output, run_id, inputs, features, incremental,
+                                             settings)
+    finally:
+        lock.release()
+    _write_submission(rows, job, csv)
+    summary = summarize(rows.assign(warning=None), time.time() - started, n_inputs=n_inputs)
+    summary.update(genres=rows["genre"].value_counts().to_dict(), output=job.scores_url,
+                   calibration={"mode": job.calibration[0], "temperature": job.calibration[1]},
+                   precision=sorted(rows["precision"].dropna().unique().tolist()), kept=plan.n_kept,
+                   scored=len(plan.to_score) - plan.retried, retried=plan.retried, dropped=plan.dropped)
+    for line in format_summary(summary, incremental).splitlines():
+        log.info(line)
+    return summary
+
+
+def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, settings, calibrate) -> _Job:
+    """Every check that needs no lock, then the bundle fetched and its run record: refuses before work."""
     if bool(inputs) == bool(features):
         raise ConfigError("give either --input (raw audio) or --features (a featurize output), not both or neither")
     if overwrite and incremental:
         raise ConfigError("--overwrite and --incremental exclude each other: --incremental replaces the output too, "
                           "rescoring only new and changed files")
-    settings = settings or load_settings()
     storage.configure(settings.storage.to_dict())
     _check_precision(spark, settings.score.precision)
     info = load_bundle_info(bundle)
-    labels = info["labels"]
-    recipe = Recipe.from_dict(info["recipe"])
     calibration = calibration_of(info, calibrate)
     if calibration[0] != "none":
         log.info("score: calibrated with temperature %.3f per %s (--no-calibration: the plain mean)",
@@ -226,90 +245,88 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
         raise OutputExistsError(f"{scores_url} exists; pass --overwrite to replace it or --incremental to score "
                                 "only new and changed files")
     local_bundle = storage.fetch_dir(bundle, names={MODEL_FILE, BUNDLE_FILE})
-    started = time.time()
-    sc = spark.sparkContext
     digest = bundle_digest(local_bundle)
-    # What makes two runs' numbers comparable: --incremental keeps rows only of an equal record.
     run = {"bundle": digest, "precision": settings.score.precision, "calibration": list(calibration),
            "max_windows": settings.score.max_windows, "max_duration_s": settings.featurize.max_duration_s}
-    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    lock = OutputLock(storage.join(out_url, LOCK_FILE), run_id, break_lock=break_lock, job="score",
-                      stale_after_s=settings.storage.lock_stale_after_s).acquire()
+    return _Job(info["labels"], Recipe.from_dict(info["recipe"]), calibration, out_url, scores_url, local_bundle,
+                digest, run)
+
+
+def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, incremental, settings) -> tuple:
+    """The run, under the output's lock: plan, score in tasks, add the driver's rows, check one row
+    per input, commit. Returns (the committed rows, the number of inputs, the plan)."""
     staging, shipped = staging_dir(output, run_id), None
     try:
-        _remove_stale_staging(out_url)
+        _remove_stale_staging(job.out_url)
         if features:
             tracks = read_tracks(features)
-            n_inputs = len(tracks)
-            candidates = tracks[tracks["status"] == STATUS_OK]
+            candidates, listed = tracks[tracks["status"] == STATUS_OK], tracks["path"]
         else:
             candidates = expand_inputs(inputs).entries
-            n_inputs = len(candidates)
-        existing = read_dir(scores_url) if incremental and storage.exists(scores_url) else None
-        same_run = existing is not None and read_run(scores_url) == run
+            listed = candidates["path"]
+        n_inputs = len(listed)
+        existing = read_dir(job.scores_url) if incremental and storage.exists(job.scores_url) else None
+        same_run = existing is not None and read_run(job.scores_url) == job.run
         if existing is not None and not same_run:
             log.info("score --incremental: the existing scores were made with another bundle or settings "
-                     "(%s now): every file is scored", run)
-        kept, to_score = _keep_unchanged(existing, candidates, same_run)
-        retried = 0 if kept is None else _count_failed_before(existing, to_score)
-        # Rows of files no longer listed are dropped: the output mirrors the current listing.
-        listed = tracks["path"] if features else candidates["path"]
-        dropped = 0 if existing is None else int((~existing["path"].isin(set(listed))).sum())
-        n_kept = 0 if kept is None else len(kept)
-        if n_kept:
-            write_part(staging, "part-kept.parquet", 0, score_table(rows_of(kept), labels, run))
-        if len(to_score):
-            _check_model(local_bundle, bundle, len(labels))  # ~5 s of TensorFlow import: only when tasks will run
-            name, shipped = ship_bundle(sc, local_bundle, digest)
-            options = _task_options(recipe, settings, calibration, staging, run)
+                     "(%s now): every file is scored", job.run)
+        plan = plan_incremental(existing, candidates, listed, same_run)
+        if plan.n_kept:
+            write_part(staging, "part-kept.parquet", 0, score_table(rows_of(plan.kept), job.labels, job.run))
+        if len(plan.to_score):
+            _check_model(job.local_bundle, bundle, len(job.labels))  # ~5 s of TensorFlow: only when tasks run
+            name, shipped = ship_bundle(spark.sparkContext, job.local_bundle, job.digest)
+            options = _task_options(job.recipe, settings, job.calibration, staging, job.run)
             if features:
-                tasks = _from_features(spark, name, features, to_score, options)
+                tasks = _from_features(spark, name, features, plan.to_score, options)
             else:
-                tasks = _from_audio(spark, name, settings, to_score, options)
-            sc.setJobDescription(f"genreclf score: {len(to_score)} of {n_inputs} files")
-            with SparkProgress(sc, "score"):
-                tasks.collect()
-            sc.setJobDescription(None)
+                tasks = _from_audio(spark, name, settings, plan.to_score, options)
+            _run_tasks(spark.sparkContext, tasks, f"genreclf score: {len(plan.to_score)} of {n_inputs} files")
         written = read_dir(staging)
         if features:  # featurize's error rows, and ok tracks no task found windows for, written by the driver
             rest = _rest_of_tracks(tracks[tracks["status"] != STATUS_OK]) + _unscored(
-                to_score, set(written["track_id"]))
+                plan.to_score, set(written["track_id"]))
             if rest:
-                write_part(staging, "part-driver.parquet", 0, score_table(rest, labels, run))
+                write_part(staging, "part-driver.parquet", 0, score_table(rest, job.labels, job.run))
                 written = read_dir(staging)
         if len(written) != n_inputs or written["track_id"].nunique() != n_inputs:
             raise GenreclfError(f"internal error: {n_inputs} inputs but {len(written)} score rows "
                                 f"({written['track_id'].nunique()} distinct); nothing was replaced")
         # Committed whole (local disks, HDFS) or object by object (object stores): see storage.replace_dir.
-        commit(output, staging, labels)
+        commit(output, staging, job.labels)
+        return written, n_inputs, plan
     finally:
         if storage.exists(staging):
             storage.delete(staging)
         if shipped:
             shutil.rmtree(shipped, ignore_errors=True)
-        lock.release()
 
-    rows = written
-    submission = storage.join(out_url, SUBMISSION_FILE)
+
+def _run_tasks(sc, tasks, description: str) -> None:
+    sc.setJobDescription(description)
+    with SparkProgress(sc, "score"):
+        tasks.collect()
+    sc.setJobDescription(None)
+
+
+def _write_submission(rows, job: _Job, csv: bool) -> None:
+    """``--csv``: the crowdAI submission of these scores; otherwise an earlier run's is removed."""
+    submission = storage.join(job.out_url, SUBMISSION_FILE)
     if csv:
-        write_submission(rows, labels, submission)
+        write_submission(rows, job.labels, submission)
     elif storage.exists(submission):  # an earlier run's: it would no longer match the scores
         storage.delete(submission)
         log.info("score: removed %s of an earlier run (it would not match these scores; --csv writes one)",
                  submission)
-    summary = summarize(rows.assign(warning=None), time.time() - started, n_inputs=n_inputs)
-    summary["genres"] = rows["genre"].value_counts().to_dict()
-    summary["output"] = scores_url
-    summary["calibration"] = {"mode": calibration[0], "temperature": calibration[1]}
-    summary["precision"] = sorted(rows["precision"].dropna().unique().tolist())
-    summary.update(kept=n_kept, scored=len(to_score) - retried, retried=retried, dropped=dropped)
-    log.info("score summary: %d tracks, %d ok, %d errors, %.1f s, %s tracks/s; precision %s", n_inputs,
-             summary["ok"], summary["errors"], summary["elapsed_s"], summary["tracks_per_s"],
-             ", ".join(summary["precision"]) or "-")
+
+
+def format_summary(s: dict, incremental: bool = False) -> str:
+    """The run summary the job logs: counts, speed, precision, error reasons, top genres."""
+    lines = [f"score summary: {s['files_in']} tracks, {s['ok']} ok, {s['errors']} errors, {s['elapsed_s']:.1f} s, "
+             f"{s['tracks_per_s']} tracks/s; precision {', '.join(s['precision']) or '-'}"]
     if incremental:
-        log.info("  incremental: %d kept unchanged, %d scored (new or changed), %d retried (an error that may not recur), "
-                 "%d dropped (no longer listed)", n_kept, summary["scored"], retried, dropped)
-    for reason, n in summary["errors_by_reason"].items():
-        log.info("  error  %6d  %s", n, reason)
-    log.info("  top genres: %s", ", ".join(f"{g} {n}" for g, n in list(summary["genres"].items())[:8]))
-    return summary
+        lines.append(f"  incremental: {s['kept']} kept unchanged, {s['scored']} scored (new or changed), "
+                     f"{s['retried']} retried (an error that may not recur), {s['dropped']} dropped (no longer listed)")
+    lines += [f"  error  {n:6d}  {reason}" for reason, n in s["errors_by_reason"].items()]
+    lines.append("  top genres: " + ", ".join(f"{g} {n}" for g, n in list(s["genres"].items())[:8]))
+    return "\n".join(lines)

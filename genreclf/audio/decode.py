@@ -16,8 +16,8 @@ import av
 import numpy as np
 import soxr
 
-from genreclf import storage
 from genreclf.errors import TrackError
+from genreclf.io import storage
 
 #: Demuxers whose duration is an estimate from the bitrate unless a Xing/Info/VBRI header states it.
 _ESTIMATED_FORMATS = {"mp3", "aac"}
@@ -113,7 +113,7 @@ class AudioReader:
 
     def __enter__(self):
         try:
-            # One handle for everything (a remote file is buffered and retried by genreclf.storage).
+            # One handle for everything (a remote file is buffered and retried by genreclf.io.storage).
             self._file = storage.open_input(self.path)
             size = storage.size_of(self._file)
             tag, counted = _sniff(self._file) if size else (0, False)

@@ -1,126 +1,30 @@
-"""Scoring logic, pure of Spark where it can be: window predictions -> one probability vector per track.
-
-A track's probability vector is the mean of its windows' softmax outputs (19 for a 30 s track), as
-the reference scored, calibrated with the bundle's temperature (genreclf.calibration) unless
-disabled; optionally only a centred excerpt of ``max_windows`` windows is used.
-The partition functions below run inside Spark tasks, take the model from :mod:`model_cache` and
-write their rows themselves (:mod:`scoreset`).
-"""
+"""What each score task runs in its Python worker (mapInPandas): decode or read windows, predict with
+the model of :mod:`genreclf.ml.model_cache`, average each track, and write the task's rows itself
+(:mod:`genreclf.formats.scores`) as its part of the staged output."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from genreclf.calibration import track_probabilities
 from genreclf.config import Recipe
-from genreclf.schema import STATUS_OK
-
-def excerpt(n_windows: int, max_windows: int | None) -> slice:
-    """The windows to average: all, or the centred ``max_windows`` of a longer track."""
-    if not max_windows or n_windows <= max_windows:
-        return slice(0, n_windows)
-    start = (n_windows - max_windows) // 2
-    return slice(start, start + max_windows)
-
-
-def predict(model, windows: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Softmax outputs (n, classes) float32 for windows (n, frames, bins), in bounded batches."""
-    out = []
-    for start in range(0, len(windows), batch_size):
-        chunk = np.asarray(windows[start:start + batch_size], np.float32)[..., None]
-        out.append(np.asarray(model.predict_on_batch(chunk), np.float32))
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
-
-
-class TrackBatcher:
-    """Predicts the windows of consecutive tracks together, ``batch_size`` windows a model call
-    whatever the tracks' lengths, and hands back each track's window predictions once all are done.
-
-    Holds fewer than ``batch_size`` unpredicted windows between calls (plus the track just added),
-    so a task's memory stays bounded however many tracks it scores.
-    """
-
-    def __init__(self, model, batch_size: int):
-        self.model, self.batch_size = model, batch_size
-        self._queue: deque = deque()  # [key, windows, predictions so far, next window]
-        self._waiting = 0  # windows added but not predicted
-
-    def add(self, key, windows: np.ndarray) -> list:
-        """Queue a track's windows; returns the (key, predictions) of every track now complete."""
-        self._queue.append([key, windows, [], 0])
-        self._waiting += len(windows)
-        done = []
-        while self._waiting >= self.batch_size:
-            done += self._run(self.batch_size)
-        return done + self._complete()
-
-    def flush(self) -> list:
-        """Predict what is left; returns the remaining tracks' (key, predictions)."""
-        done = []
-        while self._waiting:
-            done += self._run(min(self._waiting, self.batch_size))
-        return done + self._complete()
-
-    def _run(self, size: int) -> list:
-        parts, owners, room = [], [], size
-        for item in self._queue:
-            if not room:
-                break
-            take = min(room, len(item[1]) - item[3])
-            if take:
-                parts.append(item[1][item[3]:item[3] + take])
-                owners.append((item, take))
-                item[3] += take
-                room -= take
-        batch = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        probs = np.asarray(self.model.predict_on_batch(np.asarray(batch, np.float32)[..., None]), np.float32)
-        at = 0
-        for item, take in owners:
-            item[2].append(probs[at:at + take])
-            at += take
-        self._waiting -= len(batch)
-        return self._complete()
-
-    def _complete(self) -> list:
-        done = []
-        while self._queue and self._queue[0][3] == len(self._queue[0][1]):
-            key, windows, preds, _ = self._queue.popleft()
-            classes = self.model.output_shape[-1]
-            done.append((key, np.concatenate(preds) if preds else np.zeros((0, classes), np.float32)))
-        return done
-
-
-def prefetch(items, fn, threads: int):
-    """``(item, fn(item))`` in order, with up to ``threads`` later items computed ahead in a thread
-    pool (decoding overlaps the model: PyAV, soxr, the FFT and TensorFlow release the GIL); at most
-    ``threads + 1`` results wait, which bounds memory. ``threads = 0``: computed inline."""
-    if threads <= 0:
-        for item in items:
-            yield item, fn(item)
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix="genreclf-decode") as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append((item, pool.submit(fn, item)))
-            if len(pending) > threads:
-                first, future = pending.popleft()
-                yield first, future.result()
-        while pending:
-            first, future = pending.popleft()
-            yield first, future.result()
-
-
-def mean_probabilities(probs: np.ndarray, *, temperature: float = 1.0, calibration: str = "none") -> np.ndarray:
-    """The track's vector: the mean of its window probabilities (float64), calibrated as the bundle says."""
-    codes = np.zeros(len(probs), np.int64)
-    return track_probabilities(probs, codes, 1, temperature=temperature, mode=calibration)[0]
+from genreclf.formats.schema import STATUS_OK
+from genreclf.formats.scores import (
+    score_row,
+    score_table,
+    write_part,
+)
+from genreclf.ml.inference import (
+    TrackBatcher,
+    excerpt,
+    mean_probabilities,
+    predict,
+    prefetch,
+)
 
 
 def _bundle_dir(bundle: str) -> str:
@@ -150,8 +54,6 @@ def _write_task_rows(rows: list, labels: list, staging: str, run: dict):
     """Write a task's score rows as its part of the staged output; the task's one returned row."""
     from pyspark import TaskContext
 
-    from genreclf.scoreset import score_table, write_part
-
     ctx = TaskContext.get()
     n = write_part(staging, f"part-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(),
                    score_table(rows, labels, run))
@@ -167,10 +69,9 @@ def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duratio
     Files are decoded ``decode_threads`` ahead while the model predicts, and windows of consecutive
     tracks share model calls (:class:`TrackBatcher`).
     """
-    from genreclf import storage
-    from genreclf.featurize import featurize_file
-    from genreclf.model_cache import get_model
-    from genreclf.scoreset import score_row
+    from genreclf.audio.extract import featurize_file
+    from genreclf.io import storage
+    from genreclf.ml.model_cache import get_model
 
     _maybe_inject_fault()
     storage.configure(storage_options)
@@ -214,10 +115,9 @@ def score_window_files_partition(batches, *, bundle: str, recipe_json: str, batc
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from genreclf import storage
-    from genreclf.featureset import decode_npy_column
-    from genreclf.model_cache import get_model
-    from genreclf.scoreset import score_row
+    from genreclf.formats.features import decode_npy_column
+    from genreclf.io import storage
+    from genreclf.ml.model_cache import get_model
 
     _maybe_inject_fault()
     storage.configure(storage_options)

@@ -1,4 +1,9 @@
-"""How a worker runs the model for scoring: which device and precision, and TensorFlow set up for it.
+"""How a worker runs the model for scoring: which device and precision, TensorFlow set up for it, and
+windows of several tracks per model call (:class:`TrackBatcher`), decoded ahead (:func:`prefetch`).
+
+A track's probability vector is the mean of its windows' softmax outputs (19 for a 30 s track), as
+the reference scored, calibrated with the bundle's temperature (genreclf.ml.calibration) unless
+disabled; optionally only a centred excerpt of ``max_windows`` windows is used.
 
 ``[score] precision``: "float32" (the reference's numbers), "bfloat16" (16-bit compute, float32
 weights and softmax), "float16" (GPUs only), or "auto": bfloat16 where the hardware computes it
@@ -21,11 +26,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from genreclf.ml.calibration import track_probabilities
 
 log = logging.getLogger(__name__)
 
-#: The precisions a score may be computed in ([score] precision).
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 #: Keras dtype policies of each computed precision.
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 #: CPU flags (Linux /proc/cpuinfo) of native bfloat16 arithmetic.
@@ -116,8 +125,8 @@ def cast_model(model, precision: str):
 def load(bundle_dir: str, precision: str, threads: int):
     """(bundle info, model ready to predict, the precision it computes) for one worker process."""
     onednn = prepare_process(precision)
-    from genreclf.bundle import load_bundle_info, load_model
-    from genreclf.tfsetup import configure_tensorflow, onednn_enabled
+    from genreclf.formats.bundle import load_bundle_info, load_model
+    from genreclf.ml.tfsetup import configure_tensorflow, onednn_enabled
 
     tf = configure_tensorflow(training=False, threads=threads, onednn=onednn)
     gpus = tf.config.list_physical_devices("GPU")
@@ -129,3 +138,104 @@ def load(bundle_dir: str, precision: str, threads: int):
     model = cast_model(load_model(bundle_dir), computed)
     log.info("score model %s: %s, oneDNN %s", bundle_dir, computed, os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
     return load_bundle_info(bundle_dir), model, computed
+
+
+def excerpt(n_windows: int, max_windows: int | None) -> slice:
+    """The windows to average: all, or the centred ``max_windows`` of a longer track."""
+    if not max_windows or n_windows <= max_windows:
+        return slice(0, n_windows)
+    start = (n_windows - max_windows) // 2
+    return slice(start, start + max_windows)
+
+
+def predict(model, windows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Softmax outputs (n, classes) float32 for windows (n, frames, bins), in bounded batches."""
+    out = []
+    for start in range(0, len(windows), batch_size):
+        chunk = np.asarray(windows[start:start + batch_size], np.float32)[..., None]
+        out.append(np.asarray(model.predict_on_batch(chunk), np.float32))
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+class TrackBatcher:
+    """Predicts the windows of consecutive tracks together, ``batch_size`` windows a model call
+    whatever the tracks' lengths, and hands back each track's window predictions once all are done.
+
+    Holds fewer than ``batch_size`` unpredicted windows between calls (plus the track just added),
+    so a task's memory stays bounded however many tracks it scores.
+    """
+
+    def __init__(self, model, batch_size: int):
+        self.model, self.batch_size = model, batch_size
+        self._queue: deque = deque()  # [key, windows, predictions so far, next window]
+        self._waiting = 0  # windows added but not predicted
+
+    def add(self, key, windows: np.ndarray) -> list:
+        """Queue a track's windows; returns the (key, predictions) of every track now complete."""
+        self._queue.append([key, windows, [], 0])
+        self._waiting += len(windows)
+        done = []
+        while self._waiting >= self.batch_size:
+            done += self._run(self.batch_size)
+        return done + self._complete()
+
+    def flush(self) -> list:
+        """Predict what is left; returns the remaining tracks' (key, predictions)."""
+        done = []
+        while self._waiting:
+            done += self._run(min(self._waiting, self.batch_size))
+        return done + self._complete()
+
+    def _run(self, size: int) -> list:
+        parts, owners, room = [], [], size
+        for item in self._queue:
+            if not room:
+                break
+            take = min(room, len(item[1]) - item[3])
+            if take:
+                parts.append(item[1][item[3]:item[3] + take])
+                owners.append((item, take))
+                item[3] += take
+                room -= take
+        batch = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        probs = np.asarray(self.model.predict_on_batch(np.asarray(batch, np.float32)[..., None]), np.float32)
+        at = 0
+        for item, take in owners:
+            item[2].append(probs[at:at + take])
+            at += take
+        self._waiting -= len(batch)
+        return self._complete()
+
+    def _complete(self) -> list:
+        done = []
+        while self._queue and self._queue[0][3] == len(self._queue[0][1]):
+            key, windows, preds, _ = self._queue.popleft()
+            classes = self.model.output_shape[-1]
+            done.append((key, np.concatenate(preds) if preds else np.zeros((0, classes), np.float32)))
+        return done
+
+
+def prefetch(items, fn, threads: int):
+    """``(item, fn(item))`` in order, with up to ``threads`` later items computed ahead in a thread
+    pool (decoding overlaps the model: PyAV, soxr, the FFT and TensorFlow release the GIL); at most
+    ``threads + 1`` results wait, which bounds memory. ``threads = 0``: computed inline."""
+    if threads <= 0:
+        for item in items:
+            yield item, fn(item)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="genreclf-decode") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) > threads:
+                first, future = pending.popleft()
+                yield first, future.result()
+        while pending:
+            first, future = pending.popleft()
+            yield first, future.result()
+
+
+def mean_probabilities(probs: np.ndarray, *, temperature: float = 1.0, calibration: str = "none") -> np.ndarray:
+    """The track's vector: the mean of its window probabilities (float64), calibrated as the bundle says."""
+    codes = np.zeros(len(probs), np.int64)
+    return track_probabilities(probs, codes, 1, temperature=temperature, mode=calibration)[0]

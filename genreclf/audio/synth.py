@@ -248,10 +248,10 @@ def write_windows(windows_url: str, *, n_tracks: int = 30, windows_per_track: tu
     [0, 1] (exact in float16), random magnitudes elsewhere, so a reader can check every row.
     Returns ``{track_id: (label, n_windows)}``.
     """
+    from genreclf.audio.extract import WindowTableBuilder
     from genreclf.config import Recipe
-    from genreclf.featureset import write_window_file
-    from genreclf.featurize import WindowTableBuilder
-    from genreclf.schema import window_schema
+    from genreclf.formats.features import write_window_file
+    from genreclf.formats.schema import window_schema
 
     recipe = Recipe()
     rng = np.random.default_rng(seed)

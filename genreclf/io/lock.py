@@ -17,8 +17,8 @@ import os
 import socket
 import time
 
-from genreclf import storage
 from genreclf.errors import GenreclfError
+from genreclf.io import storage
 
 LOCK_FILE = "_genreclf.lock"
 

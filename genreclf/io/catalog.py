@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow.fs as pafs
 
-from genreclf import storage
 from genreclf.errors import ConfigError
+from genreclf.io import storage
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ def track_probabilities(window_probs: np.ndarray, codes: np.ndarray, n_tracks: i
 
 
 def _nll(track_probs: np.ndarray, y: np.ndarray) -> float:
-    from genreclf.metrics import EPS
+    from genreclf.ml.metrics import EPS
 
     p = np.clip(track_probs[np.arange(len(y)), y], EPS, 1 - EPS)
     return float(-np.mean(np.log(p)))

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import logging
+import math
 import os
+from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs  # noqa: F401  (pa.fs)
 import pyarrow.parquet as pq
 
-from genreclf import storage
-from genreclf.schema import STATUS_OK
+from genreclf.formats.schema import STATUS_OK
+from genreclf.io import storage
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +165,60 @@ def write_submission(scores: pd.DataFrame, labels: list, location: str) -> None:
     text = io.StringIO()
     probs.to_csv(text, index=False, float_format="%.6f")
     storage.write_text(location, text.getvalue())
+
+
+#: Error reasons that may not recur for an unchanged file (a store's failure, a decoder crash):
+#: ``--incremental`` scores those files again. Any other error of an unchanged file would recur.
+RETRIED_REASONS = ("unreadable file", "unreadable directory", "decode failed")
+
+
+def retried(rows: pd.DataFrame) -> pd.Series:
+    return (rows["status"] != STATUS_OK) & rows["error"].fillna("").str.startswith(RETRIED_REASONS)
+
+
+def keep_unchanged(existing, inputs, same_run: bool) -> tuple:
+    """(rows of ``existing`` to keep, the inputs still to score) for ``--incremental``.
+
+    Kept: the rows of a run with the same bundle and settings whose file has the same path, size
+    and mtime (under this run's track_id), but for errors that may not recur (RETRIED_REASONS).
+    """
+    if existing is None or not same_run or existing.empty:
+        return None, inputs
+    keepable = existing[~retried(existing)]
+    key = inputs[["path", "size_bytes", "mtime"]].merge(
+        keepable[["path", "size_bytes", "mtime"]].assign(_kept=True), how="left", on=["path", "size_bytes", "mtime"])
+    unchanged = key["_kept"].eq(True).to_numpy()
+    ids = dict(zip(inputs["path"][unchanged], inputs["track_id"][unchanged]))
+    kept = keepable[keepable["path"].isin(ids)].copy()
+    kept["track_id"] = kept["path"].map(ids)
+    return kept, inputs[~unchanged]
+
+
+def count_failed_before(existing, to_score) -> int:
+    """Inputs to score whose unchanged file failed before for a reason that may not recur: retried."""
+    failed = existing[retried(existing)][["path", "size_bytes", "mtime"]]
+    return len(to_score[["path", "size_bytes", "mtime"]].merge(failed, on=["path", "size_bytes", "mtime"]))
+
+
+@dataclass
+class IncrementalPlan:
+    """What a score run does with an existing output: rows ``kept`` as they are (None: nothing kept),
+    inputs ``to_score``, of which ``retried`` failed before, and ``dropped`` rows of files no longer listed."""
+
+    kept: pd.DataFrame | None
+    to_score: pd.DataFrame
+    retried: int = 0
+    dropped: int = 0
+
+    @property
+    def n_kept(self) -> int:
+        return 0 if self.kept is None else len(self.kept)
+
+
+def plan_incremental(existing, candidates: pd.DataFrame, listed: pd.Series, same_run: bool) -> IncrementalPlan:
+    """``--incremental`` over ``existing`` rows (None: no output yet): keep unchanged rows of the same
+    run (:func:`keep_unchanged`), score the other ``candidates``; rows of paths not ``listed`` are
+    dropped: the output mirrors the current listing."""
+    kept, to_score = keep_unchanged(existing, candidates, same_run)
+    return IncrementalPlan(kept, to_score, retried=0 if kept is None else count_failed_before(existing, to_score),
+                           dropped=0 if existing is None else int((~existing["path"].isin(set(listed))).sum()))

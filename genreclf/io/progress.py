@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-log = logging.getLogger("genreclf.progress")
+log = logging.getLogger("genreclf.io.progress")
 
 
 class SparkProgress:

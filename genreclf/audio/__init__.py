@@ -1,0 +1,1 @@
+"""Audio: decoding, windows, the STFT front-end, one file to features, the synthetic corpus."""

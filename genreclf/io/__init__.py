@@ -1,0 +1,1 @@
+"""I/O: every user location (storage), the output lock, input catalogues, the Spark session and progress."""
