@@ -20,10 +20,11 @@ import time
 import numpy as np
 
 from benchmarks import pipeline
-from genreclf.config import Recipe
+from genreclf.config import Recipe, ScoreSettings
 
 log = logging.getLogger("genreclf.bench")
 R = Recipe()
+BATCH = ScoreSettings().batch_size  # windows per model call, as score makes them
 
 
 # ---------------------------------------------------------------- corpus
@@ -112,10 +113,10 @@ def model_loop(paths, bundle) -> float:
     from genreclf.ml.model_cache import get_model
 
     _, model, _ = get_model(bundle)
-    predict(model, featurize_file(paths[0], R).features)  # warm-up: graph tracing
+    predict(model, featurize_file(paths[0], R).features, BATCH)  # warm-up: graph tracing
     started = time.perf_counter()
     for p in paths:
-        mean_probabilities(predict(model, featurize_file(p, R).features))
+        mean_probabilities(predict(model, featurize_file(p, R).features, BATCH))
     return time.perf_counter() - started
 
 

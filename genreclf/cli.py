@@ -8,14 +8,15 @@ import logging
 
 from genreclf.config import SCORE_PRECISIONS
 
-EPILOG = "Settings: conf/genreclf.toml (override with --conf). Docs: README.md."
+EPILOG = ("Settings: defaults <- conf/genreclf.toml <- --conf <- flags (python -m genreclf.config shows them). "
+          "Docs: README.md, docs/.")
 
 
 def featurize_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spark-submit.sh featurize",
-        description="Decode audio files, cut 3 s windows every 1.5 s and write their STFT magnitudes to a "
-                    "petastorm dataset (DIR/windows), with one status row per input file (DIR/tracks).",
+        description="Decode audio files, cut windows (the recipe's: 3 s every 1.5 s by default) and write their "
+                    "features to a petastorm dataset (DIR/windows), with one status row per input file (DIR/tracks).",
         epilog=EPILOG)
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
                    help="directories (recursive), globs, audio files, or catalogue CSVs with a 'path' column "
@@ -29,7 +30,7 @@ def featurize_parser() -> argparse.ArgumentParser:
     mode.add_argument("--incremental", action="store_true",
                       help="add to an existing output: skip files already ok with the same size and mtime")
     add_break_lock(p)
-    p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
+    add_conf(p)
     return p
 
 
@@ -65,8 +66,14 @@ def score_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibration", dest="calibrate", action="store_false",
                    help="ignore the bundle's temperature: the reference's plain mean of window softmaxes")
     add_break_lock(p)
-    p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
+    add_conf(p)
     return p
+
+
+def add_conf(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", metavar="TOML",
+                   help="settings layered on conf/genreclf.toml: a preset (conf/quality.toml, conf/gpu.toml) or a file "
+                        "of your own, listing only what it changes; python -m genreclf.config shows the result")
 
 
 def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str | None = None,

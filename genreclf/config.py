@@ -2,8 +2,9 @@
 
 The :class:`Recipe` is the reference solution's preprocessing (see ``../shared/REFERENCE.md``); it is
 written next to every dataset and into every model bundle so that a model is never applied to
-features made another way. Job settings come from ``conf/genreclf.toml`` and may be overridden by
-a file given with ``--conf``.
+features made another way. The dataclasses below hold the only defaults, each with its meaning in
+the comment beside it; settings files layer over them (:func:`load_settings`), and
+``python -m genreclf.config`` prints what is in force.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 
@@ -48,17 +50,17 @@ class Recipe:
     130 frames, stored as (128 time x 513 frequency) linear magnitudes.
     """
 
-    sample_rate: int = 22050
+    sample_rate: int = 22050  # Hz, mono: every file is decoded and resampled to this
     window: int = 66150  # samples, 3 s
     hop: int = 33075  # samples, 1.5 s
     min_window_fraction: float = 0.9  # a window is kept when at least this much of it is audio
-    n_fft: int = 1024
-    stft_hop: int = 512
-    frames: int = 128
-    window_function: str = "hann-symmetric"
+    n_fft: int = 1024  # STFT size: n_fft // 2 + 1 frequency bins (513)
+    stft_hop: int = 512  # samples between STFT frames
+    frames: int = 128  # STFT frames kept per window (the first 128 of 130)
+    window_function: str = "hann-symmetric"  # the reference's scipy.signal.hanning
     magnitude: str = "linear"  # "linear" (the reference), "log": log1p(log_scale*|X|), "db": 20*log10(max(|X|, DB_FLOOR))
     log_scale: float = 100.0  # C of the "log" magnitude (unused otherwise)
-    dtype: str = "float16"
+    dtype: str = "float16"  # stored precision of the features (halves storage vs float32)
 
     def __post_init__(self):
         check_fields(self, "recipe", {
@@ -112,7 +114,7 @@ class Recipe:
 class FeaturizeSettings:
     """Knobs of the featurize job; defaults in ``conf/genreclf.toml``."""
 
-    files_per_task: int = 64  # most input files per Spark task; fewer when needed to use every core
+    files_per_task: int = 64  # most files per Spark task (~0.25 s fixed cost each); fewer to use every core
     row_group_size_mb: int = 32  # Parquet row group of the windows dataset (~250 windows); petastorm reads by row group
     max_duration_s: float = 3600.0  # longer files get an error row; bounds worker memory per file
 
@@ -130,7 +132,7 @@ class ScoreSettings:
 
     batch_size: int = 64  # windows per model call, across tracks: bounds a worker's memory
     max_windows: int = 0  # 0: average every window; N: only the centred N windows of longer tracks
-    precision: str = "auto"  # SCORE_PRECISIONS; auto = bfloat16 where native, else float32
+    precision: str = "auto"  # "auto" (native bf16, else float32: docs), "float32", "bfloat16", "float16" (GPUs)
     decode_threads: int = 0  # files decoded ahead in threads while the model predicts; 0 = inline
 
     def __post_init__(self):
@@ -168,7 +170,7 @@ class TrainSettings:
     shuffle_buffer: int = 1024  # windows pooled (over all reader threads) and drawn from at random
     reader: str = "arrow"  # "arrow": pyarrow row groups (fast); "petastorm": petastorm's make_batch_reader
     reader_workers: int = 0  # reader threads; 0 = auto: 1 on CPU (reproducible order), up to 8 with a GPU
-    precision: str = "float32"
+    precision: str = "float32"  # "float32" (the reference), "mixed_float16" (GPUs), "mixed_bfloat16"
     cache_dir: str = ""  # a local directory to copy remote features to once (empty: read in place)
     calibration: str = "track"  # temperature fitted on validation tracks, applied to: "track", "window", "none"
     class_weight: str = "none"  # "balanced": weight each class's windows by n / (classes * class count)
@@ -192,6 +194,16 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class EvaluateSettings:
+    """Knobs of evaluation (evaluate, evaluate --cv, and the reports train writes)."""
+
+    batch_size: int = 64  # windows per model call when predicting for a report: bounds memory
+
+    def __post_init__(self):
+        check_fields(self, "evaluate", {"batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")})
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a job reads from configuration."""
 
@@ -200,23 +212,17 @@ class Settings:
     score: ScoreSettings = field(default_factory=ScoreSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     genres: tuple = FMA_GENRES
 
 
-def _section(cls, table: dict, name: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(table) - known
-    if unknown:
-        raise ConfigError(f"[{name}] has unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**table)
+#: The sections of a settings file, and the dataclass of each ([labels] holds ``genres``).
+SECTIONS = {"recipe": Recipe, "featurize": FeaturizeSettings, "score": ScoreSettings, "train": TrainSettings,
+            "storage": StorageSettings, "evaluate": EvaluateSettings}
 
 
-def load_settings(path: str | None = None) -> Settings:
-    """Read settings from ``path`` (TOML), else from ``conf/genreclf.toml`` when present, else defaults."""
-    if path is None:
-        path = DEFAULT_CONF if os.path.exists(DEFAULT_CONF) else None
-    if path is None:
-        return Settings()
+def _read_layer(path: str) -> dict:
+    """One settings file's tables, checked for unknown sections and keys."""
     from genreclf.io import storage
 
     try:
@@ -225,15 +231,75 @@ def load_settings(path: str | None = None) -> Settings:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = set(data) - {"recipe", "featurize", "score", "train", "storage", "labels"}
+    unknown = set(data) - set(SECTIONS) - {"labels"}
     if unknown:
-        raise ConfigError(f"{path}: unknown sections {sorted(unknown)}")
-    genres = tuple(data.get("labels", {}).get("genres", FMA_GENRES))
-    return Settings(
-        recipe=_section(Recipe, data.get("recipe", {}), "recipe"),
-        featurize=_section(FeaturizeSettings, data.get("featurize", {}), "featurize"),
-        score=_section(ScoreSettings, data.get("score", {}), "score"),
-        train=_section(TrainSettings, data.get("train", {}), "train"),
-        storage=_section(StorageSettings, data.get("storage", {}), "storage"),
-        genres=genres,
-    )
+        raise ConfigError(f"{path}: unknown sections {sorted(unknown)}; known: {sorted([*SECTIONS, 'labels'])}")
+    for name, table in data.items():
+        known = {f.name for f in dataclasses.fields(SECTIONS[name])} if name in SECTIONS else {"genres"}
+        if set(table) - known:
+            raise ConfigError(f"{path}: [{name}] has unknown keys {sorted(set(table) - known)}; known: {sorted(known)}")
+    return data
+
+
+def load_settings(path: str | None = None) -> Settings:
+    """The settings in layers, each listing only what it changes: the dataclasses' defaults, then
+    ``conf/genreclf.toml`` (this installation's changes) when present, then ``path`` (``--conf``: a
+    preset or a run's own file, a local path or URL). CLI flags are the last layer (the jobs)."""
+    layers = [DEFAULT_CONF] if os.path.exists(DEFAULT_CONF) else []
+    if path and not (os.path.exists(path) and layers and os.path.samefile(path, DEFAULT_CONF)):
+        layers.append(path)
+    merged: dict = {}
+    for layer in layers:
+        for name, table in _read_layer(layer).items():
+            merged.setdefault(name, {}).update(table)
+    sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
+    return Settings(**sections, genres=tuple(merged.get("labels", {}).get("genres", FMA_GENRES)))
+
+
+def field_docs(cls) -> dict:
+    """{key: the comment beside its default in ``cls``'s source}: each setting's meaning, written once."""
+    import inspect
+
+    docs = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"^    (\w+): [^=]+= .*?  # (.*)$", line)
+        if m:
+            docs[m.group(1)] = m.group(2)
+    return docs
+
+
+def describe(settings: Settings) -> str:
+    """``settings`` as a complete TOML file, each key with its meaning (``python -m genreclf.config``)."""
+    out = []
+    for name, cls in SECTIONS.items():
+        section, docs = getattr(settings, name), field_docs(cls)
+        out.append(f"[{name}]")
+        for f in dataclasses.fields(cls):
+            value = json.dumps(getattr(section, f.name))
+            doc = docs.get(f.name, "")
+            out.append(f"{f.name} = {value}" + (f"  # {doc}" if doc else ""))
+        out.append("")
+    out += ["[labels]", "genres = " + json.dumps(list(settings.genres)), ""]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    """Print the settings in force: ``python -m genreclf.config [--conf FILE]``."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m genreclf.config",
+                                description="Print every setting in force (defaults <- conf/genreclf.toml <- --conf) "
+                                            "as TOML, each key with its meaning.")
+    p.add_argument("--conf", metavar="TOML", help="a preset or settings file layered on conf/genreclf.toml")
+    args = p.parse_args(argv)
+    try:
+        print(describe(load_settings(args.conf)))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

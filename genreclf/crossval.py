@@ -106,13 +106,14 @@ def _training(settings: Settings, overrides: dict) -> dict:
 
 
 def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings | None = None, seed: int | None = None,
-                 batch_size: int = 64, workers: int = 1, **overrides) -> dict:
+                 batch_size: int | None = None, workers: int = 1, **overrides) -> dict:
     """Cross-validate the training recipe on ``features``; writes OUTPUT/cv.json, cv.csv, cv.md and
     the pooled confusion matrix and reliability diagram. Returns the summary."""
     from genreclf.ml.plots import confusion, reliability_diagram
     from genreclf.train import choose_labels
 
     settings = settings or load_settings()
+    batch_size = batch_size or settings.evaluate.batch_size
     if not storage.is_local(output):  # k bundles and their reports are re-read by reruns: kept local
         raise ConfigError(f"evaluate --cv --output {output}: cross-validation writes to a local directory; "
                           "copy the reports to a store afterwards")

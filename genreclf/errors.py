@@ -13,6 +13,32 @@ class OutputExistsError(GenreclfError):
     """The output location already holds data and neither --overwrite nor --incremental was given."""
 
 
+class Reason:
+    """Why an input file has no windows: the first words of its ``error`` column (``"reason: detail"``),
+    each written once here (README's table lists exactly these; tests/test_layout.py checks)."""
+
+    EMPTY_FILE = "empty file"
+    UNREADABLE_FILE = "unreadable file"
+    NOT_A_REGULAR_FILE = "not a regular file"
+    UNREADABLE_DIRECTORY = "unreadable directory"
+    NOT_AUDIO = "not audio"
+    NO_AUDIO_FRAMES = "no audio frames"
+    NO_AUDIO_DECODED = "no audio decoded"
+    TOO_SHORT = "shorter than one {seconds:g} s window"  # the recipe's window: "shorter than one 3 s window"
+    TRUNCATED = "truncated"
+    TOO_LONG = "too long"
+    DECODE_FAILED = "decode failed"
+    NO_WINDOWS = "no windows"  # score from features: an ok track whose windows the features lack
+
+    @classmethod
+    def all(cls) -> tuple:
+        return tuple(v for k, v in vars(cls).items() if k.isupper())
+
+    @classmethod
+    def too_short(cls, window_s: float) -> str:
+        return cls.TOO_SHORT.format(seconds=round(window_s, 3))
+
+
 class TrackError(GenreclfError):
     """One input file cannot be used; ``reason`` is the short category, ``detail`` the specifics.
 

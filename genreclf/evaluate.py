@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from genreclf.config import Settings, load_settings
 from genreclf.errors import ConfigError
 from genreclf.formats.bundle import (
     SPLIT_FILE,
@@ -32,10 +33,13 @@ from genreclf.ml.reports import (
 
 
 def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, split: str = "val",
-                 batch_size: int = 64, workers: int = 2, calibrate: bool = True) -> dict:
-    """Evaluate a bundle on ``features`` (its validation tracks, or ``split='all'``); writes the reports."""
+                 batch_size: int | None = None, workers: int = 2, calibrate: bool = True,
+                 settings: Settings | None = None) -> dict:
+    """Evaluate a bundle on ``features`` (its validation tracks, or ``split='all'``); writes the reports.
+    ``batch_size``: windows per model call (default ``[evaluate] batch_size``)."""
     from genreclf.ml.tfsetup import configure_tensorflow
 
+    batch_size = batch_size or (settings or load_settings()).evaluate.batch_size
     info = load_bundle_info(bundle_dir)
     recipe = read_recipe(features)
     check_recipe(info, recipe, features)

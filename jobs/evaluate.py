@@ -7,7 +7,7 @@
 import argparse
 import sys
 
-from genreclf.cli import EPILOG, run_main
+from genreclf.cli import EPILOG, add_conf, run_main
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,10 +27,11 @@ def parser() -> argparse.ArgumentParser:
                         "with [train] settings; fold bundles are kept and reused by a rerun)")
     p.add_argument("--seed", type=int, help="with --cv: seed of the folds (default [train] seed)")
     p.add_argument("--output", metavar="DIR", help="where reports go (default BUNDLE/evaluation)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, metavar="WINDOWS",
+                   help="windows per model call (overrides [evaluate] batch_size)")
     p.add_argument("--no-calibration", dest="calibrate", action="store_false",
                    help="ignore the bundle's temperature: the reference's plain mean of window softmaxes")
-    p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
+    add_conf(p)
     return p
 
 
@@ -51,7 +52,7 @@ def evaluate(args, settings):
     from genreclf.evaluate import run_evaluate
 
     run_evaluate(args.model, args.features, output=args.output, split=args.split, batch_size=args.batch_size,
-                 calibrate=args.calibrate)
+                 calibrate=args.calibrate, settings=settings)
 
 
 def main(argv=None) -> int:

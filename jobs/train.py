@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 import sys
 
-from genreclf.cli import add_break_lock, run_main
+from genreclf.cli import add_break_lock, add_conf, run_main
 from genreclf.config import (
     CALIBRATION_MODES,
     CLASS_WEIGHTS,
@@ -19,44 +19,49 @@ from genreclf.config import (
 )
 
 
+def _d(key: str) -> str:
+    """A [train] key's built-in default, for help texts (conf/genreclf.toml or --conf may change it)."""
+    return f"default {getattr(TrainSettings(), key)!r}"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spark-submit.sh train",
                                 description="Train the reference CNN on featurize output and write a model bundle.",
-                                epilog="Defaults come from [train] in conf/genreclf.toml; a flag overrides its key. "
+                                epilog="Defaults: [train] of the settings (python -m genreclf.config); a flag overrides its key. "
                                        "Runs in one process; on a GPU node TensorFlow uses the GPU with no change.")
     p.add_argument("--features", required=True, metavar="DIR", help="featurize output (windows/, tracks/)")
     p.add_argument("--model", required=True, metavar="OUT", help="bundle directory to write")
-    p.add_argument("--epochs", type=int, help="most epochs (early stopping may end sooner; default 30)")
-    p.add_argument("--batch-size", type=int, help="windows per batch (reference: 128)")
-    p.add_argument("--val-fraction", type=float, help="share of tracks for validation, in [0, 1) (default 0.2)")
-    p.add_argument("--seed", type=int, help="seed for the split, weights and shuffling (default 0)")
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
+    p.add_argument("--epochs", type=int, help=f"most epochs (early stopping may end sooner; {_d('epochs')})")
+    p.add_argument("--batch-size", type=int, help=f"windows per batch ({_d('batch_size')}: the reference's)")
+    p.add_argument("--val-fraction", type=float, help=f"share of tracks for validation, in [0, 1) ({_d('val_fraction')})")
+    p.add_argument("--seed", type=int, help=f"seed for the split, weights and shuffling ({_d('seed')})")
+    p.add_argument("--patience", type=int, help=f"early-stopping patience in epochs ({_d('patience')})")
     p.add_argument("--labels-from", choices=LABEL_SOURCES,
-                   help="label list: sorted labels found in the data (default), or [labels] genres of the config")
+                   help=f"label list: 'data' = sorted labels found in the data, 'conf' = [labels] genres ({_d('labels_from')})")
     p.add_argument("--shuffle-buffer", type=int, metavar="WINDOWS",
-                   help="windows pooled from several row groups and drawn from at random (default 1024)")
+                   help=f"windows pooled from several row groups and drawn from at random ({_d('shuffle_buffer')})")
     p.add_argument("--reader", choices=READERS,
-                   help="window reader: pyarrow row groups (default, fast) or petastorm's make_batch_reader")
+                   help=f"window reader: pyarrow row groups (fast) or petastorm's make_batch_reader ({_d('reader')})")
     p.add_argument("--reader-workers", type=int, metavar="N",
-                   help="reader threads; 0 = auto (default): 1 on CPU, which keeps the order reproducible, "
-                        "up to 8 on a GPU node (measured ~15 k windows/s per core)")
+                   help="reader threads; 0 = auto: 1 on CPU, which keeps the order reproducible, up to 8 on a GPU "
+                        f"node (measured ~15 k windows/s per core; {_d('reader_workers')})")
     p.add_argument("--precision", choices=TRAIN_PRECISIONS,
-                   help="float32 (default, the reference), mixed_float16 (GPUs) or mixed_bfloat16 (GPUs, CPUs "
-                        "with AMX/AVX-512 BF16); the bundle's weights are float32 either way")
+                   help="float32 (the reference), mixed_float16 (GPUs) or mixed_bfloat16 (GPUs, CPUs with AMX/AVX-512 "
+                        f"BF16); the bundle's weights are float32 either way ({_d('precision')})")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="copy remote features (s3://, gs://, hdfs://) here once instead of reading them every epoch")
     cal = p.add_mutually_exclusive_group()
     cal.add_argument("--calibration", choices=CALIBRATION_MODES,
                      help="fit a temperature on the validation tracks and apply it to each track's mean "
-                          "(default: accuracy unchanged) or to every window; 'none' = the reference")
+                          f"(accuracy unchanged) or to every window; 'none' = the reference ({_d('calibration')})")
     cal.add_argument("--no-calibration", dest="calibration", action="store_const", const="none",
                      help="same as --calibration none: scores are the reference's plain mean of window softmaxes")
     p.add_argument("--class-weight", choices=CLASS_WEIGHTS,
                    help="'balanced': weight each class's loss by the inverse of its share of training windows "
-                        "(unbalanced labels); 'none' (default): the reference")
+                        f"(unbalanced labels); 'none': the reference ({_d('class_weight')})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     add_break_lock(p)
-    p.add_argument("--conf", metavar="TOML", help="settings file (default conf/genreclf.toml)")
+    add_conf(p)
     return p
 
 

@@ -12,19 +12,60 @@ from genreclf.config import (
 from genreclf.errors import ConfigError
 
 
-def test_the_shipped_configuration_loads():
-    settings = load_settings()
-    assert settings.train == TrainSettings() and settings.featurize == FeaturizeSettings()
-    assert settings.storage == StorageSettings() and settings.score == ScoreSettings()
+def test_settings_load_in_layers_each_listing_only_its_changes(tmp_path, monkeypatch):
+    """defaults <- conf/genreclf.toml <- --conf: each layer changes only the keys it lists."""
+    import dataclasses
+
+    from genreclf import config
+
+    site, preset = tmp_path / "site.toml", tmp_path / "preset.toml"
+    site.write_text('[train]\nepochs = 7\n[score]\nbatch_size = 32\n[labels]\ngenres = ["a", "b"]\n')
+    preset.write_text("[train]\npatience = 2\n[score]\nbatch_size = 16\n")
+    monkeypatch.setattr(config, "DEFAULT_CONF", str(site))
+    layered = load_settings(str(preset))
+    assert layered.train == dataclasses.replace(TrainSettings(), epochs=7, patience=2)
+    assert layered.score == dataclasses.replace(ScoreSettings(), batch_size=16)
+    assert layered.featurize == FeaturizeSettings() and layered.recipe == config.Recipe()
+    assert layered.genres == ("a", "b")
+    assert load_settings().train == dataclasses.replace(TrainSettings(), epochs=7)
+    assert load_settings(str(site)) == load_settings()  # the site file named again is one layer
+    monkeypatch.setattr(config, "DEFAULT_CONF", str(tmp_path / "absent.toml"))
+    assert load_settings() == config.Settings()
 
 
-def test_the_gpu_scoring_preset_loads():
+@pytest.mark.parametrize("preset", ["quality.toml", "gpu.toml"])
+def test_a_shipped_preset_lists_only_what_it_changes(preset):
     import os
+    import tomllib
 
-    from genreclf.config import DEFAULT_CONF
+    from genreclf.config import DEFAULT_CONF, SECTIONS, Settings
 
-    gpu = load_settings(os.path.join(os.path.dirname(DEFAULT_CONF), "gpu.toml"))
-    assert gpu.score.decode_threads > ScoreSettings().decode_threads and gpu.score.precision == "auto"
+    path = os.path.join(os.path.dirname(DEFAULT_CONF), preset)
+    data = tomllib.loads(open(path).read())
+    defaults, loaded = Settings(), load_settings(path)
+    assert data
+    for section, table in data.items():
+        for key, value in table.items():
+            assert value != getattr(getattr(defaults, section), key), f"{preset} restates [{section}] {key}"
+            assert getattr(getattr(loaded, section), key) == value
+    assert set(data) <= set(SECTIONS)
+
+
+def test_every_setting_has_its_meaning_beside_its_default():
+    """``python -m genreclf.config`` prints each key with the comment beside its default."""
+    import dataclasses
+
+    from genreclf.config import SECTIONS, describe, field_docs, main
+
+    for cls in SECTIONS.values():
+        assert set(field_docs(cls)) == {f.name for f in dataclasses.fields(cls)}, cls.__name__
+    import tomllib
+
+    settings = load_settings()
+    data = tomllib.loads(describe(settings))  # a complete settings file: it loads back to the same settings
+    assert {name: cls(**data[name]) for name, cls in SECTIONS.items()} == {n: getattr(settings, n) for n in SECTIONS}
+    assert tuple(data["labels"]["genres"]) == settings.genres
+    assert main([]) == 0
 
 
 @pytest.mark.parametrize("cls, values, message", [
@@ -94,7 +135,7 @@ def test_an_impossible_recipe_is_refused_before_spark_starts(tmp_path, capsys):
 
 
 
-def test_the_quality_preset_is_a_complete_configuration():
+def test_the_quality_preset_is_another_recipe():
     import os
 
     from genreclf.config import DEFAULT_CONF, Recipe

@@ -16,7 +16,7 @@ import av
 import numpy as np
 import soxr
 
-from genreclf.errors import TrackError
+from genreclf.errors import Reason, TrackError
 from genreclf.io import storage
 
 #: Demuxers whose duration is an estimate from the bitrate unless a Xing/Info/VBRI header states it.
@@ -119,27 +119,27 @@ class AudioReader:
             tag, counted = _sniff(self._file) if size else (0, False)
         except storage.NotARegularFile as e:
             if e.unreadable:
-                raise TrackError("unreadable directory", e.unreadable) from None
-            raise TrackError("not a regular file", f"a {e.kind}") from None
+                raise TrackError(Reason.UNREADABLE_DIRECTORY, e.unreadable) from None
+            raise TrackError(Reason.NOT_A_REGULAR_FILE, f"a {e.kind}") from None
         except OSError as e:
             self.close()
-            raise TrackError("unreadable file", storage.describe(e)) from None
+            raise TrackError(Reason.UNREADABLE_FILE, storage.describe(e)) from None
         if size == 0:
             self.close()
-            raise TrackError("empty file", "0 bytes")
+            raise TrackError(Reason.EMPTY_FILE, "0 bytes")
         try:
             # A file object, not a name: FFmpeg then probes content alone, ignoring the extension.
             self._container = av.open(self._file, mode="r")
         except (av.error.FFmpegError, ValueError, OSError) as e:
             self.close()
             if isinstance(e, OSError) and not isinstance(e, av.error.FFmpegError):
-                raise TrackError("unreadable file", storage.describe(e)) from None
+                raise TrackError(Reason.UNREADABLE_FILE, storage.describe(e)) from None
             if tag and tag >= size - 128:
-                raise TrackError("no audio frames", "an ID3 tag and no audio after it") from None
-            raise TrackError("not audio", "FFmpeg recognises no audio format in its content") from None
+                raise TrackError(Reason.NO_AUDIO_FRAMES, "an ID3 tag and no audio after it") from None
+            raise TrackError(Reason.NOT_AUDIO, "FFmpeg recognises no audio format in its content") from None
         if not self._container.streams.audio:
             self.close()
-            raise TrackError("not audio", f"the {self._container.format.name} container has no audio stream")
+            raise TrackError(Reason.NOT_AUDIO, f"the {self._container.format.name} container has no audio stream")
         stream = self._container.streams.audio[0]
         announced = None
         if self._container.format.name not in _ESTIMATED_FORMATS or counted:
@@ -181,7 +181,7 @@ class AudioReader:
             except (av.error.FFmpegError, OSError):  # PyAV re-raises our file object's OSError
                 failed = storage.read_error(self._file)
                 if failed is not None:  # the store failed us, after retries: not the file's fault
-                    raise TrackError("unreadable file", f"read failed mid-file: {storage.describe(failed)}") from None
+                    raise TrackError(Reason.UNREADABLE_FILE, f"read failed mid-file: {storage.describe(failed)}") from None
                 return  # a read error ends the stream; the truncation check judges what is left
             try:
                 frames = packet.decode()
@@ -222,7 +222,7 @@ class AudioReader:
             return
         self.n_samples += chunk.size
         if self.max_samples is not None and self.n_samples > self.max_samples:
-            raise TrackError("too long", f"longer than the {self.max_samples / self.sample_rate:.0f} s limit "
+            raise TrackError(Reason.TOO_LONG, f"longer than the {self.max_samples / self.sample_rate:.0f} s limit "
                                          "(raise featurize.max_duration_s in conf/genreclf.toml)")
         yield chunk
 
@@ -230,12 +230,12 @@ class AudioReader:
         info = self.info
         if self.n_samples == 0:
             if self.bad_packets:
-                raise TrackError("no audio decoded", f"the {info.codec} decoder rejected all "
+                raise TrackError(Reason.NO_AUDIO_DECODED, f"the {info.codec} decoder rejected all "
                                                      f"{self.bad_packets} packets")
-            raise TrackError("no audio frames", f"the {info.container} stream holds no audio frames")
+            raise TrackError(Reason.NO_AUDIO_FRAMES, f"the {info.container} stream holds no audio frames")
         decoded_s = self.n_samples / self.sample_rate
         if info.announced_s and decoded_s < info.announced_s * (1 - TRUNCATION_TOLERANCE) - 0.5:
-            raise TrackError("truncated", f"decoded {decoded_s:.1f} s of the {info.announced_s:.1f} s "
+            raise TrackError(Reason.TRUNCATED, f"decoded {decoded_s:.1f} s of the {info.announced_s:.1f} s "
                                           "its header announces")
 
     @property

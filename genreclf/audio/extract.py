@@ -18,7 +18,7 @@ from genreclf.audio.decode import AudioReader
 from genreclf.audio.stft import window_features
 from genreclf.audio.windows import iter_windows
 from genreclf.config import Recipe
-from genreclf.errors import TrackError
+from genreclf.errors import Reason, TrackError
 from genreclf.formats.schema import (
     STATUS_ERROR,
     STATUS_OK,
@@ -62,7 +62,7 @@ def _features(reader: AudioReader, recipe: Recipe) -> list:
     if batch:
         batches.append(window_features(np.stack(batch), recipe))
     if not batches:
-        raise TrackError("shorter than one 3 s window",
+        raise TrackError(Reason.too_short(recipe.window / recipe.sample_rate),
                          f"decoded {reader.duration_s:.2f} s; a window needs "
                          f"{recipe.min_window_samples / recipe.sample_rate:.2f} s")
     return batches
@@ -93,7 +93,7 @@ def featurize_file(path: str, recipe: Recipe, *, track_id: str | None = None, la
     except Exception as e:  # a decoder bug must cost one file, never the job
         log.exception("unexpected failure on %s", path)
         features = None
-        row.update(status=STATUS_ERROR, error=f"decode failed: {type(e).__name__}: {e}")
+        row.update(status=STATUS_ERROR, error=f"{Reason.DECODE_FAILED}: {type(e).__name__}: {e}")
     if reader.info is not None:
         row.update(sample_rate=reader.info.sample_rate, channels=reader.info.channels, codec=reader.info.codec)
     if reader.n_samples:

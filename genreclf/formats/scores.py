@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.fs  # noqa: F401  (pa.fs)
 import pyarrow.parquet as pq
 
+from genreclf.errors import Reason
 from genreclf.formats.schema import STATUS_OK
 from genreclf.io import storage
 
@@ -169,7 +170,7 @@ def write_submission(scores: pd.DataFrame, labels: list, location: str) -> None:
 
 #: Error reasons that may not recur for an unchanged file (a store's failure, a decoder crash):
 #: ``--incremental`` scores those files again. Any other error of an unchanged file would recur.
-RETRIED_REASONS = ("unreadable file", "unreadable directory", "decode failed")
+RETRIED_REASONS = (Reason.UNREADABLE_FILE, Reason.UNREADABLE_DIRECTORY, Reason.DECODE_FAILED)
 
 
 def retried(rows: pd.DataFrame) -> pd.Series:

@@ -148,7 +148,7 @@ def excerpt(n_windows: int, max_windows: int | None) -> slice:
     return slice(start, start + max_windows)
 
 
-def predict(model, windows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def predict(model, windows: np.ndarray, batch_size: int) -> np.ndarray:
     """Softmax outputs (n, classes) float32 for windows (n, frames, bins), in bounded batches."""
     out = []
     for start in range(0, len(windows), batch_size):

@@ -22,7 +22,7 @@ from genreclf.ml.pipeline import WindowSet
 log = logging.getLogger(__name__)
 
 
-def predict_windows(model, windows: WindowSet, *, batch_size: int = 64, workers: int = 1):
+def predict_windows(model, windows: WindowSet, *, batch_size: int, workers: int = 1):
     """Softmax outputs for every window of ``windows``: (track_id array, label array, probs (n, classes))."""
     ids, labels, probs = [], [], []
     names = np.array([*windows.labels, None], dtype=object)  # index -1 (no label) -> None

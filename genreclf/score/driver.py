@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 
 from genreclf.config import Recipe, Settings, load_settings
-from genreclf.errors import ConfigError, GenreclfError, OutputExistsError
+from genreclf.errors import ConfigError, GenreclfError, OutputExistsError, Reason
 from genreclf.formats.bundle import (
     BUNDLE_FILE,
     MODEL_FILE,
@@ -135,7 +135,7 @@ def _rest_of_tracks(tracks) -> list:
 
 def _unscored(tracks, scored_ids: set) -> list:
     """Rows for ok tracks of the features that no task scored: their windows are missing."""
-    return [score_row(t.track_id, t.path, STATUS_ERROR, "no windows: the features hold none for this track",
+    return [score_row(t.track_id, t.path, STATUS_ERROR, f"{Reason.NO_WINDOWS}: the features hold none for this track",
                       size_bytes=t.size_bytes, mtime=t.mtime)
             for t in tracks.itertuples(index=False) if t.track_id not in scored_ids]
 
