@@ -29,7 +29,7 @@ setup(
     version=VERSION,
     description="Distributed music-genre classification: featurize, train and score on Apache Spark",
     packages=find_packages(include=["genreclf", "genreclf.*"]),
-    python_requires=">=3.10,<3.13",
+    python_requires=">=3.11,<3.13",  # tomllib
     # TensorFlow comes from one extra, never both: its CPU and CUDA wheels install the same package.
     install_requires=_requirements("requirements-base.txt"),
     extras_require={
