@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from genreclf.config import SCORE_PRECISIONS
 
@@ -88,8 +89,12 @@ def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str
     from genreclf.errors import GenreclfError
     from genreclf.io.spark import get_spark, setup_logging
 
+    parser.add_argument("--verbose", action="store_true",
+                        help="debug logs, and the native start-up lines of TensorFlow in every process")
     args = parser.parse_args(argv)
-    setup_logging()
+    if args.verbose:
+        os.environ["GENRECLF_VERBOSE"] = "1"
+    setup_logging("DEBUG" if args.verbose else None)
     log = logging.getLogger(f"genreclf.{parser.prog.split()[-1]}")
     try:
         settings = load_settings(getattr(args, "conf", None))

@@ -134,3 +134,19 @@ def test_cast_keeps_weights_input_and_softmax_in_their_dtypes(small_model):
     for a, b in zip(small_model.get_weights(), cast.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert cast_model(small_model, "float32") is small_model
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_tensorflows_native_start_up_lines_reach_the_console_only_when_verbose(verbose):
+    """absl's "All log messages before absl::InitializeLog()" and oneDNN's notice, printed by every
+    worker whatever TF_CPP_MIN_LOG_LEVEL says, are debug logs unless --verbose (GENRECLF_VERBOSE=1)."""
+    import subprocess
+    import sys
+
+    from tests import hostenv
+
+    env = hostenv.launch_env(TF_ENABLE_ONEDNN_OPTS="1", GENRECLF_VERBOSE="1" if verbose else "0")
+    code = "from genreclf.ml.tfsetup import configure_tensorflow; configure_tensorflow(training=False, onednn=True)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert ("oneDNN custom operations" in res.stderr) is verbose, res.stderr

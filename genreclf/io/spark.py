@@ -34,7 +34,10 @@ def get_spark(app_name: str):
     from pyspark.sql import SparkSession
 
     worker_environment()
-    return SparkSession.builder.appName(app_name).getOrCreate()
+    builder = SparkSession.builder.appName(app_name)
+    if os.environ.get("GENRECLF_VERBOSE") == "1":  # --verbose: the workers' native start-up lines too
+        builder = builder.config("spark.executorEnv.GENRECLF_VERBOSE", "1")
+    return builder.getOrCreate()
 
 
 def task_count(n_files: int, files_per_task: int, parallelism: int) -> int:

@@ -14,8 +14,38 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 log = logging.getLogger(__name__)
+
+
+#: Set to 1 (``--verbose``) to let TensorFlow's native start-up lines through to the console.
+VERBOSE_ENV = "GENRECLF_VERBOSE"
+
+
+def _import_tensorflow():
+    """``import tensorflow``, its native start-up lines (absl's "All log messages before
+    absl::InitializeLog()", oneDNN's "custom operations are on", printed by every worker whatever
+    TF_CPP_MIN_LOG_LEVEL says) logged at DEBUG instead of the console, unless ``--verbose``."""
+    if os.environ.get(VERBOSE_ENV) == "1" or "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        return tf
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        for line in captured.read().decode(errors="replace").splitlines():
+            log.debug("tensorflow: %s", line)
+    return tf
 
 
 def onednn_enabled() -> bool:
@@ -30,7 +60,7 @@ def configure_tensorflow(*, training: bool, threads: int | None = None, precisio
     mixed_bfloat16). ``training`` is for the log line. Returns ``tf``."""
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1" if onednn else "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    tf = _import_tensorflow()
 
     if threads:
         try:
