@@ -9,6 +9,8 @@ import pytest
 from genreclf.errors import ConfigError
 from genreclf.io.catalog import apply_labels, expand_inputs
 
+pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
+
 
 def touch(path, data=b"x"):
     os.makedirs(os.path.dirname(path), exist_ok=True)

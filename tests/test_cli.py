@@ -7,15 +7,13 @@ import sys
 import pytest
 
 from genreclf.formats.features import read_tracks
-from tests import hostenv
+from tests import submit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBMIT = os.path.join(ROOT, "spark-submit.sh")
+ROOT = submit.ROOT
 
 
 def run(*args, **kw):
-    env = hostenv.launch_env(GENRECLF_PYTHON=sys.executable)
-    return subprocess.run([SUBMIT, *args], capture_output=True, text=True, env=env, timeout=600, **kw)
+    return submit.run(*args, check=False, **kw)
 
 
 def test_wrapper_help_lists_jobs_and_options():

@@ -7,8 +7,6 @@ Runs in its own pytest invocation (``-m cluster``) so only one Spark application
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -19,12 +17,11 @@ import pytest
 from genreclf.formats.features import read_tracks
 from genreclf.formats.scores import read_scores
 from tests import hostenv
+from tests import submit as spark_submit
 from tests.standalone import StandaloneCluster
 
 pytestmark = pytest.mark.cluster
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBMIT = os.path.join(ROOT, "spark-submit.sh")
 # Executors sized to the small workers: 1 core and 1 GB each.
 SMALL = ["--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1",
          "--conf", "spark.driver.memory=1g", "--conf", "spark.python.worker.memory=256m"]
@@ -33,14 +30,8 @@ FLOAT32 = ("--precision", "float32")
 
 
 def submit(*args, master=None, extra=()):
-    cmd = [SUBMIT]
-    if master:
-        cmd += ["--master", master, *SMALL]
-    cmd += [*extra, *args]
-    env = hostenv.launch_env(GENRECLF_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
-    return res.stdout + res.stderr
+    """spark-submit.sh on the cluster (``master``, small executors) or as ``extra`` says; its output."""
+    return spark_submit.run(*(["--master", master, *SMALL] if master else []), *extra, *args).output
 
 
 @pytest.fixture(scope="module")

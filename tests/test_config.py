@@ -11,6 +11,8 @@ from genreclf.config import (
 )
 from genreclf.errors import ConfigError
 
+pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
+
 
 def test_settings_load_in_layers_each_listing_only_its_changes(tmp_path, monkeypatch):
     """defaults <- conf/genreclf.toml <- --conf: each layer changes only the keys it lists."""

@@ -20,6 +20,8 @@ from genreclf.formats.features import (
 from genreclf.ml.buffers import BufferRing, aligned_empty, gather_rows
 from genreclf.ml.pipeline import WindowSet
 
+pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
+
 R = Recipe()
 LABELS = ["ambient", "jazz", "rock"]
 

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pyarrow.parquet as pq
@@ -18,25 +17,17 @@ import pytest
 
 from genreclf.formats.features import read_tracks, window_files
 from genreclf.io import storage
-from tests import hostenv
+from tests import submit
 
 pytestmark = pytest.mark.faults
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBMIT = os.path.join(ROOT, "spark-submit.sh")
-ENV = hostenv.launch_env(GENRECLF_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
-
-
 def featurize(inputs, out, *flags):
-    cmd = [SUBMIT, "--master", "local[2]", "featurize", "--input", str(inputs), "--output", str(out), *flags]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    return res.stdout + res.stderr
+    return submit.run("--master", "local[2]", "featurize", "--input", inputs, "--output", out, *flags).output
 
 
 def killed_featurize(audio, out, when, *flags):
     """Start featurize in its own process group and SIGKILL the group when ``when(out, line)`` says so."""
-    return killed([SUBMIT, "--master", "local[2]", "featurize", "--input", str(audio), "--output", str(out), *flags],
+    return killed(submit.command("--master", "local[2]", "featurize", "--input", audio, "--output", out, *flags),
                   out, when)
 
 
@@ -45,7 +36,7 @@ def killed(cmd, out, when):
     import queue
     import threading
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=submit.env(),
                             start_new_session=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
@@ -153,10 +144,7 @@ def test_a_killed_overwrite_leaves_the_old_output_whole(corpus, tmp_path):
 
 
 def score(bundle, inputs, out, *flags):
-    cmd = [SUBMIT, "--master", "local[2]", "score", "--model", str(bundle), "--input", str(inputs), "--output",
-           str(out), *flags]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    submit.run("--master", "local[2]", "score", "--model", bundle, "--input", inputs, "--output", out, *flags)
 
 
 def scores_mid_tasks(out, line):
@@ -196,8 +184,8 @@ def test_a_killed_score_leaves_the_old_scores_and_a_rerun_equals_an_uninterrupte
     pq.write_table(table.filter(keep), str(out / "scores" / "part-00000.parquet"))
     old = read_scores(str(out))
     assert len(old) == 3
-    killed([SUBMIT, "--master", "local[2]", "score", "--model", str(bundle), "--input", str(every), "--output",
-            str(out), "--incremental", "--conf", str(conf)], out, scores_mid_tasks)
+    killed(submit.command("--master", "local[2]", "score", "--model", bundle, "--input", every, "--output", out,
+                          "--incremental", "--conf", conf), out, scores_mid_tasks)
     assert list(out.glob(".scores-*.staging")) and (out / "_genreclf.lock").exists()  # killed mid-run
     assert read_scores(str(out)).equals(old)
     score(bundle, every, out, "--incremental", "--break-lock", "--conf", str(conf))

@@ -8,6 +8,8 @@ import scipy.signal
 from genreclf.audio.stft import analysis_window, stft_magnitudes
 from genreclf.config import Recipe
 
+pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
+
 R = Recipe()
 
 

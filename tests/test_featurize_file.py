@@ -10,6 +10,8 @@ from genreclf.audio.decode import decode
 from genreclf.audio.extract import featurize_file
 from genreclf.config import Recipe
 
+pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
+
 R = Recipe()
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from genreclf.ml.inference import POLICIES, TrackBatcher, cast_model, prefetch, resolve
 
+pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
+
 
 @pytest.fixture(scope="module")
 def small_model():

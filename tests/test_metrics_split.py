@@ -10,6 +10,8 @@ from genreclf.ml.calibration import track_probabilities
 from genreclf.ml.metrics import classification_report, log_loss
 from genreclf.ml.split import split_tracks
 
+pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
+
 
 def test_log_loss_by_hand():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.5, 0.5, 0.0]])

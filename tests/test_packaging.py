@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

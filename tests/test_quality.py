@@ -14,6 +14,8 @@ from genreclf.ml.calibration import (
 )
 from genreclf.ml.metrics import log_loss, reliability
 
+pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
+
 
 def _overconfident(seed, n_tracks=30, windows=5, classes=4, sharpness=6.0):
     """Window probabilities of a model that is right ~60 % of the time but near-certain always."""

@@ -6,6 +6,8 @@ import pytest
 from genreclf.audio.windows import count_windows, iter_windows
 from genreclf.config import Recipe
 
+pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
+
 R = Recipe()
 SR = R.sample_rate
 
