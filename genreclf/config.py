@@ -106,9 +106,6 @@ class Recipe:
             raise ConfigError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
 
 @dataclass(frozen=True)
 class FeaturizeSettings:

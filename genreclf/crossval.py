@@ -105,6 +105,32 @@ def _training(settings: Settings, overrides: dict) -> dict:
     return train
 
 
+def _run_fold(i, fold_dir, features, windows_url, test_ids, settings, labels, overrides, recipe, batch_size,
+              workers) -> tuple:
+    """Train (or reuse) fold ``i``'s bundle, test it on ``test_ids`` with each calibration variant.
+    Returns (its rows of the per-fold table, {variant: track probabilities}, the test tracks' labels)."""
+    import keras
+
+    bundle = _fold_bundle(fold_dir, features, test_ids, settings, labels, overrides, recipe)
+    info = load_bundle_info(bundle)
+    keras.backend.clear_session()
+    model = load_model(bundle)
+    test = WindowSet(windows_url, recipe, track_ids=test_ids, labels=labels)
+    ids, window_labels, probs = predict_windows(model, test, batch_size=batch_size, workers=workers)
+    codes, _, y_tracks = track_codes(ids, window_labels, labels)
+    fitted = _temperatures(model, bundle, windows_url, recipe, labels, batch_size, workers)
+    fold_report = {"fold": i, "test_tracks": len(test_ids), "epochs_run": info.get("epochs_run"), "temperatures": fitted}
+    rows, track_probs = [], {}
+    for name, mode in VARIANTS:
+        t = fitted.get(mode, 1.0) if mode != "none" else 1.0
+        report = evaluate_predictions(ids, window_labels, probs, labels, temperature=t, calibration=mode)
+        track_probs[name] = track_probabilities(probs, codes, len(y_tracks), temperature=t, mode=mode)
+        rows.append({"fold": i, "variant": name, "temperature": t, **{m: report["tracks"][m] for m in METRICS}})
+        fold_report[name] = report
+    write_json(os.path.join(fold_dir, "test_metrics.json"), fold_report)
+    return rows, track_probs, y_tracks
+
+
 def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings | None = None, seed: int | None = None,
                  batch_size: int | None = None, workers: int = 1, **overrides) -> dict:
     """Cross-validate the training recipe on ``features``; writes OUTPUT/cv.json, cv.csv, cv.md and
@@ -137,31 +163,14 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
         counts = usable.set_index("track_id").loc[test_ids, "label"].value_counts().to_dict()
         log.info("crossval: fold %d/%d: %d training tracks, %d test tracks %s", i, k, len(train_ids), len(test_ids),
                  counts)
-        fold_dir = os.path.join(output, f"fold-{i}")
-        bundle = _fold_bundle(fold_dir, features, test_ids, settings, labels, overrides, recipe)
-        info = load_bundle_info(bundle)
-        import keras
-
-        keras.backend.clear_session()
-        model = load_model(bundle)
-        test = WindowSet(windows_url, recipe, track_ids=test_ids, labels=labels)
-        ids, window_labels, probs = predict_windows(model, test, batch_size=batch_size, workers=workers)
-        codes, _, y_tracks = track_codes(ids, window_labels, labels)
-        pooled_y.append(y_tracks)
-        fitted = _temperatures(model, bundle, windows_url, recipe, labels, batch_size, workers)
-        fold_report = {"fold": i, "test_tracks": len(test_ids), "epochs_run": info.get("epochs_run"),
-                       "temperatures": fitted}
-        for name, mode in VARIANTS:
-            t = fitted.get(mode, 1.0) if mode != "none" else 1.0
-            report = evaluate_predictions(ids, window_labels, probs, labels, temperature=t, calibration=mode)
-            pooled[name].append(track_probabilities(probs, codes, len(y_tracks), temperature=t, mode=mode))
-            rows.append({"fold": i, "variant": name, "temperature": t,
-                         **{m: report["tracks"][m] for m in METRICS}})
-            fold_report[name] = report
-        write_json(os.path.join(fold_dir, "test_metrics.json"), fold_report)
         if artist is not None:
             assert not set(artist.loc[test_ids].dropna()) & set(artist.loc[train_ids].dropna()), "artist leak"
-        del model
+        fold_rows, fold_probs, y_tracks = _run_fold(i, os.path.join(output, f"fold-{i}"), features, windows_url,
+                                                    test_ids, settings, labels, overrides, recipe, batch_size, workers)
+        rows += fold_rows
+        pooled_y.append(y_tracks)
+        for name, probs in fold_probs.items():
+            pooled[name].append(probs)
     table = pd.DataFrame(rows)
     summary = table.groupby("variant", sort=False)[list(METRICS)].agg(["mean", "std"])
     y_all = np.concatenate(pooled_y)

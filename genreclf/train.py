@@ -10,14 +10,7 @@ import uuid
 
 from genreclf.config import Settings, load_settings
 from genreclf.errors import ConfigError, OutputExistsError
-from genreclf.formats.bundle import (
-    BUNDLE_FILE,
-    HISTORY_FILE,
-    MODEL_FILE,
-    SPLIT_FILE,
-    bundle_info,
-    write_json,
-)
+from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, write_training_record
 from genreclf.formats.features import cached_windows, read_recipe, read_tracks
 from genreclf.formats.schema import STATUS_OK, WINDOWS_DIR
 from genreclf.io import storage
@@ -89,22 +82,12 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
 
 
 def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels) -> dict:
-    """run_train under the bundle's lock."""
-    recipe = read_recipe(features)
-    tracks = read_tracks(features)
-    labels = list(labels) if labels else choose_labels(tracks, cfg.labels_from, settings)
-    usable = usable_tracks(tracks, labels)
-    usable = usable[~usable["track_id"].isin(set(exclude_tracks))]
-    if group_col is None and "group" in usable and usable["group"].notna().any():
-        group_col = "group"  # the catalogue named artists or albums: keep each on one side
-        log.info("train: splitting by group (artist/album) for %d tracks", int(usable["group"].notna().sum()))
-    train_ids, val_ids = split_tracks(usable, cfg.val_fraction, cfg.seed, group_col=group_col)
-
+    """run_train under the bundle's lock: split, fit, calibrate and report, then commit the bundle whole."""
     from genreclf.ml.tfsetup import configure_tensorflow
 
+    recipe = read_recipe(features)
+    labels, train_ids, val_ids = _split(read_tracks(features), settings, cfg, group_col, exclude_tracks, labels)
     tf = configure_tensorflow(training=True, precision=cfg.precision)
-    import keras
-
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     workers = reader_threads(cfg.reader_workers, on_gpu)
     windows_url = cached_windows(storage.join(storage.to_url(features), WINDOWS_DIR), cfg.cache_dir)
@@ -114,7 +97,41 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
              "%s reader, %d thread(s)", len(labels), len(train_ids), train_set.n_windows, len(val_ids),
              val_set.n_windows if val_set else 0, cfg.reader, workers)
 
+    # The bundle is built in a local directory and committed whole at the end (storage.local_output):
+    # a kill leaves the old bundle, never half of a new one.
+    with storage.local_output(model_out) as tmp:
+        model, history, fit = _fit(tmp, recipe, labels, train_set, val_set, cfg, workers)
+        report, calibration, temperatures = _calibrate(tmp, model, val_set, labels, cfg, workers, features)
+        write_training_record(
+            tmp, labels=labels, recipe=recipe, history=history, seed=cfg.seed, val_fraction=cfg.val_fraction,
+            val_ids=val_ids, calibration=calibration, temperatures=temperatures,
+            trained_on=storage.to_url(features), batch_size=cfg.batch_size, optimizer="Adadelta", learning_rate=1.0,
+            parameters=model.count_params(), excluded_tracks=len(set(exclude_tracks)), class_weight=cfg.class_weight,
+            precision=cfg.precision, reader=cfg.reader, reader_workers=workers, device="GPU" if on_gpu else "CPU",
+            train_tracks=len(train_ids), val_tracks=len(val_ids), **fit)
+    log.info("train: bundle written to %s", model_out)
+    return report
+
+
+def _split(tracks, settings, cfg, group_col, exclude_tracks, labels) -> tuple:
+    """(labels, training track ids, validation track ids): by track, whole artists/albums when named."""
+    labels = list(labels) if labels else choose_labels(tracks, cfg.labels_from, settings)
+    usable = usable_tracks(tracks, labels)
+    usable = usable[~usable["track_id"].isin(set(exclude_tracks))]
+    if group_col is None and "group" in usable and usable["group"].notna().any():
+        group_col = "group"  # the catalogue named artists or albums: keep each on one side
+        log.info("train: splitting by group (artist/album) for %d tracks", int(usable["group"].notna().sum()))
+    train_ids, val_ids = split_tracks(usable, cfg.val_fraction, cfg.seed, group_col=group_col)
+    return labels, train_ids, val_ids
+
+
+def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers) -> tuple:
+    """The reference network fitted with checkpointing and early stopping, saved float32 into ``tmp``.
+    Returns (the model, its history, facts of the fit for bundle.json)."""
+    import keras
+
     from genreclf.ml.network import build_model, compile_model
+    from genreclf.ml.plots import training_curves
 
     keras.utils.set_random_seed(cfg.seed)
     model = compile_model(build_model((recipe.frames, recipe.bins, 1), len(labels), recipe.dtype))
@@ -122,57 +139,46 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
     pipeline = dict(batch_size=cfg.batch_size, workers=workers, pool_windows=cfg.shuffle_buffer, reader=cfg.reader)
     train_ds = tf_dataset(train_set, shuffle=True, seed=cfg.seed, **pipeline)
     val_ds = tf_dataset(val_set, shuffle=False, **pipeline) if val_set else None
+    monitor = "val_loss" if val_ds is not None else "loss"
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(os.path.join(tmp, MODEL_FILE), monitor=monitor, save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
+    ]
+    weights = class_weights(train_set.label_counts()) if cfg.class_weight == "balanced" else None
+    if weights:
+        log.info("train: class weights %s", ", ".join(f"{labels[i]} {w:.2f}" for i, w in weights.items()))
+    started = time.time()
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2,
+                        shuffle=False, class_weight=weights)  # tf_dataset shuffles windows itself
+    train_s = time.time() - started
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    epochs_run = len(hist.get("loss", []))
+    windows_per_s = train_set.n_windows * epochs_run / max(train_s, 1e-9)
+    log.info("train: %d epochs in %.0f s (%.1f windows/s, validation included)", epochs_run, train_s, windows_per_s)
+    model = as_float32(model, recipe, len(labels))  # the bundle's weights and compute stay float32
+    model.save(os.path.join(tmp, MODEL_FILE))  # the best weights (restored by early stopping)
+    training_curves(hist, os.path.join(tmp, "training_curves.png"))
+    return model, hist, {"epochs_run": epochs_run, "train_seconds": round(train_s, 1),
+                         "windows_per_s": round(windows_per_s, 1)}
 
-    # The bundle is built in a local directory and committed whole at the end (storage.local_output):
-    # a kill leaves the old bundle, never half of a new one.
-    with storage.local_output(model_out) as tmp:
-        monitor = "val_loss" if val_ds is not None else "loss"
-        callbacks = [
-            keras.callbacks.ModelCheckpoint(os.path.join(tmp, MODEL_FILE), monitor=monitor, save_best_only=True),
-            keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
-        ]
-        weights = class_weights(train_set.label_counts()) if cfg.class_weight == "balanced" else None
-        if weights:
-            log.info("train: class weights %s", ", ".join(f"{labels[i]} {w:.2f}" for i, w in weights.items()))
-        started = time.time()
-        history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2,
-                            shuffle=False, class_weight=weights)  # tf_dataset shuffles windows itself
-        train_s = time.time() - started
-        hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-        epochs_run = len(hist.get("loss", []))
-        windows_per_s = train_set.n_windows * epochs_run / max(train_s, 1e-9)
-        log.info("train: %d epochs in %.0f s (%.1f windows/s, validation included)", epochs_run, train_s, windows_per_s)
-        model = as_float32(model, recipe, len(labels))  # the bundle's weights and compute stay float32
-        model.save(os.path.join(tmp, MODEL_FILE))  # the best weights (restored by early stopping)
 
-        report, temperatures, calibration = {}, {}, cfg.calibration
-        if val_set:
-            ids, window_labels, probs = predict_windows(model, val_set, batch_size=cfg.batch_size, workers=workers)
-            codes, _, y_tracks = track_codes(ids, window_labels, labels)
-            temperatures = fit_temperatures(probs, codes, y_tracks)
-            report = calibrated_report(ids, window_labels, probs, labels, calibration, temperatures.get(calibration, 1.0))
-            report.update(split="val", features=storage.to_url(features))
-            write_reports(tmp, report, labels)
-            for line in format_report(report).splitlines():
-                log.info("validation %s", line)
-        elif calibration != "none":
+def _calibrate(tmp, model, val_set, labels, cfg, workers, features) -> tuple:
+    """Temperatures fitted on the validation tracks and the validation report written into ``tmp``.
+    Returns (the report, the calibration mode in force, the temperatures fitted)."""
+    if not val_set:
+        if cfg.calibration != "none":
             log.warning("train: no validation tracks to fit a temperature on; the bundle is not calibrated")
-            calibration = "none"
-        from genreclf.ml.plots import training_curves
-
-        write_json(os.path.join(tmp, HISTORY_FILE), hist)
-        training_curves(hist, os.path.join(tmp, "training_curves.png"))
-        write_json(os.path.join(tmp, SPLIT_FILE), {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "val": list(val_ids)})
-        write_json(os.path.join(tmp, BUNDLE_FILE), bundle_info(
-            labels, recipe, trained_on=storage.to_url(features), epochs_run=epochs_run,
-            batch_size=cfg.batch_size, seed=cfg.seed, optimizer="Adadelta", learning_rate=1.0,
-            parameters=model.count_params(), calibration=calibration, temperature=temperatures.get(calibration, 1.0),
-            temperatures_fitted=temperatures, excluded_tracks=len(set(exclude_tracks)), class_weight=cfg.class_weight, precision=cfg.precision, reader=cfg.reader, reader_workers=workers,
-            device="GPU" if on_gpu else "CPU", train_tracks=len(train_ids), val_tracks=len(val_ids),
-            train_seconds=round(train_s, 1), windows_per_s=round(windows_per_s, 1),
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
-    log.info("train: bundle written to %s", model_out)
-    return report
+        return {}, "none", {}
+    ids, window_labels, probs = predict_windows(model, val_set, batch_size=cfg.batch_size, workers=workers)
+    codes, _, y_tracks = track_codes(ids, window_labels, labels)
+    temperatures = fit_temperatures(probs, codes, y_tracks)
+    report = calibrated_report(ids, window_labels, probs, labels, cfg.calibration,
+                               temperatures.get(cfg.calibration, 1.0))
+    report.update(split="val", features=storage.to_url(features))
+    write_reports(tmp, report, labels)
+    for line in format_report(report).splitlines():
+        log.info("validation %s", line)
+    return report, cfg.calibration, temperatures
 
 
 def class_weights(counts) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from genreclf import __version__
 from genreclf.config import Recipe
@@ -40,6 +41,17 @@ def read_json(location: str):
 def bundle_info(labels: list, recipe: Recipe, **extra) -> dict:
     return {"labels": list(labels), "recipe": recipe.to_dict(), "genreclf_version": __version__,
             "input_shape": [recipe.frames, recipe.bins, 1], **extra}
+
+
+def write_training_record(directory: str, *, labels: list, recipe: Recipe, history: dict, seed: int,
+                          val_fraction: float, val_ids: list, calibration: str, temperatures: dict, **facts) -> None:
+    """A trained bundle's record beside its model.keras: history.json, split.json and bundle.json
+    (labels, recipe, calibration, version, and the training ``facts``)."""
+    write_json(os.path.join(directory, HISTORY_FILE), history)
+    write_json(os.path.join(directory, SPLIT_FILE), {"seed": seed, "val_fraction": val_fraction, "val": list(val_ids)})
+    write_json(os.path.join(directory, BUNDLE_FILE), bundle_info(
+        labels, recipe, seed=seed, calibration=calibration, temperature=temperatures.get(calibration, 1.0),
+        temperatures_fitted=temperatures, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **facts))
 
 
 def load_bundle_info(bundle_dir: str) -> dict:
