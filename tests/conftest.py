@@ -2,12 +2,14 @@
 
 import os
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from genreclf.audio.synth import encode, synthesize
 from tests import hostenv
+from tests.corpus import LABELLED_TRAINING
 
 hostenv.pin_test_process()
 
@@ -74,3 +76,34 @@ def s3(tmp_path_factory):
     server = MotoServer(tmp_path_factory.mktemp("moto")).start()
     yield server
     server.stop()
+
+
+class Labelled(NamedTuple):
+    audio: object  # pathlib.Path of the corpus (labels.csv beside the audio)
+    features: object  # its featurize output
+    bundle: object  # a bundle trained on it (LABELLED_TRAINING)
+    report: dict  # that training's validation report
+
+
+@pytest.fixture(scope="session")
+def labelled(spark, tmp_path_factory, make_audio):
+    """A labelled corpus (three styles x three tracks of 4.5, 6 and 7.5 s, a broken and a too-short
+    file), its features made by the real featurize job, and a bundle trained on them: made once per
+    run for the train and score tests. Read-only: copy before changing any of it."""
+    from genreclf.featurize import run_featurize
+    from genreclf.train import run_train
+
+    root = tmp_path_factory.mktemp("labelled")
+    audio = root / "audio"
+    audio.mkdir()
+    rows = ["path,genre"]
+    for style in ("techno", "ambient", "jazz"):
+        for i in range(3):
+            make_audio(audio / f"{style}{i}.mp3", 4.5 + 1.5 * i, style=style, seed=i)
+            rows.append(f"{style}{i}.mp3,{style}")
+    (audio / "labels.csv").write_text("\n".join(rows) + "\n")
+    (audio / "broken.mp3").write_bytes(b"\x00" * 100)
+    make_audio(audio / "short.mp3", 2.0)
+    run_featurize(spark, [str(audio)], str(root / "features"), labels=str(audio / "labels.csv"))
+    report = run_train(str(root / "features"), str(root / "bundle"), **LABELLED_TRAINING)
+    return Labelled(audio, root / "features", root / "bundle", report)

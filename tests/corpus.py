@@ -10,6 +10,10 @@ import numpy as np
 
 from genreclf.audio.synth import encode, synthesize
 
+#: How the shared bundle (conftest's ``labelled``) is trained: one epoch, small batches, one
+#: validation track per style.
+LABELLED_TRAINING = dict(epochs=1, batch_size=8, val_fraction=0.34, seed=1)
+
 
 def build(directory, make_audio, long_file=True):
     d = str(directory)

@@ -23,30 +23,15 @@ FLOAT32 = Settings(score=ScoreSettings(precision="float32"))
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, make_audio):
-    audio = tmp_path_factory.mktemp("score") / "audio"
-    audio.mkdir()
-    rows = ["path,genre"]
-    for style in ("techno", "ambient", "jazz"):
-        for i in range(3):
-            make_audio(audio / f"{style}{i}.mp3", 4.5 + 1.5 * i, style=style, seed=i)
-            rows.append(f"{style}{i}.mp3,{style}")
-    (audio / "labels.csv").write_text("\n".join(rows) + "\n")
-    (audio / "broken.mp3").write_bytes(b"\x00" * 100)
-    make_audio(audio / "short.mp3", 2.0)
-    return audio
+def corpus(labelled):
+    """The shared labelled corpus (tests/conftest.py): 9 labelled tracks, a broken and a short file."""
+    return labelled.audio
 
 
 @pytest.fixture(scope="module")
-def trained(spark, corpus, tmp_path_factory):
-    from genreclf.train import run_train
-
-    root = tmp_path_factory.mktemp("trained")
-    features = root / "features"
-    run_featurize(spark, [str(corpus)], str(features), labels=str(corpus / "labels.csv"))
-    bundle = root / "bundle"
-    run_train(str(features), str(bundle), epochs=1, batch_size=8, val_fraction=0.34, seed=1)
-    return features, bundle
+def trained(labelled):
+    """Its features and the bundle trained on them (tests/conftest.py)."""
+    return labelled.features, labelled.bundle
 
 
 @pytest.fixture(scope="module")
