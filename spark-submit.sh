@@ -50,6 +50,9 @@ esac
 if [ -z "$PROPS" ]; then
   case "$MASTER" in local*) PROPS="$HERE/conf/spark-local.conf" ;; *) PROPS="$HERE/conf/spark-cluster.conf" ;; esac
 fi
+# Local mode talks to itself only: bind to the loopback (Spark otherwise warns that the hostname
+# resolves to it and picks another interface). A cluster's driver keeps Spark's own choice.
+case "$MASTER" in local*) export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}" ;; esac
 
 if [ -n "${SPARK_HOME:-}" ]; then
   SUBMIT="$SPARK_HOME/bin/spark-submit"
