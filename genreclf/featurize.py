@@ -209,7 +209,7 @@ def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, increm
     n_parts = task_count(len(table), fs_settings.files_per_task, sc.defaultParallelism)
     fn = functools.partial(_partition_fn, recipe_json=json.dumps(recipe.to_dict()), windows_url=windows_url,
                            run_id=run_id, row_group_size_mb=fs_settings.row_group_size_mb,
-                           max_duration_s=fs_settings.max_duration_s, storage_options=settings.storage.to_dict())
+                           max_duration_s=fs_settings.max_duration_s, storage_options=storage.options())
     statuses = entries_frame(spark, table, n_parts).mapInPandas(fn, schema=from_arrow_schema(TRACKS_SCHEMA))
 
     sc.setJobDescription(f"genreclf featurize: {len(table)} files in {n_parts} tasks")

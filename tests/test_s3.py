@@ -153,6 +153,34 @@ def test_incremental_scoring_on_s3_scores_only_a_new_object(spark, s3, runs, sto
         storage.delete(f"{bucket}/audio/new.mp3")
 
 
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+def test_the_endpoint_may_come_from_the_aws_environment_alone(spark, s3, runs, store, monkeypatch, variable):
+    """No [storage] endpoint_url: the AWS SDKs' variable names the store, on the driver and (handed over
+    by it) in every task; the same tracks and scores as with the setting. AWS_ENDPOINT_URL_S3 wins."""
+    _, _, bucket = store
+    for name in storage.ENDPOINT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, s3.endpoint)
+    if variable == "AWS_ENDPOINT_URL_S3":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there: must lose
+    settings = Settings(storage=StorageSettings(retries=2, retry_backoff_s=0.1))  # endpoint_url = ""
+    out = f"{bucket}/env-{variable.lower()}"
+    try:
+        run_featurize(spark, [f"{bucket}/audio"], f"{out}/features", labels=f"{bucket}/audio/labels.csv",
+                      settings=settings)
+        run_score(spark, f"{bucket}/model", f"{out}/scores", features=f"{out}/features", settings=settings)
+        same = [c for c in read_tracks(f"{bucket}/features").columns if c not in ("path", "mtime")]
+        assert read_tracks(f"{out}/features")[same].equals(read_tracks(f"{bucket}/features")[same])
+        got = read_scores(f"{out}/scores").set_index("track_id")
+        want = read_scores(f"{bucket}/scores_f").set_index("track_id")
+        assert sorted(got.index) == sorted(want.index) and (got["status"] == "ok").sum() == 6
+        for tid in got.index[got["status"] == "ok"]:
+            np.testing.assert_allclose(got.loc[tid, "probability_vector"], want.loc[tid, "probability_vector"],
+                                       atol=1e-6)
+    finally:
+        storage.configure(_settings(s3.endpoint).storage.to_dict())
+
+
 def test_a_nonexistent_bucket_is_a_clear_driver_error(spark, s3, store, tmp_path):
     with pytest.raises(ConfigError, match="no-such-bucket"):
         run_featurize(spark, ["s3://no-such-bucket/audio"], str(tmp_path / "f"), settings=_settings(s3.endpoint))

@@ -1,7 +1,7 @@
 """Every location a user gives, a local path or a URL, read and written here with pyarrow filesystems.
 
 Local paths, ``file://``, ``s3://`` (pyarrow's S3: the standard AWS environment variables and
-profile, ``AWS_ENDPOINT_URL`` included, or ``[storage] endpoint_url``), ``gs://``, ``hdfs://`` (where
+profile; the endpoint from ``[storage] endpoint_url``, else ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``), ``gs://``, ``hdfs://`` (where
 libhdfs is installed) and, when ``fsspec`` and its backend are installed, any other fsspec protocol.
 A *location* is what the tables hold: a plain absolute path for local files, a full URL otherwise.
 
@@ -143,9 +143,24 @@ def relative(location: str, root: str) -> str:
     return posixpath.relpath(location.split("://", 1)[1], root.split("://", 1)[1])
 
 
+#: The AWS SDKs' endpoint variables, the service-specific one first (it wins); pyarrow 14 reads neither.
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def endpoint_url() -> str:
+    """The S3 endpoint in force: ``[storage] endpoint_url``, else the environment's, else AWS ("")."""
+    return _OPTIONS["endpoint_url"] or next((os.environ[v] for v in ENDPOINT_VARIABLES if os.environ.get(v)), "")
+
+
+def options() -> dict:
+    """The settings in force, the endpoint resolved: what the driver hands to its tasks, whose
+    executors may not have the driver's environment."""
+    return {**_OPTIONS, "endpoint_url": endpoint_url()}
+
+
 def _s3():
     kwargs = {}
-    endpoint = _OPTIONS["endpoint_url"] or os.environ.get("AWS_ENDPOINT_URL_S3") or ""
+    endpoint = endpoint_url()
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")

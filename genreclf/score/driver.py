@@ -99,7 +99,7 @@ def _task_options(recipe, settings, calibration, staging, run) -> dict:
     return dict(recipe_json=json.dumps(recipe.to_dict()), batch_size=settings.score.batch_size,
                 max_windows=settings.score.max_windows, precision=settings.score.precision,
                 calibration=calibration[0], temperature=calibration[1], staging=staging,
-                storage_options=settings.storage.to_dict(), run=run)
+                storage_options=storage.options(), run=run)
 
 
 def _from_audio(spark, bundle_name, settings, entries, options):
