@@ -6,7 +6,7 @@ GPU     ?= 0
 RUNTIME := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 VENV    ?= $(if $(filter 1,$(GPU)),.venv-gpu,.venv)
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed-$(shell cat $(RUNTIME) requirements-base.txt requirements-dev.txt setup.py | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(shell cat $(RUNTIME) requirements-base.txt requirements-dev.txt setup.py genreclf/ml/pretrained.py | cksum | cut -d' ' -f1)
 DEMO    := demo-output
 
 CORPUS  ?= ../shared/corpus-train
@@ -30,6 +30,7 @@ $(STAMP):
 	$(PY) -m pip install -q --disable-pip-version-check -r $(RUNTIME) -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	$(PY) -m pip check
+	$(PY) -m genreclf.ml.pretrained install  # musicnn's weights from its wheel, checked (not the package)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
