@@ -131,7 +131,7 @@ def make_bundle(out: str, labels) -> str:
     if not os.path.exists(os.path.join(path, MODEL_FILE)):
         os.makedirs(path, exist_ok=True)
         keras.utils.set_random_seed(0)
-        compile_model(build_model((R.frames, R.bins, 1), len(labels))).save(os.path.join(path, MODEL_FILE))
+        compile_model(build_model((R.frames, R.bands, 1), len(labels))).save(os.path.join(path, MODEL_FILE))
         write_json(os.path.join(path, BUNDLE_FILE), bundle_info(labels, R))
     return path
 

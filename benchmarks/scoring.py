@@ -51,7 +51,7 @@ def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24) -> fl
         "from genreclf.ml.inference import load\n"
         "from genreclf.ml.inference import TrackBatcher\n"
         f"_, model, computed = load({bundle!r}, {precision!r}, 1)\n"
-        f"x = np.random.default_rng(0).random(({tracks} * 19, {R.frames}, {R.bins})).astype(np.float16)\n"
+        f"x = np.random.default_rng(0).random(({tracks} * 19, {R.frames}, {R.bands})).astype(np.float16)\n"
         f"b = TrackBatcher(model, {batch}); b.add(0, x[:{batch}]); b.flush()  # warm-up: tracing\n"
         "t = time.perf_counter()\n"
         f"b = TrackBatcher(model, {batch})\n"

@@ -31,10 +31,15 @@ DEFAULT_CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 #: Precisions a score may be computed in ([score] precision; genreclf.ml.inference resolves auto).
 SCORE_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-#: Window functions of the STFT: the reference's symmetric Hann (``scipy.signal.hanning``).
-WINDOW_FUNCTIONS = ("hann-symmetric",)
-#: Magnitude compressions (genreclf.audio.stft.compress): none (the reference), log1p(C*|X|), decibels.
-MAGNITUDES = ("linear", "log", "db")
+#: Window functions of the STFT: the reference's symmetric Hann (``scipy.signal.hanning``), and the
+#: periodic Hann of librosa and musicnn.
+WINDOW_FUNCTIONS = ("hann-symmetric", "hann")
+#: Front-ends (genreclf.audio.stft.window_features): STFT magnitudes over linear frequency (the
+#: reference), or a power mel spectrogram of ``n_mels`` Slaney bands (musicnn's input).
+FRONTENDS = ("stft", "mel")
+#: Magnitude compressions (genreclf.audio.stft.compress): none (the reference), log1p(C*|X|), decibels,
+#: and musicnn's log10(1 + 10000 x) of the float16-cast power.
+MAGNITUDES = ("linear", "log", "db", "musicnn")
 #: Floor of the "db" magnitude (-100 dB): silence maps to -100, not -inf.
 DB_FLOOR = 1e-5
 #: Stored feature dtypes.
@@ -57,7 +62,9 @@ class Recipe:
     n_fft: int = 1024  # STFT size: n_fft // 2 + 1 frequency bins (513)
     stft_hop: int = 512  # samples between STFT frames
     frames: int = 128  # STFT frames kept per window (the first 128 of 130)
-    window_function: str = "hann-symmetric"  # the reference's scipy.signal.hanning
+    window_function: str = "hann-symmetric"  # the reference's scipy.signal.hanning; "hann": periodic (librosa's)
+    frontend: str = "stft"  # "stft": magnitudes over 513 linear bins (the reference); "mel": power mel bands
+    n_mels: int = 96  # mel bands (frontend "mel" only; Slaney scale and norm, as librosa)
     magnitude: str = "linear"  # "linear" (the reference), "log": log1p(log_scale*|X|), "db": 20*log10(max(|X|, DB_FLOOR))
     log_scale: float = 100.0  # C of the "log" magnitude (unused otherwise)
     dtype: str = "float16"  # stored precision of the features (halves storage vs float32)
@@ -75,7 +82,11 @@ class Recipe:
                        f"an integer in [4, window // stft_hop + 1 = {self.window // self.stft_hop + 1}] "
                        "(the model's first convolution spans 4 frames; a window holds no more)"),
             "window_function": (lambda v: v in WINDOW_FUNCTIONS, one_of(WINDOW_FUNCTIONS)),
-            "magnitude": (lambda v: v in MAGNITUDES, one_of(MAGNITUDES)),
+            "frontend": (lambda v: v in FRONTENDS, one_of(FRONTENDS)),
+            "n_mels": (lambda v: isinstance(v, int) and 1 <= v <= self.n_fft // 2 + 1,
+                       f"an integer in [1, n_fft // 2 + 1 = {self.n_fft // 2 + 1}]"),
+            "magnitude": (lambda v: v in MAGNITUDES and (v != "musicnn" or self.frontend == "mel"),
+                          one_of(MAGNITUDES) + ' ("musicnn" with frontend "mel")'),
             "log_scale": (lambda v: isinstance(v, (int, float)) and 0 < v < float("inf"), "a number > 0"),
             "dtype": (lambda v: v in FEATURE_DTYPES, one_of(FEATURE_DTYPES)),
         })
@@ -86,14 +97,19 @@ class Recipe:
         return self.n_fft // 2 + 1
 
     @property
+    def bands(self) -> int:
+        """Frequency rows of the features: mel bands, or the STFT's bins."""
+        return self.n_mels if self.frontend == "mel" else self.bins
+
+    @property
     def min_window_samples(self) -> int:
         """Fewest decoded samples a (zero-padded) window may hold: 59535 for the defaults."""
         return int(round(self.window * self.min_window_fraction))
 
     @property
     def shape(self) -> tuple:
-        """Shape of one window's features: (frames, bins)."""
-        return (self.frames, self.bins)
+        """Shape of one window's features: (frames, bands)."""
+        return (self.frames, self.bands)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

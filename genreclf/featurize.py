@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 
 def _rows_per_group(recipe: Recipe, row_group_size_mb: int) -> int:
-    row_bytes = recipe.frames * recipe.bins * pa.from_numpy_dtype(recipe.dtype).bit_width // 8
+    row_bytes = recipe.frames * recipe.bands * pa.from_numpy_dtype(recipe.dtype).bit_width // 8
     return max(1, row_group_size_mb * 2**20 // row_bytes)
 
 

@@ -134,7 +134,7 @@ def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers) -> tuple:
     from genreclf.ml.plots import training_curves
 
     keras.utils.set_random_seed(cfg.seed)
-    model = compile_model(build_model((recipe.frames, recipe.bins, 1), len(labels), recipe.dtype))
+    model = compile_model(build_model((recipe.frames, recipe.bands, 1), len(labels), recipe.dtype))
     log.info("model: %d parameters", model.count_params())
     pipeline = dict(batch_size=cfg.batch_size, workers=workers, pool_windows=cfg.shuffle_buffer, reader=cfg.reader)
     train_ds = tf_dataset(train_set, shuffle=True, seed=cfg.seed, **pipeline)
@@ -198,6 +198,6 @@ def as_float32(model, recipe, n_classes: int):
     from genreclf.ml.network import build_model
 
     keras.mixed_precision.set_global_policy("float32")
-    plain = build_model((recipe.frames, recipe.bins, 1), n_classes, recipe.dtype)
+    plain = build_model((recipe.frames, recipe.bands, 1), n_classes, recipe.dtype)
     plain.set_weights(model.get_weights())
     return plain

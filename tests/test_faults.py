@@ -167,7 +167,7 @@ def test_a_killed_score_leaves_the_old_scores_and_a_rerun_equals_an_uninterrupte
     bundle = tmp_path / "bundle"  # seeded, untrained: crash safety does not depend on the weights
     bundle.mkdir()
     keras.utils.set_random_seed(0)
-    build_model((Recipe().frames, Recipe().bins, 1), 3).save(str(bundle / MODEL_FILE))
+    build_model((Recipe().frames, Recipe().bands, 1), 3).save(str(bundle / MODEL_FILE))
     write_json(str(bundle / BUNDLE_FILE), bundle_info(["jazz", "rock", "techno"], Recipe()))
     conf = tmp_path / "one_file_a_task.toml"
     conf.write_text("[featurize]\nfiles_per_task = 1\n")

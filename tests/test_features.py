@@ -91,3 +91,34 @@ def test_featurize_uses_the_recipe_magnitude(tmp_path, make_audio):
     linear = featurize_file(str(path), Recipe(dtype="float32")).features
     logged = featurize_file(str(path), Recipe(dtype="float32", magnitude="log", log_scale=10.0)).features
     np.testing.assert_allclose(logged, np.log1p(10.0 * linear), rtol=1e-5, atol=1e-6)
+
+
+MEL = Recipe(sample_rate=16000, window=47872, hop=47872, n_fft=512, stft_hop=256, frames=187,
+             window_function="hann", frontend="mel", n_mels=96, magnitude="musicnn", dtype="float32")
+
+
+def test_the_mel_recipe_is_conf_musicnn():
+    from genreclf.config import DEFAULT_CONF, load_settings
+
+    assert load_settings(DEFAULT_CONF.replace("genreclf.toml", "musicnn.toml")).recipe == MEL
+    assert MEL.shape == (187, 96)
+
+
+def test_mel_front_end_matches_librosa_melspectrogram_on_the_same_samples():
+    """musicnn's input as its code made it (librosa <= 0.8: centred frames, reflect padding, periodic
+    Hann, power 2, Slaney mel), then float16, then log10(1 + 10000 x): within float32 rounding."""
+    from genreclf.audio.stft import mel_power, window_features
+
+    rng = np.random.default_rng(5)
+    t = np.arange(MEL.window) / MEL.sample_rate
+    windows = np.stack([0.5 * np.sin(2 * np.pi * 440 * t) + 0.1 * rng.standard_normal(MEL.window),
+                        0.3 * rng.standard_normal(MEL.window)]).astype(np.float32)
+    power = mel_power(windows, MEL)
+    features = window_features(windows, MEL)
+    assert features.shape == (2, 187, 96) and features.dtype == np.float32
+    for w, ours, feats in zip(windows, power, features):
+        ref = librosa.feature.melspectrogram(y=w, sr=16000, n_fft=512, hop_length=256, n_mels=96,
+                                             pad_mode="reflect")[:, :187].T
+        np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=1e-6 * ref.max())
+        np.testing.assert_allclose(feats, np.log10(10000 * ref.astype(np.float16) + 1), atol=2e-3)
+        np.testing.assert_array_equal(feats, np.log10(10000 * ours.astype(np.float16) + 1))

@@ -27,7 +27,7 @@ def test_the_keras_network_gives_the_original_graphs_outputs(model):
     fixture = np.load(FIXTURE)
     network = build_musicnn()
     load_weights(network, pretrained.checkpoint(model))
-    tags, penultimate = network.predict(fixture["x"], verbose=0)
+    tags, penultimate = network.predict(fixture["x"][..., None], verbose=0)
     key = model.split("_")[0].lower()
     np.testing.assert_allclose(tags, fixture[f"{key}_tags"], atol=1e-4)
     np.testing.assert_allclose(penultimate, fixture[f"{key}_penultimate"], atol=1e-4)

@@ -1,6 +1,7 @@
 """A window's features from its samples, for every recipe: STFT magnitudes (exactly the reference's,
-batched for speed), compressed as the recipe says, in the stored dtype. :func:`window_features` is
-the one seam featurize, score and the benchmark call.
+batched for speed) or, with ``frontend = "mel"``, power mel bands (musicnn's input), compressed as the
+recipe says, in the stored dtype. :func:`window_features` is the one seam featurize, score and the
+benchmark call.
 
 Equals ``np.abs(librosa.stft(w, n_fft=1024, hop_length=512, window=<symmetric Hann>,
 center=True, pad_mode='reflect'))[:, :128].T`` per window (pinned by tests), but computes only the
@@ -8,6 +9,8 @@ center=True, pad_mode='reflect'))[:, :128].T`` per window (pinned by tests), but
 """
 
 from __future__ import annotations
+
+import functools
 
 import numba
 import numpy as np
@@ -17,10 +20,32 @@ from genreclf.config import DB_FLOOR, Recipe
 
 
 def analysis_window(recipe: Recipe) -> np.ndarray:
-    """The symmetric Hann window the reference used (``scipy.signal.hanning``), float32."""
-    if recipe.window_function != "hann-symmetric":
-        raise ValueError(f"unsupported window function {recipe.window_function!r}")
-    return np.hanning(recipe.n_fft).astype(np.float32)
+    """The recipe's window, float32: the symmetric Hann the reference used (``scipy.signal.hanning``),
+    or the periodic one of librosa's STFT (``scipy.signal.get_window("hann", n, fftbins=True)``)."""
+    if recipe.window_function == "hann-symmetric":
+        return np.hanning(recipe.n_fft).astype(np.float32)
+    if recipe.window_function == "hann":
+        return np.hanning(recipe.n_fft + 1)[:-1].astype(np.float32)
+    raise ValueError(f"unsupported window function {recipe.window_function!r}")
+
+
+@functools.lru_cache(maxsize=4)
+def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """The (bins, n_mels) float32 Slaney mel filter bank, transposed for ``power @ filters``:
+    ``librosa.filters.mel``'s defaults, which musicnn used."""
+    import librosa
+
+    return np.ascontiguousarray(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).T, np.float32)
+
+
+def mel_power(windows: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """Power mel spectrogram of a batch of windows, (k, frames, n_mels) float32: the squared STFT
+    magnitudes of :func:`stft_magnitudes` (centred, reflect-padded frames) through the mel filters.
+    Equals ``librosa.feature.melspectrogram(y=w, sr, n_fft, hop_length, n_mels, pad_mode="reflect")
+    [:, :frames].T`` per window (pinned by tests)."""
+    mags = stft_magnitudes(windows, recipe)
+    np.square(mags, out=mags)
+    return mags @ mel_filters(recipe.sample_rate, recipe.n_fft, recipe.n_mels)
 
 
 def stft_magnitudes(windows: np.ndarray, recipe: Recipe) -> np.ndarray:
@@ -52,8 +77,14 @@ def stft_magnitudes(windows: np.ndarray, recipe: Recipe) -> np.ndarray:
 
 def compress(mags: np.ndarray, recipe: Recipe) -> np.ndarray:
     """The recipe's magnitude compression, in place on float32 magnitudes: "linear" (none, the
-    reference), "log" = log1p(log_scale * |X|), "db" = 20 * log10(max(|X|, DB_FLOOR))."""
-    if recipe.magnitude == "log":
+    reference), "log" = log1p(log_scale * |X|), "db" = 20 * log10(max(|X|, DB_FLOOR)), "musicnn" =
+    log10(1 + 10000 x) of the power rounded to float16 first, as musicnn computed its input."""
+    if recipe.magnitude == "musicnn":
+        mags[...] = mags.astype(np.float16)
+        np.multiply(mags, np.float32(10000.0), out=mags)
+        np.add(mags, np.float32(1.0), out=mags)
+        np.log10(mags, out=mags)
+    elif recipe.magnitude == "log":
         np.multiply(mags, np.float32(recipe.log_scale), out=mags)
         np.log1p(mags, out=mags)
     elif recipe.magnitude == "db":
@@ -66,8 +97,9 @@ def compress(mags: np.ndarray, recipe: Recipe) -> np.ndarray:
 
 
 def window_features(windows: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """Model input of a batch of windows (k, recipe.window): (k, frames, bins) in ``recipe.dtype``."""
-    return to_dtype(compress(stft_magnitudes(windows, recipe), recipe), recipe.dtype)
+    """Model input of a batch of windows (k, recipe.window): (k, frames, bands) in ``recipe.dtype``."""
+    spectra = mel_power(windows, recipe) if recipe.frontend == "mel" else stft_magnitudes(windows, recipe)
+    return to_dtype(compress(spectra, recipe), recipe.dtype)
 
 
 @numba.njit(cache=True, nogil=True)

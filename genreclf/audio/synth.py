@@ -257,7 +257,7 @@ def write_windows(windows_url: str, *, n_tracks: int = 30, windows_per_track: tu
     rng = np.random.default_rng(seed)
     tracks = {synthetic_track_id(t): (labels[t % len(labels)], int(rng.integers(*windows_per_track)))
               for t in range(n_tracks)}
-    noise = rng.random((8, recipe.frames - 1, recipe.bins), dtype=np.float32).astype(np.float16)
+    noise = rng.random((8, recipe.frames - 1, recipe.bands), dtype=np.float32).astype(np.float16)
     ids = list(tracks)
     for f in range(files):
         def tables(mine=ids[f::files]):

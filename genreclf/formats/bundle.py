@@ -40,7 +40,7 @@ def read_json(location: str):
 
 def bundle_info(labels: list, recipe: Recipe, **extra) -> dict:
     return {"labels": list(labels), "recipe": recipe.to_dict(), "genreclf_version": __version__,
-            "input_shape": [recipe.frames, recipe.bins, 1], **extra}
+            "input_shape": [recipe.frames, recipe.bands, 1], **extra}
 
 
 def write_training_record(directory: str, *, labels: list, recipe: Recipe, history: dict, seed: int,

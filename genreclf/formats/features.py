@@ -220,14 +220,14 @@ def decode_npy_column(column, recipe: Recipe) -> np.ndarray:
     np.lib.format.read_magic(first)
     np.lib.format.read_array_header_1_0(first)
     offset = first.tell()
-    count = recipe.frames * recipe.bins
+    count = recipe.frames * recipe.bands
     for i, raw in enumerate(column):
         out[i] = np.frombuffer(raw, dtype=recipe.dtype, count=count, offset=offset).reshape(recipe.shape)
     return out
 
 
 def _payload_bytes(recipe: Recipe) -> int:
-    return recipe.frames * recipe.bins * np.dtype(recipe.dtype).itemsize
+    return recipe.frames * recipe.bands * np.dtype(recipe.dtype).itemsize
 
 
 def _check_rows(first_row: bytes, lengths: np.ndarray, recipe: Recipe) -> int:

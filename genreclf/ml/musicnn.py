@@ -17,7 +17,7 @@ Batch norms are TF1 layers': epsilon 1e-3. Dropout (0.5, training only) is left 
 
 from __future__ import annotations
 
-#: Frames x mel bands of one input patch.
+#: Frames x mel bands of one input patch (the model takes it with a channel axis, as genreclf's windows).
 PATCH = (187, 96)
 #: Batch-norm epsilon of tf.compat.v1.layers.batch_normalization, which trained the weights.
 BN_EPSILON = 1e-3
@@ -31,7 +31,8 @@ MIDEND = (("conv2d_5", "batch_normalization_6"), ("conv2d_6", "batch_normalizati
 
 
 def build_musicnn(n_tags: int = 50, filters_midend: int = 64, units_backend: int = 200):
-    """The network, outputs (tag probabilities (n, n_tags), the 200-d penultimate embedding)."""
+    """The network: (n, 187, 96, 1) mel patches -> (tag probabilities (n, n_tags), the 200-d
+    penultimate embedding)."""
     import keras
     from keras import layers
 
@@ -44,8 +45,8 @@ def build_musicnn(n_tags: int = 50, filters_midend: int = 64, units_backend: int
         x = layers.MaxPooling2D((1, width))(x)
         return layers.Reshape((frames, channels))(x)
 
-    inp = keras.Input(PATCH, name="mel")
-    x = bn("batch_normalization")(layers.Reshape((frames, bands, 1))(inp))
+    inp = keras.Input((frames, bands, 1), name="mel")
+    x = bn("batch_normalization")(inp)
     front = []
     padded = layers.ZeroPadding2D(((3, 3), (0, 0)))(x)
     for width, conv, norm in TIMBRAL:

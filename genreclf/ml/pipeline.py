@@ -377,7 +377,7 @@ def tf_dataset(windows: WindowSet, *, batch_size: int, shuffle: bool, seed: int 
                 raise ValueError(f"track {b.track_ids[b.y < 0][0]} has no label in {windows.labels}")
             yield b.x[..., None], eye[b.y]
 
-    spec = (tf.TensorSpec((None, r.frames, r.bins, 1), tf.dtypes.as_dtype(r.dtype)),
+    spec = (tf.TensorSpec((None, r.frames, r.bands, 1), tf.dtypes.as_dtype(r.dtype)),
             tf.TensorSpec((None, n_classes), tf.float32))
     ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
     ds = ds.apply(tf.data.experimental.assert_cardinality(windows.n_batches(batch_size)))
