@@ -17,8 +17,13 @@ Batch norms are TF1 layers': epsilon 1e-3. Dropout (0.5, training only) is left 
 
 from __future__ import annotations
 
+from genreclf.config import Recipe
+
 #: Frames x mel bands of one input patch (the model takes it with a channel axis, as genreclf's windows).
 PATCH = (187, 96)
+#: The input contract: musicnn's front-end as a genreclf recipe (conf/musicnn.toml says the same).
+RECIPE = Recipe(sample_rate=16000, window=47872, hop=47872, n_fft=512, stft_hop=256, frames=187,
+                window_function="hann", frontend="mel", n_mels=96, magnitude="musicnn", dtype="float32")
 #: Batch-norm epsilon of tf.compat.v1.layers.batch_normalization, which trained the weights.
 BN_EPSILON = 1e-3
 #: The checkpoint's variable scopes, in the order the original graph created them: the layers here

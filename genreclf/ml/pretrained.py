@@ -42,6 +42,9 @@ MODELS = {
 #: The tag lists in the wheel's configuration.py, per model.
 LABEL_LISTS = {"MSD_musicnn": "MSD_LABELS", "MTT_musicnn": "MTT_LABELS"}
 INSTALL_COMMAND = "make install (or: python -m genreclf.ml.pretrained install)"
+#: ``score --model pretrained:NAME``: the taggers as bundles, scored with no labels of the user's.
+TAGGERS = {"musicnn-msd": "MSD_musicnn", "musicnn-mtt": "MTT_musicnn"}
+PREFIX = "pretrained:"
 
 
 def data_dir() -> str:
@@ -78,6 +81,45 @@ def labels(model: str) -> list:
         raise ConfigError(f"pretrained tag list {path} is missing: run {INSTALL_COMMAND}")
     with open(path) as f:
         return json.load(f)
+
+
+def is_pretrained(location: str) -> bool:
+    return str(location).startswith(PREFIX)
+
+
+def tagger_bundle(location: str) -> str:
+    """A local bundle directory for ``pretrained:NAME``: the tagger (sigmoid tag probabilities) with
+    its weights inside, its tags as labels, musicnn's recipe, no calibration. Made once per weights
+    and kept in $TMPDIR; shipped to executors like any bundle, so they never need the wheel."""
+    from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, bundle_info, write_json
+    from genreclf.ml.musicnn import RECIPE, build_musicnn, load_weights
+
+    name = location[len(PREFIX):]
+    if name not in TAGGERS:
+        raise ConfigError(f"--model {location}: no such pretrained model; known: "
+                          + ", ".join(PREFIX + n for n in TAGGERS))
+    model = TAGGERS[name]
+    prefix = checkpoint(model)
+    digest = MODELS[model][".data-00000-of-00001"][1][:12]
+    out = os.path.join(tempfile.gettempdir(), f"genreclf-pretrained-{name}-{digest}")
+    if os.path.isfile(os.path.join(out, BUNDLE_FILE)):
+        return out
+    import keras
+
+    network = build_musicnn()
+    load_weights(network, prefix)
+    staged = tempfile.mkdtemp(prefix=f".genreclf-pretrained-{name}-", dir=tempfile.gettempdir())
+    keras.Model(network.inputs, network.outputs[0], name=name).save(os.path.join(staged, MODEL_FILE))
+    write_json(os.path.join(staged, BUNDLE_FILE), bundle_info(
+        labels(model), RECIPE, kind="tagger", pretrained=location, calibration="none", temperature=1.0,
+        credit=CREDIT))
+    try:
+        os.rename(staged, out)
+    except OSError:  # another process made it meanwhile: the same content
+        import shutil
+
+        shutil.rmtree(staged, ignore_errors=True)
+    return out
 
 
 def install(wheel: str | None = None) -> str:

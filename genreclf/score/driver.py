@@ -53,6 +53,7 @@ from genreclf.io.catalog import expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
 from genreclf.io.progress import SparkProgress
 from genreclf.io.spark import entries_frame, task_count
+from genreclf.ml import pretrained
 from genreclf.score.tasks import score_audio_partition, score_window_files_partition
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,8 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
                           "rescoring only new and changed files")
     storage.configure(settings.storage.to_dict())
     _check_precision(spark, settings.score.precision)
+    if pretrained.is_pretrained(bundle):  # a tagger of ours: its bundle made here, shipped as any other
+        bundle = pretrained.tagger_bundle(bundle)
     info = load_bundle_info(bundle)
     calibration = calibration_of(info, calibrate)
     if calibration[0] != "none":
