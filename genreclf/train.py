@@ -100,12 +100,13 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
     # The bundle is built in a local directory and committed whole at the end (storage.local_output):
     # a kill leaves the old bundle, never half of a new one.
     with storage.local_output(model_out) as tmp:
-        model, history, fit = _fit(tmp, recipe, labels, train_set, val_set, cfg, workers)
+        fit_model = _fit_on_backbone if cfg.model == "musicnn" else _fit
+        model, history, fit = fit_model(tmp, recipe, labels, train_set, val_set, cfg, workers)
         report, calibration, temperatures = _calibrate(tmp, model, val_set, labels, cfg, workers, features)
         write_training_record(
             tmp, labels=labels, recipe=recipe, history=history, seed=cfg.seed, val_fraction=cfg.val_fraction,
-            val_ids=val_ids, calibration=calibration, temperatures=temperatures,
-            trained_on=storage.to_url(features), batch_size=cfg.batch_size, optimizer="Adadelta", learning_rate=1.0,
+            val_ids=val_ids, calibration=calibration, temperatures=temperatures, model=cfg.model,
+            trained_on=storage.to_url(features), batch_size=cfg.batch_size,
             parameters=model.count_params(), excluded_tracks=len(set(exclude_tracks)), class_weight=cfg.class_weight,
             precision=cfg.precision, reader=cfg.reader, reader_workers=workers, device="GPU" if on_gpu else "CPU",
             train_tracks=len(train_ids), val_tracks=len(val_ids), **fit)
@@ -159,7 +160,65 @@ def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers) -> tuple:
     model.save(os.path.join(tmp, MODEL_FILE))  # the best weights (restored by early stopping)
     training_curves(hist, os.path.join(tmp, "training_curves.png"))
     return model, hist, {"epochs_run": epochs_run, "train_seconds": round(train_s, 1),
-                         "windows_per_s": round(windows_per_s, 1)}
+                         "windows_per_s": round(windows_per_s, 1), "optimizer": "Adadelta", "learning_rate": 1.0}
+
+
+#: The head on the frozen backbone: Adam at Keras's default rate (a linear softmax on 200 features).
+HEAD_LEARNING_RATE = 1e-3
+
+
+def _fit_on_backbone(tmp, recipe, labels, train_set, val_set, cfg, workers) -> tuple:
+    """A softmax head fitted on the frozen musicnn (MSD) backbone's 200-d penultimate features, computed
+    once per window; the bundle's model is backbone + head, weights inside (executors need no wheel)."""
+    import keras
+    import numpy as np
+
+    from genreclf.ml import musicnn, pretrained
+    from genreclf.ml.plots import training_curves
+
+    if recipe != musicnn.RECIPE:
+        raise ConfigError("[train] model = 'musicnn' needs features of musicnn's recipe: featurize with "
+                          "--conf conf/musicnn.toml")
+    backbone = musicnn.build_musicnn()
+    musicnn.load_weights(backbone, pretrained.checkpoint("MSD_musicnn"))
+    backbone.trainable = False
+    embed = keras.Model(backbone.inputs, backbone.outputs[1])
+
+    def embedded(windows):
+        xs, ys = [], []
+        for b in windows.batches(cfg.batch_size, shuffle=False, workers=workers):
+            xs.append(np.asarray(embed.predict_on_batch(np.asarray(b.x, np.float32)[..., None])))
+            ys.append(b.y)
+        return np.concatenate(xs), keras.utils.to_categorical(np.concatenate(ys), len(labels))
+
+    started = time.time()
+    x_train, y_train = embedded(train_set)
+    validation = embedded(val_set) if val_set else None
+    log.info("train: musicnn features of %d windows in %.0f s", len(x_train) + (len(validation[0]) if validation else 0),
+             time.time() - started)
+    keras.utils.set_random_seed(cfg.seed)
+    head = keras.layers.Dense(len(labels), activation="softmax", name="genre")
+    features = keras.Input((x_train.shape[1],))
+    head_model = keras.Model(features, head(features))
+    head_model.compile(optimizer=keras.optimizers.Adam(HEAD_LEARNING_RATE), loss="categorical_crossentropy",
+                       metrics=["accuracy"])
+    monitor = "val_loss" if validation else "loss"
+    weights = class_weights(train_set.label_counts()) if cfg.class_weight == "balanced" else None
+    started = time.time()
+    history = head_model.fit(x_train, y_train, validation_data=validation, epochs=cfg.epochs,
+                             batch_size=cfg.batch_size, verbose=2, class_weight=weights, callbacks=[
+                                 keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
+                                                               restore_best_weights=True)])
+    train_s = time.time() - started
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    model = keras.Model(backbone.inputs, head(backbone.outputs[1]), name="musicnn_genre")
+    model.save(os.path.join(tmp, MODEL_FILE))
+    training_curves(hist, os.path.join(tmp, "training_curves.png"))
+    epochs_run = len(hist.get("loss", []))
+    return model, hist, {"epochs_run": epochs_run, "train_seconds": round(train_s, 1),
+                         "windows_per_s": round(len(x_train) * epochs_run / max(train_s, 1e-9), 1),
+                         "backbone": "pretrained:musicnn-msd (frozen)", "credit": pretrained.CREDIT,
+                         "optimizer": "Adam", "learning_rate": HEAD_LEARNING_RATE}
 
 
 def _calibrate(tmp, model, val_set, labels, cfg, workers, features) -> tuple:

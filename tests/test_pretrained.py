@@ -57,3 +57,35 @@ def test_an_unknown_pretrained_model_is_one_line_naming_those_there_are(spark, c
     audio, _ = clips
     with pytest.raises(ConfigError, match="no such pretrained model; known: pretrained:musicnn-msd"):
         run_score(spark, "pretrained:vggish", str(tmp_path / "out"), inputs=[str(audio)])
+
+
+def test_transfer_training_through_the_whole_pipeline_with_the_musicnn_preset(spark, labelled, tmp_path):
+    """featurize -> train -> score -> evaluate with --conf conf/musicnn.toml on the shared labelled corpus:
+    mel patches, a head on the frozen backbone, a self-contained bundle that scores and evaluates."""
+    import dataclasses
+
+    from genreclf.config import DEFAULT_CONF, load_settings
+    from genreclf.evaluate import run_evaluate
+    from genreclf.featurize import run_featurize
+    from genreclf.formats.bundle import load_bundle_info
+    from genreclf.ml.musicnn import RECIPE
+    from genreclf.train import run_train
+
+    settings = load_settings(DEFAULT_CONF.replace("genreclf.toml", "musicnn.toml"))
+    settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, epochs=40, patience=40))
+    features, bundle = tmp_path / "features", tmp_path / "bundle"
+    run_featurize(spark, [str(labelled.audio)], str(features), labels=str(labelled.audio / "labels.csv"),
+                  settings=settings)
+    report = run_train(str(features), str(bundle), settings=settings, val_fraction=0.34, seed=1)
+    info = load_bundle_info(str(bundle))
+    assert info["model"] == "musicnn" and info["optimizer"] == "Adam" and "musicnn" in info["credit"]
+    assert info["labels"] == ["ambient", "jazz", "techno"] and info["recipe"] == RECIPE.to_dict()
+    assert report["tracks"]["n"] == 3
+    run_score(spark, str(bundle), str(tmp_path / "scores"), inputs=[str(labelled.audio)], settings=settings)
+    scores = read_scores(str(tmp_path / "scores")).set_index("track_id")
+    ok = scores[scores["status"] == "ok"]
+    assert len(ok) == 9 and set(ok["genre"]) <= set(info["labels"])
+    np.testing.assert_allclose([sum(p.values()) for p in ok["probabilities"]], 1.0, atol=1e-5)
+    again = run_evaluate(str(bundle), str(features), output=str(tmp_path / "evaluation"), settings=settings)
+    assert again["tracks"]["accuracy"] == pytest.approx(report["tracks"]["accuracy"])
+
