@@ -181,6 +181,23 @@ def test_the_endpoint_may_come_from_the_aws_environment_alone(spark, s3, runs, s
         storage.configure(_settings(s3.endpoint).storage.to_dict())
 
 
+def test_the_pretrained_tagger_scores_a_bucket_as_it_scores_local_files(spark, s3, store, tmp_path):
+    """score --model pretrained:musicnn-msd reads s3:// and writes s3:// like any bundle: the same rows
+    and tag probabilities as from the same files on local disk."""
+    root, audio, bucket = store
+    settings = _settings(s3.endpoint)
+    run_score(spark, "pretrained:musicnn-msd", f"{bucket}/tags", inputs=[f"{bucket}/audio"], settings=settings)
+    run_score(spark, "pretrained:musicnn-msd", str(tmp_path / "tags"), inputs=[str(audio)], settings=settings)
+    remote = read_scores(f"{bucket}/tags").set_index("track_id")
+    local = read_scores(str(tmp_path / "tags")).set_index("track_id")
+    assert sorted(remote.index) == sorted(local.index)
+    assert (remote["status"] == local.loc[remote.index, "status"]).all() and (remote["status"] == "ok").sum() == 6
+    for tid in remote.index[remote["status"] == "ok"]:
+        assert len(remote.loc[tid, "probability_vector"]) == 50
+        np.testing.assert_allclose(remote.loc[tid, "probability_vector"], local.loc[tid, "probability_vector"],
+                                   atol=1e-6)
+
+
 def test_a_nonexistent_bucket_is_a_clear_driver_error(spark, s3, store, tmp_path):
     with pytest.raises(ConfigError, match="no-such-bucket"):
         run_featurize(spark, ["s3://no-such-bucket/audio"], str(tmp_path / "f"), settings=_settings(s3.endpoint))
