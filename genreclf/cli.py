@@ -52,7 +52,9 @@ def score_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="PATH", help="audio: directories, globs, files or catalogue CSVs")
     src.add_argument("--features", metavar="DIR", help="an existing featurize output")
-    p.add_argument("--model", required=True, metavar="BUNDLE", help="model bundle written by train")
+    p.add_argument("--model", required=True, metavar="BUNDLE",
+                   help="model bundle written by train (a path or URL), or pretrained:musicnn-msd / "
+                        "pretrained:musicnn-mtt (the musicnn tagger: 50 tags, no labels needed)")
     p.add_argument("--output", required=True, metavar="DIR", help="output directory or URL")
     p.add_argument("--csv", action="store_true", help="also write DIR/submission.csv (crowdAI layout)")
     mode = p.add_mutually_exclusive_group()
