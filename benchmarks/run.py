@@ -68,8 +68,9 @@ def link_inputs(directory: str, paths) -> str:
 
 
 # ---------------------------------------------------------------- single-process baselines
-def floor_loop(paths) -> float:
-    """The unavoidable work, one core: decode -> resample -> window features (STFT, stored dtype). Returns seconds."""
+def floor_loop(paths, recipe=R) -> float:
+    """The unavoidable work, one core: decode -> resample -> window features (the recipe's front-end,
+    stored dtype). Returns seconds."""
     from genreclf.audio.decode import AudioReader
     from genreclf.audio.extract import STFT_BATCH
     from genreclf.audio.stft import window_features
@@ -77,15 +78,15 @@ def floor_loop(paths) -> float:
 
     started = time.perf_counter()
     for p in paths:
-        with AudioReader(p, R.sample_rate) as reader:
+        with AudioReader(p, recipe.sample_rate) as reader:
             batch = []
-            for w in iter_windows(reader.chunks(), R):
+            for w in iter_windows(reader.chunks(), recipe):
                 batch.append(w)
                 if len(batch) == STFT_BATCH:
-                    window_features(np.stack(batch), R)
+                    window_features(np.stack(batch), recipe)
                     batch = []
             if batch:
-                window_features(np.stack(batch), R)
+                window_features(np.stack(batch), recipe)
     return time.perf_counter() - started
 
 

@@ -41,9 +41,10 @@ VARIANTS = (
 )
 
 
-def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24) -> float:
-    """Seconds per 19-window track for the model alone, one thread, in a fresh process (the
-    precision's oneDNN choice is made before TensorFlow is imported)."""
+def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24, recipe=R, per_track: int = 19) -> float:
+    """Seconds per track (``per_track`` windows: 19 of the reference's, 10 of musicnn's per 30 s) for
+    the model alone, one thread, in a fresh process (the precision's oneDNN choice is made before
+    TensorFlow is imported)."""
     import subprocess
 
     code = (
@@ -51,11 +52,12 @@ def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24) -> fl
         "from genreclf.ml.inference import load\n"
         "from genreclf.ml.inference import TrackBatcher\n"
         f"_, model, computed = load({bundle!r}, {precision!r}, 1)\n"
-        f"x = np.random.default_rng(0).random(({tracks} * 19, {R.frames}, {R.bands})).astype(np.float16)\n"
+        f"x = np.random.default_rng(0).random(({tracks} * {per_track}, {recipe.frames}, {recipe.bands}))"
+        f".astype({recipe.dtype!r})\n"
         f"b = TrackBatcher(model, {batch}); b.add(0, x[:{batch}]); b.flush()  # warm-up: tracing\n"
         "t = time.perf_counter()\n"
         f"b = TrackBatcher(model, {batch})\n"
-        f"for k in range({tracks}): b.add(k, x[19 * k:19 * (k + 1)])\n"
+        f"for k in range({tracks}): b.add(k, x[{per_track} * k:{per_track} * (k + 1)])\n"
         "b.flush()\n"
         f"print(computed, (time.perf_counter() - t) / {tracks})\n"
     )
@@ -63,6 +65,85 @@ def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24) -> fl
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     computed, seconds = out.stdout.split()[-2:]
     return float(seconds)
+
+
+def gflop_per_track(bundle: str, per_track: int) -> float:
+    """Forward GFLOP (2 x multiply-adds of the convolutions and dense layers) for ``per_track`` windows."""
+    from genreclf.formats.bundle import load_model
+
+    model, macs = load_model(bundle), 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            kh, kw = layer.kernel_size
+            out = layer.output.shape  # (None, h, w, filters)
+            macs += out[1] * out[2] * out[3] * kh * kw * layer.input.shape[-1]
+        elif kind == "Dense":
+            macs += layer.units * layer.input.shape[-1]
+    return 2 * macs * per_track / 1e9
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or "unknown CPU"
+
+
+def run_musicnn(out: str, tracks: int, res: dict) -> None:
+    """The pretrained tagger beside the reference: decode + mel floor, the model alone per precision,
+    the score job with its defaults, GFLOP per track of both models."""
+    from genreclf.ml import pretrained
+    from genreclf.ml.musicnn import RECIPE
+    from genreclf.score import run_score
+
+    paths, _ = make_corpus(os.path.join(out, "corpus"), tracks)
+    inputs = link_inputs(os.path.join(out, "score-bench-inputs"), paths)
+    tagger = pretrained.tagger_bundle("pretrained:musicnn-msd")
+    floor_loop(paths[:2], RECIPE)
+    res["musicnn_decode_mel_s_per_track"] = floor_loop(paths[:16], RECIPE) / 16
+    for precision in ("float32", "bfloat16"):
+        res[f"musicnn_model_{precision}_s_per_track"] = model_alone(tagger, precision, 10, recipe=RECIPE, per_track=10)
+    res["musicnn_gflop_per_track"] = gflop_per_track(tagger, 10)
+    res["reference_gflop_per_track"] = gflop_per_track(make_bundle(out, [chr(ord("a") + i) for i in range(16)]), 19)
+    spark = spark_session("local[2]", task_cpus=1)
+    try:
+        target = os.path.join(out, "score-bench-tags")
+        run_score(spark, "pretrained:musicnn-msd", target, inputs=[inputs], overwrite=True)  # warm-up
+        runs = []
+        for _ in range(3):
+            started = time.perf_counter()
+            summary = run_score(spark, "pretrained:musicnn-msd", target, inputs=[inputs], overwrite=True)
+            runs.append(time.perf_counter() - started)
+    finally:
+        spark.stop()
+    res["musicnn_job_s"], res["musicnn_job_median_s"] = min(runs), sorted(runs)[1]
+    res["musicnn_job_precision"] = ",".join(summary["precision"])
+    res["musicnn_tracks"] = len(paths)
+
+
+def report_musicnn(res: dict) -> None:
+    n = res["musicnn_tracks"]
+    per_core = 2 * res["musicnn_job_s"] / n
+    computed = res["musicnn_job_precision"] if res["musicnn_job_precision"] in ("float32", "bfloat16") else "float32"
+    floor = res["musicnn_decode_mel_s_per_track"] + res[f"musicnn_model_{computed}_s_per_track"]
+    rows = [("decode + mel (16 kHz, 10 patches) alone", res["musicnn_decode_mel_s_per_track"], ""),
+            ("musicnn alone float32", res["musicnn_model_float32_s_per_track"],
+             f"{res['musicnn_gflop_per_track']:.2f} GFLOP per track (reference CNN: "
+             f"{res['reference_gflop_per_track']:.2f})"),
+            ("musicnn alone bfloat16", res["musicnn_model_bfloat16_s_per_track"],
+             "native" if res.get("cpu_native_bf16") else "emulated: no native bf16 here"),
+            (f"floor: decode + mel + {computed} musicnn", floor, "the precision auto computes here"),
+            ("score --model pretrained:musicnn-msd, local[2]", per_core,
+             f"median {2e3 * res['musicnn_job_median_s'] / n:.0f} ms; {res['musicnn_job_precision']}; floor x "
+             f"{floor / per_core:.2f}")]
+    width = max(len(r[0]) for r in rows)
+    print(f"\nmusicnn tagger: {n} x 30 s mp3 on {cpu_name()}, ms per track per core")
+    for name, seconds, note in rows:
+        print(f"  {name:<{width}}  {1e3 * seconds:7.1f} ms  {seconds * 1e6 / 3600:6.0f} core-h per 1 M tracks  {note}")
 
 
 def run(out: str, tracks: int = 48) -> dict:
@@ -136,7 +217,8 @@ def report(res: dict) -> None:
     rows.append(("target: score from mp3 <= 50 ms per track per core", default,
                  "met" if default <= 0.050 else f"not met (x {default / 0.050:.1f}): see docs/performance.md"))
     width = max(len(r[0]) for r in rows)
-    print(f"\nscoring benchmark: {n} x 30 s mp3, {os.cpu_count()} cores, native bf16: {res['cpu_native_bf16']}; "
+    print(f"\nscoring benchmark: {n} x 30 s mp3, {cpu_name()}, {os.cpu_count()} cores, native bf16: "
+          f"{res['cpu_native_bf16']}; "
           "ms per track per core (jobs: whole runs, fixed costs included, best and median of 3)")
     for name, seconds, note in rows:
         hours = seconds * 1e6 / 3600
@@ -148,12 +230,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scoring", description=__doc__.splitlines()[0])
     p.add_argument("--tracks", type=int, default=48)
     p.add_argument("--out", default="bench-output")
+    p.add_argument("--only", choices=["reference", "musicnn"], help="one model's part only")
     args = p.parse_args(argv)
     from genreclf.io.spark import setup_logging
 
     setup_logging()
     out = os.path.abspath(args.out)
-    res = run(out, args.tracks)
+    from genreclf.ml.inference import cpu_has_bf16
+
+    res = run(out, args.tracks) if args.only != "musicnn" else {"cpu_native_bf16": cpu_has_bf16()}
+    if args.only != "reference":
+        run_musicnn(out, args.tracks, res)
+        report_musicnn(res)
     with open(os.path.join(out, "results-scoring.json"), "w") as f:
         json.dump(res, f, indent=2, sort_keys=True, default=float)
     print(f"results: {os.path.join(out, 'results-scoring.json')}")
