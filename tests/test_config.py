@@ -35,7 +35,7 @@ def test_settings_load_in_layers_each_listing_only_its_changes(tmp_path, monkeyp
     assert load_settings() == config.Settings()
 
 
-@pytest.mark.parametrize("preset", ["quality.toml", "gpu.toml"])
+@pytest.mark.parametrize("preset", ["quality.toml", "gpu.toml", "musicnn.toml"])
 def test_a_shipped_preset_lists_only_what_it_changes(preset):
     import os
     import tomllib
