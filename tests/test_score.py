@@ -422,3 +422,18 @@ def test_files_without_a_size_still_get_their_rows(spark, trained, tmp_path, mak
     assert pipe["error"].startswith("not a regular file") and gone["error"].startswith("unreadable file: not found")
     assert pd.isna(pipe["size_bytes"]) and pd.isna(gone["mtime"])
     assert rows.loc[str(audio / "a.mp3"), "size_bytes"] == (audio / "a.mp3").stat().st_size
+
+
+def test_a_taggers_genre_is_the_most_probable_of_its_genre_tags():
+    """Tags that are no genre (a decade, a mood) may top the list: they lead ``top_tags``, not ``genre``."""
+    from genreclf.formats.scores import TOP_TAGS, score_row, score_table
+
+    labels = ["00s", "rock", "sad", "jazz", "guitar", "pop"]
+    row = score_row("t", "/m/t.mp3", "ok", None, 3, [0.9, 0.4, 0.8, 0.6, 0.1, 0.2])
+    tagged = score_table([row], labels, genre_labels=["rock", "jazz", "pop"]).to_pylist()[0]
+    assert (tagged["genre"], tagged["confidence"]) == ("jazz", 0.6)
+    assert tagged["top_tags"] == ["00s", "sad", "jazz", "rock", "pop"][:TOP_TAGS]
+    plain = score_table([row], labels).to_pylist()[0]
+    assert plain["genre"] == "00s" and plain["top_tags"] == tagged["top_tags"]
+    error = score_table([score_row("e", "/m/e.mp3", "error", "not audio")], labels).to_pylist()[0]
+    assert error["genre"] is None and error["top_tags"] is None

@@ -33,8 +33,9 @@ LABELS_FILE = "labels.json"
 SUBMISSION_FILE = "submission.csv"
 
 #: Columns of a score row: the input file as scored (path, size, mtime: what ``--incremental``
-#: compares), the top genre and its probability, then every genre's probability (as a map, and as a
-#: vector in the bundle's label order), and the precision the model computed in.
+#: compares), the top genre and its probability, then every label's probability (as a map, and as a
+#: vector in the bundle's label order), the most probable labels, and the precision the model computed in.
+#: For a tagger (``pretrained:musicnn-*``) ``genre`` is the top of its genre tags, ``top_tags`` its top tags.
 SCORES_SCHEMA = pa.schema([
     ("track_id", pa.string()),
     ("path", pa.string()),
@@ -45,6 +46,7 @@ SCORES_SCHEMA = pa.schema([
     ("confidence", pa.float64()),
     ("probabilities", pa.map_(pa.string(), pa.float64())),
     ("probability_vector", pa.list_(pa.float64())),
+    ("top_tags", pa.list_(pa.string())),  # the TOP_TAGS most probable labels, most probable first
     ("size_bytes", pa.int64()),  # the input file's size and mtime when listed
     ("mtime", pa.float64()),
     ("precision", pa.string()),  # float32 | bfloat16 | float16; null when no model ran
@@ -52,6 +54,8 @@ SCORES_SCHEMA = pa.schema([
 #: Parquet metadata key of every part: the run that scored it (bundle digest, settings that change
 #: the numbers), as JSON. ``--incremental`` keeps rows only of a run with the same values.
 RUN_KEY = b"genreclf.score_run"
+#: Labels listed in ``top_tags``.
+TOP_TAGS = 5
 
 
 def score_row(track_id, path, status, error=None, n_windows=0, probs=None, *, size_bytes=None, mtime=None,
@@ -67,23 +71,26 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def score_table(rows: list, labels: list, run: dict | None = None) -> pa.Table:
-    """Rows (:func:`score_row` dicts) as a table of SCORES_SCHEMA, with ``run`` as its metadata."""
+def score_table(rows: list, labels: list, run: dict | None = None, genre_labels: list | None = None) -> pa.Table:
+    """Rows (:func:`score_row` dicts) as a table of SCORES_SCHEMA, with ``run`` as its metadata;
+    ``genre`` is the most probable of ``genre_labels`` (default: of every label)."""
     cols = {name: [] for name in SCORES_SCHEMA.names}
+    candidates = [i for i, label in enumerate(labels) if label in set(genre_labels)] if genre_labels else None
     for row in rows:
         for key in ("track_id", "path", "status", "error", "n_windows", "size_bytes", "mtime", "precision"):
             cols[key].append(row[key])
         probs = row["probs"]
         if probs is None:
-            for key in ("genre", "confidence", "probabilities", "probability_vector"):
+            for key in ("genre", "confidence", "probabilities", "probability_vector", "top_tags"):
                 cols[key].append(None)
             continue
         probs = [float(p) for p in probs]
-        top = max(range(len(probs)), key=probs.__getitem__)  # the first of equal maxima, as argmax
+        top = max(candidates or range(len(probs)), key=probs.__getitem__)  # the first of equal maxima, as argmax
         cols["genre"].append(labels[top])
         cols["confidence"].append(probs[top])
         cols["probabilities"].append(list(zip(labels, probs)))
         cols["probability_vector"].append(probs)
+        cols["top_tags"].append([labels[i] for i in sorted(range(len(probs)), key=lambda i: -probs[i])[:TOP_TAGS]])
     table = pa.Table.from_pydict(cols, schema=SCORES_SCHEMA)
     return table.replace_schema_metadata({RUN_KEY: json.dumps(run or {}, sort_keys=True)})
 

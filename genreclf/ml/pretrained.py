@@ -44,6 +44,16 @@ LABEL_LISTS = {"MSD_musicnn": "MSD_LABELS", "MTT_musicnn": "MTT_LABELS"}
 INSTALL_COMMAND = "make install (or: python -m genreclf.ml.pretrained install)"
 #: ``score --model pretrained:NAME``: the taggers as bundles, scored with no labels of the user's.
 TAGGERS = {"musicnn-msd": "MSD_musicnn", "musicnn-mtt": "MTT_musicnn"}
+#: The tags of each model that name a genre or style (not a decade, mood, voice or instrument): a
+#: tagger's ``genre`` column is the most probable of these.
+GENRE_TAGS = {
+    "MSD_musicnn": ("rock", "pop", "alternative", "indie", "electronic", "dance", "alternative rock", "jazz", "metal",
+                    "chillout", "classic rock", "soul", "indie rock", "electronica", "folk", "punk", "blues",
+                    "hard rock", "ambient", "experimental", "Hip-Hop", "country", "easy listening", "funk",
+                    "electro", "heavy metal", "Progressive rock", "rnb", "indie pop", "House"),
+    "MTT_musicnn": ("classical", "techno", "electronic", "rock", "ambient", "indian", "opera", "pop", "classic",
+                    "new age", "dance", "country", "metal", "choral"),
+}
 PREFIX = "pretrained:"
 
 
@@ -100,7 +110,11 @@ def tagger_bundle(location: str) -> str:
                           + ", ".join(PREFIX + n for n in TAGGERS))
     model = TAGGERS[name]
     prefix = checkpoint(model)
-    digest = MODELS[model][".data-00000-of-00001"][1][:12]
+    from genreclf import __version__
+
+    # Named by everything that goes into it: the weights, the genre tags, the code that builds it.
+    key = json.dumps([MODELS[model][".data-00000-of-00001"][1], GENRE_TAGS[model], __version__])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     out = os.path.join(tempfile.gettempdir(), f"genreclf-pretrained-{name}-{digest}")
     if os.path.isfile(os.path.join(out, BUNDLE_FILE)):
         return out
@@ -112,6 +126,7 @@ def tagger_bundle(location: str) -> str:
     keras.Model(network.inputs, network.outputs[0], name=name).save(os.path.join(staged, MODEL_FILE))
     write_json(os.path.join(staged, BUNDLE_FILE), bundle_info(
         labels(model), RECIPE, kind="tagger", pretrained=location, calibration="none", temperature=1.0,
+        genre_labels=[t for t in labels(model) if t in GENRE_TAGS[model]],
         credit=CREDIT))
     try:
         os.rename(staged, out)

@@ -181,6 +181,7 @@ class _Job:
     """What the driver knows of a score run before it takes the output's lock."""
 
     labels: list
+    genre_labels: list | None  # a tagger's genre tags: ``genre`` is the top of these
     recipe: Recipe
     calibration: tuple  # (mode, temperature)
     out_url: str
@@ -251,7 +252,7 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
     digest = bundle_digest(local_bundle)
     run = {"bundle": digest, "precision": settings.score.precision, "calibration": list(calibration),
            "max_windows": settings.score.max_windows, "max_duration_s": settings.featurize.max_duration_s}
-    return _Job(info["labels"], Recipe.from_dict(info["recipe"]), calibration, out_url, scores_url, local_bundle,
+    return _Job(info["labels"], info.get("genre_labels"), Recipe.from_dict(info["recipe"]), calibration, out_url, scores_url, local_bundle,
                 digest, run)
 
 
@@ -275,7 +276,8 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
                      "(%s now): every file is scored", job.run)
         plan = plan_incremental(existing, candidates, listed, same_run)
         if plan.n_kept:
-            write_part(staging, "part-kept.parquet", 0, score_table(rows_of(plan.kept), job.labels, job.run))
+            write_part(staging, "part-kept.parquet", 0, score_table(rows_of(plan.kept), job.labels, job.run,
+                                                                        job.genre_labels))
         if len(plan.to_score):
             _check_model(job.local_bundle, bundle, len(job.labels))  # ~5 s of TensorFlow: only when tasks run
             name, shipped = ship_bundle(spark.sparkContext, job.local_bundle, job.digest)
@@ -290,7 +292,7 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
             rest = _rest_of_tracks(tracks[tracks["status"] != STATUS_OK]) + _unscored(
                 plan.to_score, set(written["track_id"]))
             if rest:
-                write_part(staging, "part-driver.parquet", 0, score_table(rest, job.labels, job.run))
+                write_part(staging, "part-driver.parquet", 0, score_table(rest, job.labels, job.run, job.genre_labels))
                 written = read_dir(staging)
         if len(written) != n_inputs or written["track_id"].nunique() != n_inputs:
             raise GenreclfError(f"internal error: {n_inputs} inputs but {len(written)} score rows "

@@ -50,13 +50,13 @@ def _maybe_inject_fault():
         os._exit(17)
 
 
-def _write_task_rows(rows: list, labels: list, staging: str, run: dict):
+def _write_task_rows(rows: list, info: dict, staging: str, run: dict):
     """Write a task's score rows as its part of the staged output; the task's one returned row."""
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
     n = write_part(staging, f"part-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(),
-                   score_table(rows, labels, run))
+                   score_table(rows, info["labels"], run, info.get("genre_labels")))
     return pd.DataFrame({"partition": [ctx.partitionId()], "rows": [n]})
 
 
@@ -99,7 +99,7 @@ def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duratio
             rows.append(score_row(row["track_id"], row["path"], row["status"], row["error"],
                                   size_bytes=entry.size_bytes, mtime=entry.mtime))
     finish(batcher.flush())
-    yield _write_task_rows(rows, info["labels"], staging, run)
+    yield _write_task_rows(rows, info, staging, run)
 
 
 def score_window_files_partition(batches, *, bundle: str, recipe_json: str, batch_size: int, max_windows: int,
@@ -149,4 +149,4 @@ def score_window_files_partition(batches, *, bundle: str, recipe_json: str, batc
                 path_, size, mtime = wanted[tid]
                 rows.append(score_row(tid, path_, STATUS_OK, None, len(chosen), mean.tolist(), size_bytes=size,
                                       mtime=mtime, precision=computed))
-    yield _write_task_rows(rows, info["labels"], staging, run)
+    yield _write_task_rows(rows, info, staging, run)
