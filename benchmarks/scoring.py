@@ -19,14 +19,7 @@ import os
 import sys
 import time
 
-from benchmarks.run import (
-    R,
-    floor_loop,
-    link_inputs,
-    make_bundle,
-    make_corpus,
-    spark_session,
-)
+from benchmarks.run import R, floor_loop, link_inputs, make_bundle, make_corpus, spark_session
 
 log = logging.getLogger("genreclf.bench")
 

@@ -19,25 +19,14 @@ import pandas as pd
 
 from genreclf.config import Settings, load_settings
 from genreclf.errors import ConfigError
-from genreclf.formats.bundle import (
-    SPLIT_FILE,
-    load_bundle_info,
-    load_model,
-    read_json,
-    write_json,
-)
+from genreclf.formats.bundle import SPLIT_FILE, load_bundle_info, load_model, read_json, write_json
 from genreclf.formats.features import read_recipe, read_tracks
 from genreclf.formats.schema import WINDOWS_DIR
 from genreclf.io import storage
 from genreclf.ml.calibration import fit_temperatures, track_probabilities
 from genreclf.ml.metrics import classification_report
 from genreclf.ml.pipeline import WindowSet
-from genreclf.ml.reports import (
-    evaluate_predictions,
-    predict_windows,
-    track_codes,
-    usable_tracks,
-)
+from genreclf.ml.reports import evaluate_predictions, predict_windows, track_codes, usable_tracks
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,7 @@ import time
 
 from genreclf.config import Settings, load_settings
 from genreclf.errors import ConfigError
-from genreclf.formats.bundle import (
-    SPLIT_FILE,
-    calibration_of,
-    check_recipe,
-    load_bundle_info,
-    load_model,
-    read_json,
-)
+from genreclf.formats.bundle import SPLIT_FILE, calibration_of, check_recipe, load_bundle_info, load_model, read_json
 from genreclf.formats.features import read_recipe, read_tracks
 from genreclf.formats.schema import WINDOWS_DIR
 from genreclf.io import storage
@@ -23,13 +16,7 @@ from genreclf.ml.pipeline import WindowSet
 log = logging.getLogger(__name__)
 
 
-from genreclf.ml.reports import (
-    calibrated_report,
-    format_report,
-    predict_windows,
-    usable_tracks,
-    write_reports,
-)
+from genreclf.ml.reports import calibrated_report, format_report, predict_windows, usable_tracks, write_reports
 
 
 def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, split: str = "val",

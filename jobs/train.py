@@ -9,14 +9,7 @@ import dataclasses
 import sys
 
 from genreclf.cli import add_break_lock, add_conf, run_main
-from genreclf.config import (
-    CALIBRATION_MODES,
-    CLASS_WEIGHTS,
-    LABEL_SOURCES,
-    READERS,
-    TRAIN_PRECISIONS,
-    TrainSettings,
-)
+from genreclf.config import CALIBRATION_MODES, CLASS_WEIGHTS, LABEL_SOURCES, READERS, TRAIN_PRECISIONS, TrainSettings
 
 
 def _d(key: str) -> str:

@@ -2,13 +2,7 @@
 
 import pytest
 
-from genreclf.config import (
-    FeaturizeSettings,
-    ScoreSettings,
-    StorageSettings,
-    TrainSettings,
-    load_settings,
-)
+from genreclf.config import FeaturizeSettings, ScoreSettings, StorageSettings, TrainSettings, load_settings
 from genreclf.errors import ConfigError
 
 pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure

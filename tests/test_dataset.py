@@ -10,13 +10,7 @@ import pytest
 from genreclf.audio.synth import synthetic_track_id as track_id
 from genreclf.audio.synth import write_windows
 from genreclf.config import Recipe
-from genreclf.formats.features import (
-    cached_windows,
-    decode_npy_column,
-    mapped_stft_rows,
-    stft_rows,
-    window_files,
-)
+from genreclf.formats.features import cached_windows, decode_npy_column, mapped_stft_rows, stft_rows, window_files
 from genreclf.ml.buffers import BufferRing, aligned_empty, gather_rows
 from genreclf.ml.pipeline import WindowSet
 

@@ -7,11 +7,7 @@ import pytest
 
 from genreclf.crossval import cv_folds
 from genreclf.errors import ConfigError
-from genreclf.ml.calibration import (
-    apply_temperature,
-    fit_temperature,
-    track_probabilities,
-)
+from genreclf.ml.calibration import apply_temperature, fit_temperature, track_probabilities
 from genreclf.ml.metrics import log_loss, reliability
 
 pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure

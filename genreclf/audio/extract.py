@@ -19,12 +19,7 @@ from genreclf.audio.stft import window_features
 from genreclf.audio.windows import iter_windows
 from genreclf.config import Recipe
 from genreclf.errors import Reason, TrackError
-from genreclf.formats.schema import (
-    STATUS_ERROR,
-    STATUS_OK,
-    TRACKS_SCHEMA,
-    window_arrow_schema,
-)
+from genreclf.formats.schema import STATUS_ERROR, STATUS_OK, TRACKS_SCHEMA, window_arrow_schema
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,7 @@ import pyarrow.parquet as pq
 
 from genreclf.config import Recipe
 from genreclf.errors import ConfigError
-from genreclf.formats.schema import (
-    RECIPE_FILE,
-    TRACKS_DIR,
-    TRACKS_SCHEMA,
-    window_arrow_schema,
-    window_schema,
-)
+from genreclf.formats.schema import RECIPE_FILE, TRACKS_DIR, TRACKS_SCHEMA, window_arrow_schema, window_schema
 from genreclf.io import storage
 
 #: Keys of the tracks file's Parquet metadata that make it the commit record (see :func:`commit`).

@@ -54,13 +54,7 @@ def task_count(n_files: int, files_per_task: int, parallelism: int) -> int:
 
 def entries_frame(spark, table: pd.DataFrame, n_parts: int):
     """The catalogue as a Spark DataFrame of ``n_parts`` partitions, one row per input file."""
-    from pyspark.sql.types import (
-        DoubleType,
-        LongType,
-        StringType,
-        StructField,
-        StructType,
-    )
+    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
     schema = StructType([StructField("path", StringType()), StructField("track_id", StringType()),
                          StructField("label", StringType()), StructField("group", StringType()),

@@ -36,12 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genreclf.config import READERS, Recipe
-from genreclf.formats.features import (
-    decode_npy_column,
-    mapped_stft_rows,
-    stft_rows,
-    window_files,
-)
+from genreclf.formats.features import decode_npy_column, mapped_stft_rows, stft_rows, window_files
 from genreclf.io import storage
 from genreclf.ml.buffers import BufferRing, aligned_empty, gather_rows, tune_allocators
 

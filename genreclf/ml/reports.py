@@ -9,10 +9,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from genreclf.formats.bundle import (
-    METRICS_FILE,
-    write_json,
-)
+from genreclf.formats.bundle import METRICS_FILE, write_json
 from genreclf.formats.schema import STATUS_OK
 from genreclf.ml.calibration import apply_temperature, track_probabilities
 from genreclf.ml.inference import predict

@@ -25,13 +25,7 @@ from dataclasses import dataclass
 
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import ConfigError, GenreclfError, OutputExistsError, Reason
-from genreclf.formats.bundle import (
-    BUNDLE_FILE,
-    MODEL_FILE,
-    calibration_of,
-    check_recipe,
-    load_bundle_info,
-)
+from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, calibration_of, check_recipe, load_bundle_info
 from genreclf.formats.features import read_recipe, read_tracks, window_files
 from genreclf.formats.schema import STATUS_ERROR, STATUS_OK, WINDOWS_DIR, summarize
 from genreclf.formats.scores import (

@@ -13,18 +13,8 @@ import pyarrow as pa
 
 from genreclf.config import Recipe
 from genreclf.formats.schema import STATUS_OK
-from genreclf.formats.scores import (
-    score_row,
-    score_table,
-    write_part,
-)
-from genreclf.ml.inference import (
-    TrackBatcher,
-    excerpt,
-    mean_probabilities,
-    predict,
-    prefetch,
-)
+from genreclf.formats.scores import score_row, score_table, write_part
+from genreclf.ml.inference import TrackBatcher, excerpt, mean_probabilities, predict, prefetch
 
 
 def _bundle_dir(bundle: str) -> str:
