@@ -165,7 +165,7 @@ CALIBRATION_MODES = ("track", "window", "none")
 #: Loss weights per class: equal (the reference), or inverse to the class's share of training windows.
 CLASS_WEIGHTS = ("none", "balanced")
 #: What train fits: the reference CNN from scratch, or a softmax head on the frozen pretrained musicnn.
-TRAIN_MODELS = ("reference", "musicnn")
+TRAIN_NETWORKS = ("reference", "musicnn")
 #: Window readers of the training pipeline (genreclf.ml.pipeline).
 READERS = ("arrow", "petastorm")
 #: Where the label list comes from: the sorted labels of the data, or [labels] genres.
@@ -176,7 +176,7 @@ LABEL_SOURCES = ("data", "conf")
 class TrainSettings:
     """Knobs of the trainer; defaults in ``conf/genreclf.toml`` ``[train]``, each overridable by a flag."""
 
-    model: str = "reference"  # "reference": the 4th-place CNN from scratch; "musicnn": a head on frozen musicnn (MSD)
+    network: str = "reference"  # "reference": the 4th-place CNN from scratch; "musicnn": a head on frozen musicnn
     epochs: int = 30  # most epochs; early stopping may end sooner
     batch_size: int = 128  # windows per step (the reference: 128)
     val_fraction: float = 0.2  # share of tracks (whole artists/albums when known) held out for validation
@@ -193,7 +193,7 @@ class TrainSettings:
 
     def __post_init__(self):
         check_fields(self, "train", {
-            "model": (lambda v: v in TRAIN_MODELS, one_of(TRAIN_MODELS)),
+            "network": (lambda v: v in TRAIN_NETWORKS, one_of(TRAIN_NETWORKS)),
             "epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
             "batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
             "val_fraction": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),

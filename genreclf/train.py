@@ -100,12 +100,12 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
     # The bundle is built in a local directory and committed whole at the end (storage.local_output):
     # a kill leaves the old bundle, never half of a new one.
     with storage.local_output(model_out) as tmp:
-        fit_model = _fit_on_backbone if cfg.model == "musicnn" else _fit
+        fit_model = _fit_on_backbone if cfg.network == "musicnn" else _fit
         model, history, fit = fit_model(tmp, recipe, labels, train_set, val_set, cfg, workers)
         report, calibration, temperatures = _calibrate(tmp, model, val_set, labels, cfg, workers, features)
         write_training_record(
             tmp, labels=labels, recipe=recipe, history=history, seed=cfg.seed, val_fraction=cfg.val_fraction,
-            val_ids=val_ids, calibration=calibration, temperatures=temperatures, model=cfg.model,
+            val_ids=val_ids, calibration=calibration, temperatures=temperatures, network=cfg.network,
             trained_on=storage.to_url(features), batch_size=cfg.batch_size,
             parameters=model.count_params(), excluded_tracks=len(set(exclude_tracks)), class_weight=cfg.class_weight,
             precision=cfg.precision, reader=cfg.reader, reader_workers=workers, device="GPU" if on_gpu else "CPU",
@@ -177,7 +177,7 @@ def _fit_on_backbone(tmp, recipe, labels, train_set, val_set, cfg, workers) -> t
     from genreclf.ml.plots import training_curves
 
     if recipe != musicnn.RECIPE:
-        raise ConfigError("[train] model = 'musicnn' needs features of musicnn's recipe: featurize with "
+        raise ConfigError("[train] network = 'musicnn' needs features of musicnn's recipe: featurize with "
                           "--conf conf/musicnn.toml")
     backbone = musicnn.build_musicnn()
     musicnn.load_weights(backbone, pretrained.checkpoint("MSD_musicnn"))

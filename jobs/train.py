@@ -9,7 +9,15 @@ import dataclasses
 import sys
 
 from genreclf.cli import add_break_lock, add_conf, run_main
-from genreclf.config import CALIBRATION_MODES, CLASS_WEIGHTS, LABEL_SOURCES, READERS, TRAIN_PRECISIONS, TrainSettings
+from genreclf.config import (
+    CALIBRATION_MODES,
+    CLASS_WEIGHTS,
+    LABEL_SOURCES,
+    READERS,
+    TRAIN_NETWORKS,
+    TRAIN_PRECISIONS,
+    TrainSettings,
+)
 
 
 def _d(key: str) -> str:
@@ -24,6 +32,9 @@ def parser() -> argparse.ArgumentParser:
                                        "Runs in one process; on a GPU node TensorFlow uses the GPU with no change.")
     p.add_argument("--features", required=True, metavar="DIR", help="featurize output (windows/, tracks/)")
     p.add_argument("--model", required=True, metavar="OUT", help="bundle directory to write")
+    p.add_argument("--network", choices=TRAIN_NETWORKS,
+                   help="'reference': the 4th-place CNN from scratch; 'musicnn': a genre head on the frozen pretrained "
+                        f"musicnn (features of conf/musicnn.toml's recipe; {_d('network')})")
     p.add_argument("--epochs", type=int, help=f"most epochs (early stopping may end sooner; {_d('epochs')})")
     p.add_argument("--batch-size", type=int, help=f"windows per batch ({_d('batch_size')}: the reference's)")
     p.add_argument("--val-fraction", type=float, help=f"share of tracks for validation, in [0, 1) ({_d('val_fraction')})")

@@ -159,3 +159,12 @@ def test_an_output_that_cannot_be_written_is_refused_before_spark_starts(tmp_pat
     err = capsys.readouterr().err
     assert rc == 2 and f"{out} cannot be created: {blocker} is a file, not a directory" in err
     assert "Traceback" not in err and time.time() - started < 10
+
+
+def test_every_train_setting_has_its_flag_and_no_job_argument_shares_a_settings_name():
+    """Was: a [train] setting named ``model`` took train's --model (the bundle path) as its value."""
+    from jobs.train import TRAIN_FLAGS, parser
+
+    dests = {a.dest for a in parser()._actions}
+    job_arguments = {"features", "model", "overwrite", "break_lock", "conf", "help", "verbose"}
+    assert set(TRAIN_FLAGS) <= dests and not set(TRAIN_FLAGS) & job_arguments

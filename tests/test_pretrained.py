@@ -80,7 +80,7 @@ def test_transfer_training_through_the_whole_pipeline_with_the_musicnn_preset(sp
                   settings=settings)
     report = run_train(str(features), str(bundle), settings=settings, val_fraction=0.34, seed=1)
     info = load_bundle_info(str(bundle))
-    assert info["model"] == "musicnn" and info["optimizer"] == "Adam" and "musicnn" in info["credit"]
+    assert info["network"] == "musicnn" and info["optimizer"] == "Adam" and "musicnn" in info["credit"]
     assert info["labels"] == ["ambient", "jazz", "techno"] and info["recipe"] == RECIPE.to_dict()
     assert report["tracks"]["n"] == 3
     run_score(spark, str(bundle), str(tmp_path / "scores"), inputs=[str(labelled.audio)], settings=settings)
