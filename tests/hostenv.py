@@ -66,7 +66,9 @@ def auto_precision(gpu_task: bool = False) -> str:
     if STARTED_WITH is None:
         onednn = cpu_has_bf16() and not gpu_task  # genreclf.ml.inference.prepare_process's choice
     else:
-        onednn = STARTED_WITH.strip().lower() in ("1", "true", "on", "yes")
+        from genreclf.ml.tfsetup import onednn_enabled
+
+        onednn = onednn_enabled(STARTED_WITH)
     return resolve("auto", has_gpu=False, cpu_bf16=cpu_has_bf16() and onednn)
 
 

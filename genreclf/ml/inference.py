@@ -124,16 +124,15 @@ def cast_model(model, precision: str):
 
 def load(bundle_dir: str, precision: str, threads: int):
     """(bundle info, model ready to predict, the precision it computes) for one worker process."""
-    onednn = prepare_process(precision)
+    assigned, onednn = task_gpus(), prepare_process(precision)
     from genreclf.formats.bundle import load_bundle_info, load_model
     from genreclf.ml.tfsetup import configure_tensorflow, onednn_enabled
 
     tf = configure_tensorflow(training=False, threads=threads, onednn=onednn)
     gpus = tf.config.list_physical_devices("GPU")
     capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") if gpus else None
-    if task_gpus() and not gpus:
-        log.warning("Spark gave this task GPU %s but TensorFlow sees none: computing on the CPU",
-                    ",".join(task_gpus()))
+    if assigned and not gpus:
+        log.warning("Spark gave this task GPU %s but TensorFlow sees none: computing on the CPU", ",".join(assigned))
     computed = resolve(precision, bool(gpus), capability, cpu_bf16=cpu_has_bf16() and onednn_enabled())
     model = cast_model(load_model(bundle_dir), computed)
     log.info("score model %s: %s, oneDNN %s", bundle_dir, computed, os.environ.get("TF_ENABLE_ONEDNN_OPTS"))

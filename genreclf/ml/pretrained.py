@@ -23,6 +23,7 @@ import tempfile
 import zipfile
 
 from genreclf.errors import ConfigError
+from genreclf.io import storage
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,8 @@ def install(wheel: str | None = None) -> str:
                 folder = os.path.join(data_dir(), "musicnn", model)
                 os.makedirs(folder, exist_ok=True)
                 for suffix, (name, _) in files.items():
-                    _write(os.path.join(folder, name), z.read(f"musicnn/{model}/{suffix}"))
-                _write(os.path.join(folder, "labels.json"), json.dumps(constants[LABEL_LISTS[model]]).encode())
+                    storage.write_bytes(os.path.join(folder, name), z.read(f"musicnn/{model}/{suffix}"))
+                storage.write_bytes(os.path.join(folder, "labels.json"), json.dumps(constants[LABEL_LISTS[model]]).encode())
     for model in MODELS:
         checkpoint(model)  # every file as published
     log.info("pretrained weights installed in %s (%s)", os.path.join(data_dir(), "musicnn"), CREDIT)
@@ -182,13 +183,6 @@ def _literals(source: str) -> dict:
             except ValueError:
                 pass
     return out
-
-
-def _write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:

@@ -48,9 +48,11 @@ def _import_tensorflow():
     return tf
 
 
-def onednn_enabled() -> bool:
-    """Whether this process's TensorFlow uses oneDNN (as :func:`configure_tensorflow` set it up)."""
-    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0").strip().lower() in ("1", "true", "on", "yes")
+def onednn_enabled(value: str | None = None) -> bool:
+    """Whether oneDNN is on for a TF_ENABLE_ONEDNN_OPTS ``value`` (default: this process's, as
+    :func:`configure_tensorflow` set it up)."""
+    value = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0") if value is None else value
+    return value.strip().lower() in ("1", "true", "on", "yes")
 
 
 def configure_tensorflow(*, training: bool, threads: int | None = None, precision: str = "float32",
