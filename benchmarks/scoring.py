@@ -60,6 +60,17 @@ def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24, recip
     return float(seconds)
 
 
+def best_of_3(call) -> tuple:
+    """(best seconds, median seconds, the last result) of three timed calls after a warm-up call."""
+    call()
+    runs, result = [], None
+    for _ in range(3):
+        started = time.perf_counter()
+        result = call()
+        runs.append(time.perf_counter() - started)
+    return min(runs), sorted(runs)[1], result
+
+
 def gflop_per_track(bundle: str, per_track: int) -> float:
     """Forward GFLOP (2 x multiply-adds of the convolutions and dense layers) for ``per_track`` windows."""
     from genreclf.formats.bundle import load_model
@@ -105,15 +116,11 @@ def run_musicnn(out: str, tracks: int, res: dict) -> None:
     spark = spark_session("local[2]", task_cpus=1)
     try:
         target = os.path.join(out, "score-bench-tags")
-        run_score(spark, "pretrained:musicnn-msd", target, inputs=[inputs], overwrite=True)  # warm-up
-        runs = []
-        for _ in range(3):
-            started = time.perf_counter()
-            summary = run_score(spark, "pretrained:musicnn-msd", target, inputs=[inputs], overwrite=True)
-            runs.append(time.perf_counter() - started)
+        best, median, summary = best_of_3(lambda: run_score(spark, "pretrained:musicnn-msd", target, inputs=[inputs],
+                                                            overwrite=True))
     finally:
         spark.stop()
-    res["musicnn_job_s"], res["musicnn_job_median_s"] = min(runs), sorted(runs)[1]
+    res["musicnn_job_s"], res["musicnn_job_median_s"] = best, median
     res["musicnn_job_precision"] = ",".join(summary["precision"])
     res["musicnn_tracks"] = len(paths)
 
@@ -167,17 +174,11 @@ def run(out: str, tracks: int = 48) -> dict:
                     continue
                 settings = dataclasses.replace(base, score=dataclasses.replace(base.score, **knobs))
                 target = os.path.join(out, "score-bench-scores")
-                run_score(spark, bundle, target, inputs=[inputs], overwrite=True, settings=settings)  # warm-up
-                runs = []
-                for _ in range(3):
-                    started = time.perf_counter()
-                    summary = run_score(spark, bundle, target, inputs=[inputs], overwrite=True, settings=settings)
-                    runs.append(time.perf_counter() - started)
-                res[f"job[{name}]_s"] = min(runs)
-                res[f"job[{name}]_median_s"] = sorted(runs)[1]
+                best, median, summary = best_of_3(lambda: run_score(spark, bundle, target, inputs=[inputs],
+                                                                    overwrite=True, settings=settings))
+                res[f"job[{name}]_s"], res[f"job[{name}]_median_s"] = best, median
                 res[f"job[{name}]_precision"] = ",".join(summary["precision"])
-                log.info("score job %s: best %.1f s, median %.1f s for %d tracks", name, min(runs), sorted(runs)[1],
-                         len(paths))
+                log.info("score job %s: best %.1f s, median %.1f s for %d tracks", name, best, median, len(paths))
         finally:
             spark.stop()
     report(res)
