@@ -22,6 +22,9 @@ import time
 from benchmarks.run import R, floor_loop, link_inputs, make_bundle, make_corpus, spark_session
 
 log = logging.getLogger("genreclf.bench")
+#: The oneDNN setting the bench was started with: the model-alone processes decide for themselves as a
+#: worker does, whatever this process chose when it ran a job (genreclf.ml.tfsetup sets it in os.environ).
+STARTED_ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
 
 #: Scoring job variants: (name, spark.task.cpus, [score] settings). The first is the defaults.
 VARIANTS = (
@@ -54,8 +57,11 @@ def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24, recip
         "b.flush()\n"
         f"print(computed, (time.perf_counter() - t) / {tracks})\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    if STARTED_ONEDNN is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = STARTED_ONEDNN
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     computed, seconds = out.stdout.split()[-2:]
     return float(seconds)
 

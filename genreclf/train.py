@@ -132,7 +132,6 @@ def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers) -> tuple:
     import keras
 
     from genreclf.ml.network import build_model, compile_model
-    from genreclf.ml.plots import training_curves
 
     keras.utils.set_random_seed(cfg.seed)
     model = compile_model(build_model((recipe.frames, recipe.bands, 1), len(labels), recipe.dtype))
@@ -151,16 +150,22 @@ def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers) -> tuple:
     started = time.time()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2,
                         shuffle=False, class_weight=weights)  # tf_dataset shuffles windows itself
-    train_s = time.time() - started
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    epochs_run = len(hist.get("loss", []))
-    windows_per_s = train_set.n_windows * epochs_run / max(train_s, 1e-9)
-    log.info("train: %d epochs in %.0f s (%.1f windows/s, validation included)", epochs_run, train_s, windows_per_s)
+    hist, facts = _fitted(tmp, history, train_set.n_windows, time.time() - started)
     model = as_float32(model, recipe, len(labels))  # the bundle's weights and compute stay float32
     model.save(os.path.join(tmp, MODEL_FILE))  # the best weights (restored by early stopping)
+    return model, hist, {**facts, "optimizer": "Adadelta", "learning_rate": 1.0}
+
+
+def _fitted(tmp, history, n_windows: int, train_s: float) -> tuple:
+    """A fit's history as plain floats, its curves drawn into ``tmp``, and its facts for bundle.json."""
+    from genreclf.ml.plots import training_curves
+
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    epochs_run = len(hist.get("loss", []))
+    windows_per_s = n_windows * epochs_run / max(train_s, 1e-9)
+    log.info("train: %d epochs in %.0f s (%.1f windows/s, validation included)", epochs_run, train_s, windows_per_s)
     training_curves(hist, os.path.join(tmp, "training_curves.png"))
-    return model, hist, {"epochs_run": epochs_run, "train_seconds": round(train_s, 1),
-                         "windows_per_s": round(windows_per_s, 1), "optimizer": "Adadelta", "learning_rate": 1.0}
+    return hist, {"epochs_run": epochs_run, "train_seconds": round(train_s, 1), "windows_per_s": round(windows_per_s, 1)}
 
 
 #: The head on the frozen backbone: Adam at Keras's default rate (a linear softmax on 200 features).
@@ -174,7 +179,6 @@ def _fit_on_backbone(tmp, recipe, labels, train_set, val_set, cfg, workers) -> t
     import numpy as np
 
     from genreclf.ml import musicnn, pretrained
-    from genreclf.ml.plots import training_curves
 
     if recipe != musicnn.RECIPE:
         raise ConfigError("[train] network = 'musicnn' needs features of musicnn's recipe: featurize with "
@@ -209,15 +213,10 @@ def _fit_on_backbone(tmp, recipe, labels, train_set, val_set, cfg, workers) -> t
                              batch_size=cfg.batch_size, verbose=2, class_weight=weights, callbacks=[
                                  keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
                                                                restore_best_weights=True)])
-    train_s = time.time() - started
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    hist, facts = _fitted(tmp, history, len(x_train), time.time() - started)
     model = keras.Model(backbone.inputs, head(backbone.outputs[1]), name="musicnn_genre")
     model.save(os.path.join(tmp, MODEL_FILE))
-    training_curves(hist, os.path.join(tmp, "training_curves.png"))
-    epochs_run = len(hist.get("loss", []))
-    return model, hist, {"epochs_run": epochs_run, "train_seconds": round(train_s, 1),
-                         "windows_per_s": round(len(x_train) * epochs_run / max(train_s, 1e-9), 1),
-                         "backbone": "pretrained:musicnn-msd (frozen)", "credit": pretrained.CREDIT,
+    return model, hist, {**facts, "backbone": "pretrained:musicnn-msd (frozen)", "credit": pretrained.CREDIT,
                          "optimizer": "Adam", "learning_rate": HEAD_LEARNING_RATE}
 
 
