@@ -50,8 +50,9 @@ demo: install
 	@echo "  $(DEMO)/features/windows   petastorm dataset of STFT windows"
 	@echo "  $(DEMO)/features/tracks    one status row per input file"
 	@echo "  $(DEMO)/model              model bundle (model.keras, bundle.json, metrics, curves, confusion matrix)"
-	@echo "  $(DEMO)/scores/scores      one row per file: genre, confidence, probabilities"
-	@echo "  $(DEMO)/scores/submission.csv  crowdAI layout: file_id + one column per genre"
+	@echo "  $(DEMO)/scores/current.json  names the committed run directory $(DEMO)/scores/run-*/, holding:"
+	@echo "      scores/         one row per file: genre, confidence, probabilities"
+	@echo "      submission.csv  crowdAI layout: file_id + one column per genre"
 
 # Three runs so that only one Spark application is alive at a time: the suite's local session,
 # the crash tests (spark-submit runs killed with SIGKILL), then the standalone-cluster tests

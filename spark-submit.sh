@@ -60,19 +60,21 @@ else
   SUBMIT="$("$PY" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit"))')"
 fi
 
-# Ship the library as a zip so executors import the same code as the driver.
+# Ship the library as a zip so executors import the same code as the driver (written under a name of
+# this process and renamed: two jobs started at once from one checkout each ship a whole zip).
 BUILD="$HERE/build"
 mkdir -p "$BUILD"
 ZIP="$BUILD/genreclf.zip"
 (cd "$HERE" && "$PY" - "$ZIP" <<'PYEOF'
 import os, sys, zipfile
-with zipfile.ZipFile(sys.argv[1] + ".tmp", "w", zipfile.ZIP_DEFLATED) as z:
+partial = f"{sys.argv[1]}.{os.getpid()}.tmp"
+with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
     for root, dirs, files in os.walk("genreclf"):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         for f in files:
             if f.endswith(".py"):
                 z.write(os.path.join(root, f))
-os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+os.replace(partial, sys.argv[1])
 PYEOF
 )
 

@@ -123,6 +123,30 @@ class Recipe:
         return cls(**d)
 
 
+# Upper bounds that protect memory, refused before any work (a batch of 1e12 was accepted once).
+# A reference window is 128 x 513 values: 0.25 MB as float32 input, and its layer outputs sum to
+# 1.38 MB (build_model, summed over layers): ~1.7 MB a window predicted, ~3 MB trained (the
+# activations kept for the gradients, and the gradients).
+#: Windows per model call (score, evaluate): 2048 x 1.7 MB = 3.4 GB, within a 4 GB worker.
+MAX_PREDICT_BATCH = 2048
+#: Windows per training step: 4096 x 3 MB = 12 GB, within a 16 GB GPU (or a CPU node's share).
+MAX_TRAIN_BATCH = 4096
+#: Windows pooled for shuffling, stored as float16 (0.125 MB each): 65536 of them are 8 GB.
+MAX_SHUFFLE_WINDOWS = 65536
+#: Files per featurize task: a task holds its file list and one status row per file (~1 KB): 100 MB.
+MAX_FILES_PER_TASK = 100_000
+#: Files decoded ahead per score task: each holds one decoded track, up to 318 MB (an hour, the
+#: default max_duration_s, at 22.05 kHz float32): 16 of them are 5 GB; a 5-minute track is 26 MB.
+MAX_DECODE_THREADS = 16
+#: A row group is buffered whole by the task writing it and by each reader thread (up to 8): 8 x 256 MB = 2 GB.
+MAX_ROW_GROUP_MB = 256
+
+
+def _count_up_to(limit: int, what: str):
+    return (lambda v: isinstance(v, int) and 1 <= v <= limit,
+            f"an integer in [1, {limit}] ({what}; the bound keeps memory in check: see genreclf/config.py)")
+
+
 @dataclass(frozen=True)
 class FeaturizeSettings:
     """Knobs of the featurize job; defaults in ``conf/genreclf.toml``."""
@@ -133,8 +157,8 @@ class FeaturizeSettings:
 
     def __post_init__(self):
         check_fields(self, "featurize", {
-            "files_per_task": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-            "row_group_size_mb": (lambda v: isinstance(v, int) and 1 <= v <= 2047, "an integer in [1, 2047] (MB)"),
+            "files_per_task": _count_up_to(MAX_FILES_PER_TASK, "files"),
+            "row_group_size_mb": _count_up_to(MAX_ROW_GROUP_MB, "MB"),
             "max_duration_s": (lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),
         })
 
@@ -150,10 +174,11 @@ class ScoreSettings:
 
     def __post_init__(self):
         check_fields(self, "score", {
-            "batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            "batch_size": _count_up_to(MAX_PREDICT_BATCH, "windows"),
             "max_windows": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = every window)"),
             "precision": (lambda v: v in SCORE_PRECISIONS, one_of(SCORE_PRECISIONS)),
-            "decode_threads": (lambda v: isinstance(v, int) and 0 <= v <= 64, "an integer in [0, 64] (0 = inline)"),
+            "decode_threads": (lambda v: isinstance(v, int) and 0 <= v <= MAX_DECODE_THREADS,
+                               f"an integer in [0, {MAX_DECODE_THREADS}] (0 = inline; each thread holds a decoded track)"),
         })
 
 
@@ -195,12 +220,12 @@ class TrainSettings:
         check_fields(self, "train", {
             "network": (lambda v: v in TRAIN_NETWORKS, one_of(TRAIN_NETWORKS)),
             "epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-            "batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            "batch_size": _count_up_to(MAX_TRAIN_BATCH, "windows"),
             "val_fraction": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
             "seed": (lambda v: isinstance(v, int), "an integer"),
             "patience": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
             "labels_from": (lambda v: v in LABEL_SOURCES, one_of(LABEL_SOURCES)),
-            "shuffle_buffer": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (windows)"),
+            "shuffle_buffer": _count_up_to(MAX_SHUFFLE_WINDOWS, "windows"),
             "reader": (lambda v: v in READERS, one_of(READERS)),
             "reader_workers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = auto)"),
             "precision": (lambda v: v in TRAIN_PRECISIONS, one_of(TRAIN_PRECISIONS)),
@@ -217,7 +242,7 @@ class EvaluateSettings:
     batch_size: int = 64  # windows per model call when predicting for a report: bounds memory
 
     def __post_init__(self):
-        check_fields(self, "evaluate", {"batch_size": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")})
+        check_fields(self, "evaluate", {"batch_size": _count_up_to(MAX_PREDICT_BATCH, "windows")})
 
 
 @dataclass(frozen=True)

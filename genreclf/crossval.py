@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from genreclf.config import Settings, load_settings
+from genreclf.config import EvaluateSettings, Settings, load_settings
 from genreclf.errors import ConfigError
 from genreclf.formats.bundle import SPLIT_FILE, load_bundle_info, load_model, read_json, write_json
 from genreclf.formats.features import read_recipe, read_tracks
@@ -103,7 +103,7 @@ def _run_fold(i, fold_dir, features, windows_url, test_ids, settings, labels, ov
     bundle = _fold_bundle(fold_dir, features, test_ids, settings, labels, overrides, recipe)
     info = load_bundle_info(bundle)
     keras.backend.clear_session()
-    model = load_model(bundle)
+    model = load_model(bundle, len(info["labels"]))
     test = WindowSet(windows_url, recipe, track_ids=test_ids, labels=labels)
     ids, window_labels, probs = predict_windows(model, test, batch_size=batch_size, workers=workers)
     codes, _, y_tracks = track_codes(ids, window_labels, labels)
@@ -128,7 +128,7 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
     from genreclf.train import choose_labels
 
     settings = settings or load_settings()
-    batch_size = batch_size or settings.evaluate.batch_size
+    batch_size = EvaluateSettings(batch_size).batch_size if batch_size else settings.evaluate.batch_size
     if not storage.is_local(output):  # k bundles and their reports are re-read by reruns: kept local
         raise ConfigError(f"evaluate --cv --output {output}: cross-validation writes to a local directory; "
                           "copy the reports to a store afterwards")
@@ -136,7 +136,7 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
     cfg = dataclasses.replace(settings.train, **overrides)  # validates the overrides before any work
     seed = cfg.seed if seed is None else seed
     recipe = read_recipe(features)
-    tracks = read_tracks(features)
+    tracks = read_tracks(features, check=True)
     labels = choose_labels(tracks, cfg.labels_from, settings)
     usable = usable_tracks(tracks, labels).reset_index(drop=True)
     folds = cv_folds(usable, k, seed)

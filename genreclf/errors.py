@@ -13,6 +13,15 @@ class OutputExistsError(GenreclfError):
     """The output location already holds data and neither --overwrite nor --incremental was given."""
 
 
+class DamagedInputError(GenreclfError):
+    """An input the job reads whole (a model bundle, a featurize output) is damaged or inconsistent; the
+    message names the file and what to do (restore it, or make it again)."""
+
+
+class StorageError(GenreclfError):
+    """The store refused a write or lost data mid-run (a full disk, a bucket or directory removed)."""
+
+
 class Reason:
     """Why an input file has no windows: the first words of its ``error`` column (``"reason: detail"``),
     each written once here (README's table lists exactly these; tests/test_layout.py checks)."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
-from genreclf.config import Settings, load_settings
+from genreclf.config import EvaluateSettings, Settings, load_settings
 from genreclf.errors import ConfigError
 from genreclf.formats.bundle import SPLIT_FILE, calibration_of, check_recipe, load_bundle_info, load_model, read_json
-from genreclf.formats.features import read_recipe, read_tracks
+from genreclf.formats.features import check_window_counts, read_recipe, read_tracks
 from genreclf.formats.schema import WINDOWS_DIR
 from genreclf.io import storage
 from genreclf.ml.pipeline import WindowSet
@@ -26,12 +26,13 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
     ``batch_size``: windows per model call (default ``[evaluate] batch_size``)."""
     from genreclf.ml.tfsetup import configure_tensorflow
 
-    batch_size = batch_size or (settings or load_settings()).evaluate.batch_size
+    batch_size = EvaluateSettings(batch_size).batch_size if batch_size else (
+        settings or load_settings()).evaluate.batch_size  # a flag's value meets the setting's bounds
     info = load_bundle_info(bundle_dir)
     recipe = read_recipe(features)
     check_recipe(info, recipe, features)
     labels = info["labels"]
-    tracks = usable_tracks(read_tracks(features), labels)
+    tracks = usable_tracks(read_tracks(features, check=True), labels)
     if split == "val":
         split_path = storage.join(bundle_dir, SPLIT_FILE)
         if not storage.is_file(split_path):
@@ -40,10 +41,11 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
     if tracks.empty:
         raise ConfigError(f"no labelled ok tracks to evaluate in {features} (split {split})")
     configure_tensorflow(training=False)
-    model = load_model(bundle_dir)
+    model = load_model(bundle_dir, len(labels))
     started = time.time()
     windows = WindowSet(storage.join(storage.to_url(features), WINDOWS_DIR), recipe, track_ids=tracks["track_id"],
                         labels=labels)
+    check_window_counts(features, tracks, windows.window_counts())
     ids, window_labels, probs = predict_windows(model, windows, batch_size=batch_size, workers=workers)
     report = calibrated_report(ids, window_labels, probs, labels, *calibration_of(info, calibrate))
     report.update(split=split, features=storage.to_url(features), elapsed_s=round(time.time() - started, 2))

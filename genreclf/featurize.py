@@ -28,7 +28,7 @@ import pyarrow as pa
 from genreclf import __version__
 from genreclf.audio.extract import window_tables
 from genreclf.config import Recipe, Settings, load_settings
-from genreclf.errors import GenreclfError, OutputExistsError
+from genreclf.errors import GenreclfError, OutputExistsError, StorageError
 from genreclf.formats.features import (
     commit,
     committed,
@@ -44,6 +44,7 @@ from genreclf.formats.features import (
 )
 from genreclf.formats.schema import (
     RECIPE_FILE,
+    STATUS_FATAL,
     STATUS_OK,
     TRACKS_DIR,
     TRACKS_SCHEMA,
@@ -51,7 +52,7 @@ from genreclf.formats.schema import (
     summarize,
     window_schema,
 )
-from genreclf.io import storage
+from genreclf.io import killpoints, storage
 from genreclf.io.catalog import apply_labels, expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
 from genreclf.io.progress import SparkProgress
@@ -76,7 +77,10 @@ def _partition_fn(batches, *, recipe_json: str, windows_url: str, run_id: str, r
     rows = []
     tables = window_tables(batches, recipe, window_schema(recipe), rows_per_table=_rows_per_group(recipe, row_group_size_mb),
                            max_duration_s=max_duration_s, on_track=rows.append)
-    write_window_file(windows_url, f"part-{run_id}-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(), tables)
+    try:
+        write_window_file(windows_url, f"part-{run_id}-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(), tables)
+    except StorageError as e:  # the run cannot go on: said once by the driver, not as a task traceback
+        rows = [{"path": "", "track_id": "", "status": STATUS_FATAL, "error": str(e), "n_windows": 0}]
     yield pd.DataFrame(rows, columns=TRACKS_SCHEMA.names).astype(
         {"n_windows": "int32", "sample_rate": "Int32", "channels": "Int32", "size_bytes": "Int64"})
 
@@ -111,13 +115,11 @@ def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: 
 def _remove_orphans(windows_url: str, keep: set) -> int:
     """Delete window files no commit references and hidden partial files (a crashed or killed run's);
     returns how many."""
-    fs, _ = storage.filesystem(windows_url)
     orphans = [p for p in listed_window_files(windows_url) if p not in keep]
     out_url = storage.parent(storage.to_location(windows_url))
-    for where in (windows_url, storage.join(out_url, TRACKS_DIR)):  # a killed writer's hidden partial files
-        orphans += [e.path for e in storage.list_dir(where) if e.base_name.startswith(".") and e.base_name.endswith(".tmp")]
-    for path in orphans:
-        fs.delete_file(path)
+    for where in (windows_url, storage.join(out_url, TRACKS_DIR), out_url):  # a killed writer's hidden partial files
+        orphans += storage.partial_files(where)
+    storage.delete_files(windows_url, orphans)
     if orphans:
         log.info("featurize: removed %d window files of an interrupted run (never committed)", len(orphans))
     return len(orphans)
@@ -191,6 +193,7 @@ def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, increm
     state, prior = _prepare_output(out_url, recipe, overwrite, incremental)
     old_files = window_files(windows_url) if state is not None else []
     _remove_orphans(windows_url, set(old_files))
+    killpoints.arm(storage.filesystem(out_url)[1])  # the crash tests' kill points: this run's own steps
     kept = pd.DataFrame(columns=TRACKS_SCHEMA.names)
     files = list(old_files) if prior is not None else []  # --overwrite: the old files go after the commit
     superseded = []
@@ -212,11 +215,15 @@ def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, increm
                            max_duration_s=fs_settings.max_duration_s, storage_options=storage.options())
     statuses = entries_frame(spark, table, n_parts).mapInPandas(fn, schema=from_arrow_schema(TRACKS_SCHEMA))
 
+    killpoints.note("tasks", storage.filesystem(windows_url)[1])  # they write window files
     sc.setJobDescription(f"genreclf featurize: {len(table)} files in {n_parts} tasks")
     with SparkProgress(sc, "featurize"):
         new_rows = statuses.toPandas() if len(table) else TRACKS_SCHEMA.empty_table().to_pandas()
     sc.setJobDescription(None)
 
+    fatal = new_rows.loc[new_rows["status"] == STATUS_FATAL, "error"]
+    if len(fatal):
+        raise StorageError(f"{fatal.iloc[0]} (nothing was committed)")
     missing = set(table["path"]) - set(new_rows["path"])
     if missing or len(new_rows) != len(table):
         raise GenreclfError(f"internal error: {len(table)} files sent to Spark but {len(new_rows)} status rows "
@@ -233,13 +240,21 @@ def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, increm
     log.info("featurize: committing %d tracks and %d window files", len(tracks), len(files))
     commit(out_url, tracks, [storage.basename(p) for p in files], recipe, run_id)
     # After the commit: what it no longer references (--overwrite's old files, rewritten files).
-    fs, _ = storage.filesystem(windows_url)
-    for path in set(old_files) | set(superseded):
-        if path not in files:
-            fs.delete_file(path)
-    storage.write_text(storage.join(out_url, RECIPE_FILE), json.dumps(
-        {**recipe.to_dict(), "genreclf_version": __version__}, indent=2, sort_keys=True))
+    storage.delete_files(windows_url, sorted((set(old_files) | set(superseded)) - set(files)))
+    _write_recipe_copy(out_url, recipe)
     return {"new_rows": new_rows, "to_process": len(table)}
+
+
+def _write_recipe_copy(out_url: str, recipe: Recipe) -> None:
+    """``recipe.json``, a readable copy of the recipe the commit records (rewritten only when it changes)."""
+    text = json.dumps({**recipe.to_dict(), "genreclf_version": __version__}, indent=2, sort_keys=True)
+    location = storage.join(out_url, RECIPE_FILE)
+    try:
+        if storage.read_text(location) == text:
+            return
+    except FileNotFoundError:
+        pass
+    storage.write_text(location, text)
 
 
 def _unique_against(table: pd.DataFrame, kept: pd.DataFrame) -> pd.DataFrame:

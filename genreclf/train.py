@@ -11,7 +11,7 @@ import uuid
 from genreclf.config import Settings, load_settings
 from genreclf.errors import ConfigError, OutputExistsError
 from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, write_training_record
-from genreclf.formats.features import cached_windows, read_recipe, read_tracks
+from genreclf.formats.features import cached_windows, check_window_counts, read_recipe, read_tracks
 from genreclf.formats.schema import STATUS_OK, WINDOWS_DIR
 from genreclf.io import storage
 from genreclf.io.lock import OutputLock
@@ -86,13 +86,17 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
     from genreclf.ml.tfsetup import configure_tensorflow
 
     recipe = read_recipe(features)
-    labels, train_ids, val_ids = _split(read_tracks(features), settings, cfg, group_col, exclude_tracks, labels)
+    tracks = read_tracks(features, check=True)
+    labels, train_ids, val_ids = _split(tracks, settings, cfg, group_col, exclude_tracks, labels)
     tf = configure_tensorflow(training=True, precision=cfg.precision)
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     workers = reader_threads(cfg.reader_workers, on_gpu)
     windows_url = cached_windows(storage.join(storage.to_url(features), WINDOWS_DIR), cfg.cache_dir)
     train_set = WindowSet(windows_url, recipe, track_ids=train_ids, labels=labels)
     val_set = WindowSet(windows_url, recipe, track_ids=val_ids, labels=labels) if val_ids else None
+    for ids, windows in ((train_ids, train_set), (val_ids, val_set)):
+        if windows is not None:
+            check_window_counts(features, tracks[tracks["track_id"].isin(set(ids))], windows.window_counts())
     log.info("train: %d labels, %d tracks (%d windows) for training, %d tracks (%d windows) for validation; "
              "%s reader, %d thread(s)", len(labels), len(train_ids), train_set.n_windows, len(val_ids),
              val_set.n_windows if val_set else 0, cfg.reader, workers)

@@ -180,3 +180,36 @@ def test_conflicting_rows_in_a_catalogue_are_an_error(tmp_path):
     (tmp_path / "catalog.csv").write_text("path,genre\na.mp3,Rock\na.mp3,Jazz\n")
     with pytest.raises(ConfigError, match="conflicting genres"):
         expand_inputs([str(tmp_path / "catalog.csv")])
+
+
+@pytest.mark.parametrize("order", ["file-first", "csv-first"])
+def test_a_file_named_directly_and_by_a_catalogue_is_one_input_with_the_catalogues_label(tmp_path, order):
+    """Was: ``--input x.mp3 cat.csv`` kept the bare file's row (no label, track id x.mp3) and the
+    other order the catalogue's; now both give the catalogue's row."""
+    touch(tmp_path / "d" / "x.mp3")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "cat.csv").write_text("path,genre\n../d/x.mp3,metal\n")
+    inputs = [str(tmp_path / "d" / "x.mp3"), str(tmp_path / "c" / "cat.csv")]
+    rows = expand_inputs(inputs if order == "file-first" else inputs[::-1]).entries
+    assert len(rows) == 1
+    assert (rows.loc[0, "label"], rows.loc[0, "track_id"]) == ("metal", "../d/x.mp3")
+
+
+def test_conflicting_labels_for_one_file_are_an_error_listing_them(tmp_path):
+    touch(tmp_path / "x.mp3")
+    (tmp_path / "a.csv").write_text("path,genre\nx.mp3,metal\n")
+    (tmp_path / "b.csv").write_text("path,genre\nx.mp3,jazz\n")
+    with pytest.raises(ConfigError, match=r"the inputs: 1 path\(s\) have conflicting genres \(.*x.mp3: jazz, metal\)"):
+        expand_inputs([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
+    (tmp_path / "b.csv").write_text("path,genre\nx.mp3, metal \n")  # the same label, once stripped
+    assert expand_inputs([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]).entries["label"].tolist() == ["metal"]
+
+
+def test_labels_are_stripped_of_surrounding_whitespace(tmp_path):
+    for name in ("a.mp3", "b.mp3", "c.mp3"):
+        touch(tmp_path / name)
+    (tmp_path / "cat.csv").write_text('path,genre\na.mp3,"pop "\nb.mp3,pop\nc.mp3,"  "\n')
+    assert expand_inputs([str(tmp_path / "cat.csv")]).entries["label"].tolist() == ["pop", "pop", None]
+    (tmp_path / "labels.csv").write_text('path,genre\na.mp3," rock"\n')
+    labelled = apply_labels(expand_inputs([str(tmp_path / "a.mp3")]).entries, str(tmp_path / "labels.csv"))
+    assert labelled["label"].tolist() == ["rock"]

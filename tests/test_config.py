@@ -2,7 +2,14 @@
 
 import pytest
 
-from genreclf.config import FeaturizeSettings, ScoreSettings, StorageSettings, TrainSettings, load_settings
+from genreclf.config import (
+    EvaluateSettings,
+    FeaturizeSettings,
+    ScoreSettings,
+    StorageSettings,
+    TrainSettings,
+    load_settings,
+)
 from genreclf.errors import ConfigError
 
 pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
@@ -65,13 +72,22 @@ def test_every_setting_has_its_meaning_beside_its_default():
 
 
 @pytest.mark.parametrize("cls, values, message", [
-    (FeaturizeSettings, {"files_per_task": 0}, "[featurize] files_per_task = 0 is not allowed: must be an integer >= 1"),
+    (FeaturizeSettings, {"files_per_task": 0}, "[featurize] files_per_task = 0 is not allowed: must be an integer in "
+                                               "[1, 100000] (files; the bound keeps memory in check"),
+    (FeaturizeSettings, {"files_per_task": 10**6}, "[featurize] files_per_task = 1000000 is not allowed"),
     (FeaturizeSettings, {"max_duration_s": "1h"}, "[featurize] max_duration_s = '1h' is not allowed"),
     (FeaturizeSettings, {"row_group_size_mb": 4096}, "[featurize] row_group_size_mb = 4096 is not allowed"),
-    (ScoreSettings, {"batch_size": 0}, "[score] batch_size = 0 is not allowed: must be an integer >= 1"),
+    (ScoreSettings, {"batch_size": 0}, "[score] batch_size = 0 is not allowed: must be an integer in [1, 2048]"),
+    (ScoreSettings, {"batch_size": 10**12}, "[score] batch_size = 1000000000000 is not allowed: must be an integer in "
+                                            "[1, 2048] (windows; the bound keeps memory in check: see genreclf/config.py)"),
+    (EvaluateSettings, {"batch_size": 4096}, "[evaluate] batch_size = 4096 is not allowed: must be an integer in [1, 2048]"),
+    (TrainSettings, {"batch_size": 8192}, "[train] batch_size = 8192 is not allowed: must be an integer in [1, 4096]"),
+    (TrainSettings, {"shuffle_buffer": 10**6}, "[train] shuffle_buffer = 1000000 is not allowed: must be an integer in "
+                                               "[1, 65536]"),
     (ScoreSettings, {"max_windows": -1}, "[score] max_windows = -1 is not allowed"),
     (ScoreSettings, {"precision": "fp8"}, "[score] precision = 'fp8' is not allowed: must be 'auto' or 'float32' or"),
-    (ScoreSettings, {"decode_threads": -1}, "[score] decode_threads = -1 is not allowed: must be an integer in [0, 64]"),
+    (ScoreSettings, {"decode_threads": -1}, "[score] decode_threads = -1 is not allowed: must be an integer in [0, 16]"),
+    (ScoreSettings, {"decode_threads": 64}, "[score] decode_threads = 64 is not allowed: must be an integer in [0, 16]"),
     (TrainSettings, {"epochs": 0}, "[train] epochs = 0 is not allowed: must be an integer >= 1"),
     (TrainSettings, {"val_fraction": 1.0}, "[train] val_fraction = 1.0 is not allowed: must be a number in [0, 1)"),
     (TrainSettings, {"batch_size": True}, "[train] batch_size = True is not allowed"),

@@ -222,3 +222,19 @@ def test_an_output_of_another_kind_is_refused_even_with_overwrite(spark, tmp_pat
     with pytest.raises(OutputExistsError, match="not a featurize output"):
         run_featurize(spark, [str(audio)], str(audio), overwrite=True)  # the job's own input
     assert sorted(p.name for p in audio.iterdir()) == ["a.mp3"]
+
+
+def test_a_file_named_directly_and_by_a_catalogue_gets_the_same_labelled_row_in_either_order(spark, tmp_path,
+                                                                                             make_audio):
+    """Was: ``--input x.mp3 cat.csv`` lost the label (and took the track id x.mp3), the other order kept it."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "c").mkdir()
+    make_audio(tmp_path / "d" / "x.mp3", 3.5, style="rock")
+    (tmp_path / "c" / "cat.csv").write_text("path,genre\n../d/x.mp3, metal\n")
+    inputs = [str(tmp_path / "d" / "x.mp3"), str(tmp_path / "c" / "cat.csv")]
+    rows = []
+    for order, given in (("file-first", inputs), ("csv-first", inputs[::-1])):
+        run_featurize(spark, given, str(tmp_path / order))
+        rows.append(read_tracks(str(tmp_path / order)).drop(columns=["mtime"]))
+    assert rows[0].equals(rows[1]) and len(rows[0]) == 1
+    assert (rows[0].loc[0, "label"], rows[0].loc[0, "track_id"], rows[0].loc[0, "status"]) == ("metal", "../d/x.mp3", "ok")

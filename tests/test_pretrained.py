@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from genreclf.errors import ConfigError
-from genreclf.formats.scores import read_scores
+from genreclf.formats.scores import SUBMISSION_FILE, committed_location, read_scores
 from genreclf.score import run_score
 
 CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "corpus-train")
@@ -52,7 +52,7 @@ def test_the_msd_tagger_names_rock_and_electronic_music_with_no_labels(spark, cl
         assert row["n_windows"] == 10  # 30 s at 16 kHz: ten 187-frame patches
         assert list(row["probabilities"]) == tags and np.all(np.asarray(row["probability_vector"]) <= 1)
         assert row["confidence"] == pytest.approx(max(row["probability_vector"]))
-    assert (tmp_path / "out" / "submission.csv").read_text().splitlines()[0].split(",")[1:4] == tags[:3]
+    assert open(committed_location(str(tmp_path / "out"), SUBMISSION_FILE)).read().splitlines()[0].split(",")[1:4] == tags[:3]
 
 
 def test_an_unknown_pretrained_model_is_one_line_naming_those_there_are(spark, clips, tmp_path):

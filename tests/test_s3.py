@@ -15,7 +15,7 @@ from genreclf.errors import ConfigError
 from genreclf.featurize import run_featurize
 from genreclf.formats.features import read_tracks, window_files
 from genreclf.formats.schema import WINDOWS_DIR
-from genreclf.formats.scores import read_scores
+from genreclf.formats.scores import SUBMISSION_FILE, committed, committed_location, read_scores
 from genreclf.io import storage
 from genreclf.score import run_score
 from tests.s3server import CREDENTIALS, CuttableProxy, MotoServer
@@ -128,7 +128,7 @@ def test_scores_on_s3_equal_the_local_run(runs, store):
     for other in (local, from_features):
         np.testing.assert_allclose(np.stack(remote.loc[ok, "probability_vector"]),
                                    np.stack(other.loc[ok, "probability_vector"]), atol=1e-6)
-    assert storage.read_text(f"{bucket}/scores/submission.csv").startswith("file_id,")
+    assert storage.read_text(committed_location(f"{bucket}/scores", SUBMISSION_FILE)).startswith("file_id,")
 
 
 def test_incremental_scoring_on_s3_scores_only_a_new_object(spark, s3, runs, store, make_audio, tmp_path):
@@ -141,7 +141,8 @@ def test_incremental_scoring_on_s3_scores_only_a_new_object(spark, s3, runs, sto
                       incremental=True)
     assert (again["kept"], again["scored"], again["dropped"]) == (len(before), 0, 0)
     assert read_scores(f"{bucket}/scores").equals(before)
-    assert not storage.exists(f"{bucket}/scores/submission.csv")
+    assert committed(f"{bucket}/scores")["submission"] is False
+    assert not storage.exists(committed_location(f"{bucket}/scores", SUBMISSION_FILE))
     make_audio(tmp_path / "new.mp3", 4.5, style="ambient", seed=7)
     storage.write_bytes(f"{bucket}/audio/new.mp3", (tmp_path / "new.mp3").read_bytes())
     try:
@@ -201,6 +202,37 @@ def test_the_pretrained_tagger_scores_a_bucket_as_it_scores_local_files(spark, s
 def test_a_nonexistent_bucket_is_a_clear_driver_error(spark, s3, store, tmp_path):
     with pytest.raises(ConfigError, match="no-such-bucket"):
         run_featurize(spark, ["s3://no-such-bucket/audio"], str(tmp_path / "f"), settings=_settings(s3.endpoint))
+
+
+def test_an_output_bucket_removed_mid_run_is_one_error_naming_it(spark, s3, store):
+    """The output bucket is deleted once the run holds its lock: the tasks' writes fail, and the job
+    ends with one StorageError naming the location, nothing committed (was: an internal error)."""
+    import threading
+
+    from genreclf.errors import StorageError
+
+    _, _, bucket = store
+    fs = pafs.S3FileSystem(endpoint_override=s3.endpoint.split("://")[1], scheme="http", allow_bucket_creation=True,
+                           allow_bucket_deletion=True)
+    fs.create_dir("vanishing")
+    failure = []
+
+    def featurize():
+        try:
+            run_featurize(spark, [f"{bucket}/audio"], "s3://vanishing/features", settings=_settings(s3.endpoint))
+        except Exception as e:  # noqa: BLE001 - examined below
+            failure.append(e)
+
+    worker = threading.Thread(target=featurize)
+    worker.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and fs.get_file_info("vanishing/features/_genreclf.lock").type == pafs.FileType.NotFound:
+        time.sleep(0.02)
+    fs.delete_dir("vanishing")  # the bucket and everything in it
+    worker.join(300)
+    assert len(failure) == 1 and isinstance(failure[0], StorageError), failure
+    assert str(failure[0]).startswith("cannot write s3://vanishing/features/") and "\n" not in str(failure[0])
+    assert "was the bucket or directory removed while the job ran?" in str(failure[0])
 
 
 def test_a_missing_object_in_a_catalogue_gets_an_error_row(spark, s3, store, tmp_path):

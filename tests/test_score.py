@@ -10,9 +10,9 @@ import pytest
 
 from genreclf.audio.extract import featurize_file
 from genreclf.config import Recipe, ScoreSettings, Settings
-from genreclf.errors import ConfigError, OutputExistsError
+from genreclf.errors import ConfigError, DamagedInputError, OutputExistsError
 from genreclf.featurize import run_featurize
-from genreclf.formats.scores import SUBMISSION_FILE, read_scores
+from genreclf.formats.scores import SUBMISSION_FILE, committed_location, read_scores
 from genreclf.ml.inference import cpu_has_bf16, excerpt
 from genreclf.score import run_score
 from tests import hostenv
@@ -170,7 +170,7 @@ def test_model_loads_once_per_worker_not_per_batch(scored_from_audio):
 
 def test_csv_submission_layout(scored_from_audio, trained):
     out, _, _ = scored_from_audio
-    sub = pd.read_csv(out / SUBMISSION_FILE)
+    sub = pd.read_csv(committed_location(str(out), SUBMISSION_FILE))
     assert list(sub.columns) == ["file_id", "ambient", "jazz", "techno"]
     assert len(sub) == 9 and "techno0" in set(sub["file_id"])
     np.testing.assert_allclose(sub.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-5)
@@ -234,9 +234,9 @@ def test_a_corrupt_model_is_one_clear_error_before_any_task(spark, trained, corp
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)
     (broken / "model.keras").write_bytes(b"PK\x03\x04 not a keras archive")
-    with pytest.raises(ConfigError, match="model.keras cannot be loaded"):
+    with pytest.raises(DamagedInputError, match=r"model.keras is truncated or not a Keras archive: restore the bundle"):
         run_score(spark, str(broken), str(tmp_path / "out"), inputs=[str(corpus)])
-    assert not (tmp_path / "out" / "scores").exists()
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
 
 def test_scores_never_go_into_the_jobs_own_input(spark, trained):
@@ -283,7 +283,8 @@ def test_incremental_scores_only_new_and_changed_files(spark, trained, corpus, t
     rerun = _incremental(spark, bundle, out, audio)
     assert (rerun["kept"], rerun["scored"], rerun["dropped"]) == (n_files, 0, 0)
     pd.testing.assert_frame_equal(read_scores(str(out)).set_index("track_id"), after)
-    assert not [d for d in os.listdir(out) if d.startswith(".")]  # no staging or lock left
+    assert not [d for d in os.listdir(out) if d.startswith(".") or d == "_genreclf.lock"]  # no staging or lock left
+    assert sorted(os.listdir(out)) == ["current.json", json.loads((out / "current.json").read_text())["run"]]
 
 
 def test_incremental_retries_errors_that_may_not_recur():
@@ -401,7 +402,7 @@ def test_a_failed_score_leaves_no_staging_lock_or_shipped_bundle(spark, trained,
     finally:
         del env["GENRECLF_FAULT_ONCE"]
     assert (tmp_path / "fault-injected").exists()
-    assert os.listdir(out) == []  # no scores, no staging directory, no lock
+    assert os.listdir(out) == []  # no scores, no run directory, no lock
     assert {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("genreclf-ship-")} == shipped_before
 
 

@@ -19,7 +19,7 @@ import time
 
 from genreclf import __version__
 from genreclf.config import Recipe
-from genreclf.errors import ConfigError
+from genreclf.errors import ConfigError, DamagedInputError
 from genreclf.io import storage
 
 MODEL_FILE = "model.keras"
@@ -64,7 +64,24 @@ def load_bundle_info(bundle_dir: str) -> dict:
     if not found:
         raise ConfigError(f"{bundle_dir} is not a genreclf model bundle (needs {BUNDLE_FILE} and {MODEL_FILE}); "
                           "make one with ./spark-submit.sh train")
-    return read_json(path)
+    try:
+        info = read_json(path)
+    except ValueError as e:
+        raise _damaged(path, f"is not valid JSON ({str(e).splitlines()[0][:80]})") from None
+    labels = info.get("labels") if isinstance(info, dict) else None
+    if not (isinstance(labels, list) and labels and all(isinstance(v, str) and v.strip() for v in labels)):
+        raise _damaged(path, f"'labels' must be a non-empty list of label names, not {str(labels)[:60]!r}")
+    if len(set(labels)) != len(labels):
+        raise _damaged(path, f"'labels' names a label twice ({sorted({v for v in labels if labels.count(v) > 1})[:3]})")
+    try:
+        Recipe.from_dict(info["recipe"])
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise _damaged(path, f"has no valid 'recipe' ({str(e).splitlines()[0][:120]})") from None
+    return info
+
+
+def _damaged(location: str, what: str) -> DamagedInputError:
+    return DamagedInputError(f"model bundle file {location} {what}: restore the bundle from a copy or train it again")
 
 
 def check_recipe(info: dict, recipe: Recipe, where: str) -> None:
@@ -85,9 +102,25 @@ def calibration_of(info: dict, enabled: bool = True) -> tuple:
     return info["calibration"], float(info.get("temperature", 1.0))
 
 
-def load_model(bundle_dir: str):
-    """The bundle's Keras model; a remote bundle is fetched to a local cache once (storage.fetch_dir)."""
+def load_model(bundle_dir: str, n_labels: int | None = None, *, named: str | None = None):
+    """The bundle's Keras model (checked to predict ``n_labels`` classes when given); a remote bundle is
+    fetched to a local cache once (storage.fetch_dir). A damaged model.keras is one DamagedInputError
+    (naming the bundle as ``named``, when ``bundle_dir`` is a local copy)."""
+    import zipfile
+
     import keras
 
     local = storage.fetch_dir(bundle_dir, names={MODEL_FILE, BUNDLE_FILE})
-    return keras.saving.load_model(os.path.join(local, MODEL_FILE), compile=False)
+    path, named = os.path.join(local, MODEL_FILE), storage.join(named or bundle_dir, MODEL_FILE)
+    if not zipfile.is_zipfile(path):
+        raise _damaged(named, "is truncated or not a Keras archive")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for a damaged archive
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "safe_mode" in str(e) or "Lambda" in str(e):
+            raise _damaged(named, "holds a Lambda layer (code in the model: refused, Keras safe mode)") from None
+        raise _damaged(named, f"cannot be loaded ({type(e).__name__}: {text[:160]})") from None
+    if n_labels is not None and model.output_shape[-1] != n_labels:
+        raise _damaged(named, f"predicts {model.output_shape[-1]} classes but {BUNDLE_FILE} lists {n_labels} labels")
+    return model

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genreclf.config import Recipe
-from genreclf.errors import ConfigError
+from genreclf.errors import ConfigError, DamagedInputError
 from genreclf.formats.schema import RECIPE_FILE, TRACKS_DIR, TRACKS_SCHEMA, window_arrow_schema, window_schema
 from genreclf.io import storage
 
@@ -116,11 +116,67 @@ def write_dataset_metadata(windows_url: str, recipe: Recipe, files: list) -> Non
         pq.write_metadata(schema, out)
 
 
-def read_tracks(output: str) -> pd.DataFrame:
-    """The tracks table of a featurize output (local path or URL)."""
+def read_tracks(output: str, *, check: bool = False) -> pd.DataFrame:
+    """The tracks table of a featurize output (local path or URL). With ``check`` (what train,
+    evaluate and score read), also against its window files: see :func:`check_output`."""
     url = storage.join(storage.to_url(output), TRACKS_DIR)
     fs, base = storage.filesystem(url)
-    return pq.read_table(base, filesystem=fs, schema=TRACKS_SCHEMA).to_pandas()
+    try:
+        tracks = pq.read_table(base, filesystem=fs, schema=TRACKS_SCHEMA).to_pandas()
+    except FileNotFoundError:
+        raise ConfigError(f"{output} is not a featurize output (no {TRACKS_DIR}/); "
+                          "run ./spark-submit.sh featurize first") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise _damaged(output, f"its tracks table {tracks_file(output)} cannot be read ({storage.describe(e)})") from None
+    if check:
+        check_output(output, tracks)
+    return tracks
+
+
+def _damaged(output: str, what: str) -> DamagedInputError:
+    return DamagedInputError(f"featurize output {output} is damaged: {what}; featurize it again with --overwrite")
+
+
+def check_output(output: str, tracks: pd.DataFrame) -> None:
+    """Refuse a damaged featurize output before any work: a track id twice in the tracks table, a
+    window file its commit names missing or unreadable (Parquet footers only: one small read per
+    file), or window rows that are not as many as the ok tracks' ``n_windows``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    twice = tracks["track_id"][tracks["track_id"].duplicated()]
+    if len(twice):
+        raise _damaged(output, f"its tracks table names {twice.nunique()} track id(s) twice (e.g. {twice.iloc[0]!r})")
+    windows_url = storage.join(storage.to_url(output), "windows")
+    fs, _ = storage.filesystem(windows_url)
+
+    def rows(path):
+        try:
+            with fs.open_input_file(path) as f:
+                return pq.read_metadata(f).num_rows
+        except FileNotFoundError:
+            raise _damaged(output, f"window file {storage.located(windows_url, path)}, named by its commit, is "
+                                   "missing") from None
+        except (pa.ArrowInvalid, OSError) as e:
+            raise _damaged(output, f"window file {storage.located(windows_url, path)} is truncated or not Parquet "
+                                   f"({storage.describe(e)[:80]})") from None
+
+    with ThreadPoolExecutor(16) as pool:
+        found = sum(pool.map(rows, window_files(windows_url)))
+    expected = int(tracks.loc[tracks["status"] == "ok", "n_windows"].sum())
+    if found != expected:
+        raise _damaged(output, f"its window files hold {found} windows but its tracks table counts {expected} "
+                               "(n_windows of the ok tracks)")
+
+
+def check_window_counts(output: str, tracks: pd.DataFrame, counts: pd.Series) -> None:
+    """Refuse windows read (``counts``: rows per track id) that disagree with the tracks' ``n_windows``."""
+    expected = tracks.set_index("track_id")["n_windows"].astype("int64")
+    found = counts.reindex(expected.index).fillna(0).astype("int64")
+    wrong = expected.index[expected.to_numpy() != found.to_numpy()]
+    if len(wrong):
+        t = wrong[0]
+        raise _damaged(output, f"{len(wrong)} track(s) have other window counts than the tracks table says (e.g. "
+                               f"{t!r}: {found[t]} windows, n_windows {expected[t]})")
 
 
 def read_recipe(output: str) -> Recipe:

@@ -32,6 +32,9 @@ TRACKS_SCHEMA = pa.schema([
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+#: A task's row saying the run cannot go on (a full disk, a bucket gone); never committed: the
+#: driver stops the run with its ``error`` as the one line the user reads.
+STATUS_FATAL = "fatal"
 
 
 def window_schema(recipe: Recipe):

@@ -1,11 +1,13 @@
-"""The score output format: ``scores/part-*.parquet`` (one row per input file), ``labels.json`` and,
-on request, ``submission.csv`` (the crowdAI layout).
+"""The score output format: one directory per run, ``DIR/run-RUN/`` holding ``scores/part-*.parquet``
+(one row per input file), ``labels.json`` and, on request, ``submission.csv`` (the crowdAI layout);
+``DIR/current.json`` names the committed run.
 
-Score tasks write their rows here with pyarrow from the Python workers (no JVM writer, so no
-Hadoop connector for object stores): each task's part goes to a hidden name in a hidden staging
-directory and is moved into place, so a retried attempt replaces its part and never duplicates
-rows; the driver checks one row per input before :func:`commit` moves the staging directory to
-``scores``.
+A run writes its directory whole (score tasks write their parts with pyarrow from the Python
+workers, each to a hidden name moved into place, so a retried attempt replaces its part and never
+duplicates rows), then the driver commits it by one atomic file move: ``current.json`` (a single
+object write on object stores). Readers take the run ``current.json`` names, so the three files
+change together; the previous run's directory is removed after the commit, and directories of runs
+that never committed by the next run, under the output's lock. See :func:`commit`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 SCORES_DIR = "scores"
 LABELS_FILE = "labels.json"
 SUBMISSION_FILE = "submission.csv"
+#: The commit record: {"run": directory name, "run_id", "rows", "labels", "submission": bool, "committed"}.
+CURRENT_FILE = "current.json"
+RUN_PREFIX = "run-"
 
 #: Columns of a score row: the input file as scored (path, size, mtime: what ``--incremental``
 #: compares), the top genre and its probability, then every label's probability (as a map, and as a
@@ -118,9 +123,9 @@ def read_run(location: str) -> dict | None:
     return json.loads(meta[RUN_KEY]) if RUN_KEY in meta else None
 
 
-def staging_dir(output: str, run_id: str) -> str:
-    """Where a run's parts are written before the commit (hidden: readers never look there)."""
-    return storage.join(storage.to_url(output), f".{SCORES_DIR}-{run_id}.staging")
+def run_dir(output: str, run_id: str) -> str:
+    """The directory a run writes (invisible to readers until :func:`commit` names it)."""
+    return storage.join(storage.to_url(output), RUN_PREFIX + run_id)
 
 
 def write_part(staging: str, name: str, attempt: int, table: pa.Table) -> int:
@@ -141,22 +146,80 @@ def read_dir(location: str) -> pd.DataFrame:
     return table.sort_values("track_id", kind="stable").reset_index(drop=True)
 
 
-def read_scores(output: str) -> pd.DataFrame:
-    """The scores of a score output (a local path or URL) as pandas."""
-    return read_dir(storage.join(storage.to_url(output), SCORES_DIR))
-
-
-def commit(output: str, staging: str, labels: list) -> str:
-    """Replace ``output/scores`` by the staged parts (see :func:`storage.replace_dir`) and record the labels."""
+def committed(output: str) -> dict | None:
+    """The commit record of a score output (see CURRENT_FILE); None when nothing was committed. An
+    output of an earlier version (``DIR/scores`` beside ``DIR/labels.json``) reads as run ``""``."""
     out_url = storage.to_url(output)
-    scores = storage.join(out_url, SCORES_DIR)
-    storage.replace_dir(staging, scores)
-    storage.write_text(storage.join(out_url, LABELS_FILE), json.dumps(labels, indent=2))
-    return scores
+    try:
+        record = json.loads(storage.read_text(storage.join(out_url, CURRENT_FILE)))
+    except FileNotFoundError:
+        return {"run": "", "run_id": ""} if storage.exists(storage.join(out_url, SCORES_DIR)) else None
+    except ValueError:
+        from genreclf.errors import DamagedInputError
+
+        raise DamagedInputError(f"{storage.join(out_url, CURRENT_FILE)} is not valid JSON: the score output's "
+                                "commit record is damaged; score again with --overwrite") from None
+    return record
+
+
+def committed_location(output: str, name: str = "") -> str | None:
+    """Where the committed run keeps ``name`` (``scores``, ``labels.json``, ``submission.csv``; "" for its
+    directory); None when nothing is committed."""
+    record = committed(output)
+    if record is None:
+        return None
+    parts = [p for p in (record["run"], name) if p]
+    return storage.to_location(storage.join(storage.to_url(output), *parts))
+
+
+def read_scores(output: str) -> pd.DataFrame:
+    """The committed scores of a score output (a local path or URL) as pandas; no rows when none."""
+    location = committed_location(output, SCORES_DIR)
+    return read_dir(location) if location else read_dir(storage.join(storage.to_url(output), SCORES_DIR))
+
+
+def write_labels(directory: str, labels: list) -> None:
+    storage.write_direct(storage.join(directory, LABELS_FILE), json.dumps(labels, indent=2).encode())
+
+
+def commit(output: str, run_id: str, labels: list, rows: int, submission: bool) -> str:
+    """Make run ``run_id`` (its directory complete) the output's committed run by one atomic write of
+    ``current.json``; then remove what it replaced: the previous run's directory (or an earlier
+    version's ``scores/``, ``labels.json`` and ``submission.csv``). Returns the run's directory."""
+    import time
+
+    out_url = storage.to_url(output)
+    previous = committed(output)
+    record = {"run": RUN_PREFIX + run_id, "run_id": run_id, "rows": rows, "labels": labels,
+              "submission": submission, "committed": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    storage.write_text(storage.join(out_url, CURRENT_FILE), json.dumps(record, indent=2))
+    if previous is not None and previous["run"]:
+        storage.delete(storage.join(out_url, previous["run"]))
+    elif previous is not None:
+        for name in (SCORES_DIR, LABELS_FILE, SUBMISSION_FILE):
+            storage.delete(storage.join(out_url, name))
+    return storage.join(out_url, record["run"])
+
+
+def remove_uncommitted(output: str) -> int:
+    """Delete run directories no commit names (killed or failed runs; the caller holds the lock) and
+    staging directories of earlier versions; returns how many."""
+    out_url = storage.to_url(output)
+    record = committed(output)
+    current = record["run"] if record else None
+    stale = [e for e in storage.list_dir(out_url) if e.type == pa.fs.FileType.Directory and (
+        (e.base_name.startswith(RUN_PREFIX) and e.base_name != current)
+        or (e.base_name.startswith(f".{SCORES_DIR}-") and e.base_name.endswith(".staging")))]
+    for entry in stale:
+        storage.delete(storage.located(out_url, entry.path))
+        log.info("score: removed %s of an interrupted run (never committed)", entry.base_name)
+    partial = storage.partial_files(out_url)  # a killed writer's hidden partial commit record
+    storage.delete_files(out_url, partial)
+    return len(stale) + len(partial)
 
 
 def write_submission(scores: pd.DataFrame, labels: list, location: str) -> None:
-    """The crowdAI submission layout: ``file_id`` (basename without extension), one column per genre.
+    """``location`` (in an uncommitted run directory) in the crowdAI submission layout: ``file_id`` (basename without extension), one column per genre.
 
     Two inputs with one basename (``a/x.mp3``, ``b/x.mp3``) would give one id twice: those rows take
     their ``track_id`` without extension instead (``a/x``, ``b/x``), so every ``file_id`` is unique.
@@ -172,7 +235,7 @@ def write_submission(scores: pd.DataFrame, labels: list, location: str) -> None:
     probs.insert(0, "file_id", file_id)
     text = io.StringIO()
     probs.to_csv(text, index=False, float_format="%.6f")
-    storage.write_text(location, text.getvalue())
+    storage.write_direct(location, text.getvalue().encode())
 
 
 #: Error reasons that may not recur for an unchanged file (a store's failure, a decoder crash):

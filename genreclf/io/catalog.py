@@ -94,8 +94,15 @@ def read_fma_labels(tracks_csv: str) -> pd.DataFrame:
     return out
 
 
+def _strip_genres(table: pd.DataFrame) -> pd.DataFrame:
+    """Genres without surrounding whitespace ("pop " is "pop"); a blank one is no label."""
+    if "genre" in table.columns:
+        table["genre"] = table["genre"].str.strip().replace("", None)
+    return table
+
+
 def _read_catalog_csv(location: str) -> pd.DataFrame:
-    table = _read_csv(location, dtype=str, keep_default_na=False, na_values=[""])
+    table = _strip_genres(_read_csv(location, dtype=str, keep_default_na=False, na_values=[""]))
     if "path" not in table.columns:
         raise ConfigError(f"catalogue {location} has no 'path' column (columns: {list(table.columns)}); "
                           "a catalogue CSV needs 'path' and may have 'track_id' and 'genre'")
@@ -113,6 +120,7 @@ def _read_catalog_csv(location: str) -> pd.DataFrame:
     out["size_bytes"] = [s[0] for s in stats]
     out["mtime"] = [s[1] for s in stats]
     out["_root"] = base
+    out["_catalog"] = True
     return out
 
 
@@ -158,7 +166,7 @@ def expand_inputs(inputs: list) -> Catalog:
     missing = table["track_id"].isna()
     table.loc[missing, "track_id"] = [storage.relative(p, r) for p, r in zip(table.loc[missing, "path"],
                                                                            table.loc[missing, "_root"])]
-    table = table.drop(columns="_root").drop_duplicates("path", keep="first").reset_index(drop=True)
+    table = _merge_duplicates(table.drop(columns="_root"))
     dup = table["track_id"].duplicated(keep=False)
     if dup.any():
         # Same relative name under two roots: qualify with the full path to keep ids unique.
@@ -166,6 +174,22 @@ def expand_inputs(inputs: list) -> Catalog:
     table["size_bytes"] = pd.array(table["size_bytes"].tolist(), dtype="Int64")
     table["mtime"] = pd.array(table["mtime"].tolist(), dtype="Float64")
     return Catalog(table[CATALOG_COLUMNS], skipped)
+
+
+def _merge_duplicates(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per file named more than once (directly and through a catalogue CSV, in any order):
+    the catalogue's row (its track id and group) with the one label given; labels that disagree are
+    an error listing them."""
+    catalog = table["_catalog"].eq(True) if "_catalog" in table.columns else pd.Series(False, index=table.index)
+    table = table.assign(_catalog=catalog.to_numpy(), _order=range(len(table)))
+    repeated = table["path"].duplicated(keep=False)
+    if repeated.any():
+        _refuse_conflicts(table[repeated].rename(columns={"label": "genre"}), "path", "the inputs")
+        given = table[repeated].dropna(subset=["label"]).drop_duplicates("path").set_index("path")["label"]
+        table.loc[repeated, "label"] = table.loc[repeated, "path"].map(given)
+    table = table.sort_values(["_catalog", "_order"], ascending=[False, True], kind="stable")
+    table = table.drop_duplicates("path", keep="first").sort_values("_order", kind="stable")
+    return table.drop(columns=["_catalog", "_order"]).reset_index(drop=True)
 
 
 def _refuse_conflicts(labels: pd.DataFrame, key: str, where: str) -> None:
@@ -201,8 +225,8 @@ def apply_labels(table: pd.DataFrame, labels_csv: str) -> pd.DataFrame:
                               "files are matched by the track id in their name (e.g. 000/000002.mp3)")
         return table
     labels = _read_csv(labels_csv, dtype=str, keep_default_na=False, na_values=[""])
-    labels = labels.rename(columns={a: b for a, b in LABEL_ALIASES.items()
-                                    if a in labels.columns and b not in labels.columns})
+    labels = _strip_genres(labels.rename(columns={a: b for a, b in LABEL_ALIASES.items()
+                                                  if a in labels.columns and b not in labels.columns}))
     if "genre" not in labels.columns or not ({"path", "track_id"} & set(labels.columns)):
         raise ConfigError(f"labels {labels_csv} needs a 'genre' (or 'label') column and a 'path' (or 'file') or 'track_id' column "
                           f"(has {list(labels.columns)}), or must be FMA's tracks.csv")

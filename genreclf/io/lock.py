@@ -13,6 +13,7 @@ started after the first one took it (the common case), not two started in the sa
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -21,6 +22,8 @@ from genreclf.errors import GenreclfError
 from genreclf.io import storage
 
 LOCK_FILE = "_genreclf.lock"
+
+log = logging.getLogger(__name__)
 
 
 class LockedError(GenreclfError):
@@ -87,9 +90,13 @@ class OutputLock:
         raise LockedError(f"{self.location}: could not take the lock (another writer took it meanwhile)")
 
     def release(self) -> None:
+        """Remove the lock; a store that lost it (a bucket removed mid-run) is a warning, not a second error."""
         if self.held:
-            storage.delete(self.location)
             self.held = False
+            try:
+                storage.delete(self.location)
+            except OSError as e:
+                log.warning("could not remove the lock %s: %s", self.location, storage.describe(e))
 
     def __enter__(self):
         return self.acquire()

@@ -6,10 +6,14 @@ libhdfs is installed) and, when ``fsspec`` and its backend are installed, any ot
 A *location* is what the tables hold: a plain absolute path for local files, a full URL otherwise.
 
 Writes are "hidden, then commit": data goes to a name starting with ``.`` in the target's directory
-(every reader here and in Spark skips it) and is moved into place when complete. A file move is
-atomic on local disks and HDFS; on object stores a move is a server-side copy then a delete, so a
-committed object appears whole but a directory replaced by :func:`replace_dir` is swapped object
-by object (what that means for each output is said where it is used).
+(every reader here and in Spark skips it) and is moved into place when complete (:func:`atomic_output`,
+the one commit helper). A file move is atomic on local disks and HDFS; on object stores it is a
+server-side copy (the object appears whole) then a delete. A directory is replaced with the new one
+in place before the old one is removed (:func:`replace_dir`). Outputs whose files must change
+together (a featurize output, a score output) commit by one file move that names them.
+
+Every move and delete under an output goes through :func:`_mutate`, where the crash tests stop the
+driver just before or after the K-th one (``GENRECLF_KILL_AT``, :func:`arm_kill_points`).
 
 Long because it is the one storage layer: every user location goes through this module's API
 (locations, listing, reading with retries, the commit helpers); splitting it would split that API.
@@ -36,7 +40,8 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from genreclf.errors import ConfigError, check_fields
+from genreclf.errors import ConfigError, StorageError, check_fields
+from genreclf.io import killpoints
 
 log = logging.getLogger(__name__)
 
@@ -238,11 +243,31 @@ def is_file(location: str) -> bool:
 
 def delete(location: str) -> None:
     fs, path = filesystem(location)
-    kind = fs.get_file_info(path).type
-    if kind == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif kind == pafs.FileType.File:
-        fs.delete_file(path)
+    _delete(fs, path)
+
+
+def delete_files(location: str, paths) -> None:
+    """Delete files given as paths within the filesystem of ``location``."""
+    fs, _ = filesystem(location)
+    for path in paths:
+        _delete(fs, path, pafs.FileType.File)
+
+
+def _delete(fs, path: str, kind=None) -> None:
+    """Delete a file or a directory tree (nothing when absent): one step for the kill points."""
+    kind = kind or fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        return
+    with killpoints.step("delete", path):
+        if kind == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        else:
+            fs.delete_file(path)
+
+
+def _move(fs, src: str, dst: str) -> None:
+    with killpoints.step("move", src, dst):
+        fs.move(src, dst)
 
 
 def list_dir(location: str) -> list:
@@ -506,6 +531,12 @@ def read_text(location: str) -> str:
 
 # --- writing -------------------------------------------------------------------------------------
 
+def partial_files(location: str) -> list:
+    """Paths of the hidden partial files (:func:`atomic_output`'s, a killed writer's) directly in a directory."""
+    return [e.path for e in list_dir(location) if e.type == pafs.FileType.File and e.base_name.startswith(".")
+            and e.base_name.endswith(".tmp")]
+
+
 def hidden_name(location: str, tag: str = "") -> str:
     """A hidden sibling of ``location`` for writing before the commit."""
     return join(parent(location), f".{basename(location)}.{tag or uuid.uuid4().hex[:8]}.tmp")
@@ -514,21 +545,51 @@ def hidden_name(location: str, tag: str = "") -> str:
 @contextlib.contextmanager
 def atomic_output(location: str, tag: str = ""):
     """An output stream to a hidden name, moved to ``location`` when the block ends without error
-    (deleted otherwise): readers see the old file or the new one, whole."""
+    (deleted otherwise): readers see the old file or the new one, whole. The one commit helper."""
     fs, path = filesystem(location)
     tmp_path = filesystem(hidden_name(location, tag))[1]
-    fs.create_dir(posixpath.dirname(path) if not isinstance(fs, pafs.LocalFileSystem) else os.path.dirname(path),
-                  recursive=True)
-    out = fs.open_output_stream(tmp_path)
-    try:
-        yield out
-        out.close()
-        fs.move(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(Exception):
+    with writing(location):
+        fs.create_dir(posixpath.dirname(path) if not isinstance(fs, pafs.LocalFileSystem) else os.path.dirname(path),
+                      recursive=True)
+        killpoints.note("write", tmp_path)
+        out = fs.open_output_stream(tmp_path)
+        try:
+            yield out
             out.close()
-        with contextlib.suppress(Exception):
-            fs.delete_file(tmp_path)
+            _move(fs, tmp_path, path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                out.close()
+            with contextlib.suppress(Exception):
+                fs.delete_file(tmp_path)
+            raise
+
+
+def no_space(error: BaseException) -> bool:
+    """Whether an error says the disk (or quota) is full."""
+    import errno
+
+    return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error)
+
+
+@contextlib.contextmanager
+def writing(location: str):
+    """Writes to ``location`` inside: a full disk or a store that is gone becomes one StorageError naming it."""
+    if location.startswith("file://"):
+        location = to_location(location)
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as e:
+        if no_space(e):
+            raise StorageError(f"no space left on device while writing {location}: free space there or "
+                               "write to another location") from None
+        bucket = re.search(r"Bucket '([^']+)' not found", str(e))
+        if bucket or any(k in str(e) for k in _MISSING):
+            what = f"bucket {bucket.group(1)!r} not found" if bucket else describe(e)
+            raise StorageError(f"cannot write {location}: {what} (was the bucket or directory removed while the "
+                               "job ran?)") from None
         raise
 
 
@@ -539,6 +600,18 @@ def write_bytes(location: str, data: bytes) -> None:
 
 def write_text(location: str, text: str) -> None:
     write_bytes(location, text.encode())
+
+
+def write_direct(location: str, data: bytes) -> None:
+    """Write a file in place, no hidden name: only inside a directory no reader looks at yet (a run
+    directory before its commit), where a partial file is removed with the directory."""
+    fs, path = filesystem(location)
+    with writing(location):
+        fs.create_dir(posixpath.dirname(path) if not isinstance(fs, pafs.LocalFileSystem) else os.path.dirname(path),
+                      recursive=True)
+        killpoints.note("write", path)
+        with fs.open_output_stream(path) as out:
+            out.write(data)
 
 
 def create_exclusive(location: str, data: bytes) -> bool:
@@ -556,7 +629,10 @@ def create_exclusive(location: str, data: bytes) -> bool:
         return True
     if exists(location):
         return False
-    write_bytes(location, data)
+    if isinstance(filesystem(location)[0], pafs.HadoopFileSystem):
+        write_bytes(location, data)
+    else:
+        write_direct(location, data)  # one PUT: an object appears whole
     return True
 
 
@@ -577,30 +653,58 @@ def check_writable(location: str, what: str = "output") -> None:
 
 
 def replace_dir(staged: str, final: str) -> None:
-    """Move a complete directory ``staged`` (written beside ``final`` under a hidden name) to ``final``.
+    """Put a complete directory ``staged`` (written beside ``final`` under a hidden name) in place of
+    ``final``; the new one is in place before the old one is removed.
 
-    Local disks and HDFS: the old directory is removed and the new one renamed into place (a reader
-    sees one or the other). Object stores have no directory rename: the old objects are deleted and
-    the new ones moved one by one; a reader during those seconds may see part of the new output, and
-    a crash leaves the staged directory for the next run to finish or remove.
+    Local disks: one atomic exchange of the two names (Linux ``renameat2``; readers see the old
+    directory or the new one, never neither), then the old one is deleted. HDFS (and local disks
+    without the exchange): the old directory is renamed aside, the new one renamed in, the old one
+    deleted; a kill between the two renames leaves the old one as ``.NAME.*.old`` beside it. Object
+    stores have no directory rename: the new objects are moved over the old names one by one (each
+    appears whole), then the old objects the new output lacks are deleted.
     """
     fs, src = filesystem(staged)
     _, dst = filesystem(final)
-    if fs.get_file_info(dst).type != pafs.FileType.NotFound:
-        if fs.get_file_info(dst).type == pafs.FileType.Directory:
-            fs.delete_dir(dst)
-        else:
-            fs.delete_file(dst)
-    if isinstance(fs, (pafs.LocalFileSystem, pafs.HadoopFileSystem)):
-        fs.move(src, dst)
-        return
-    for entry in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
-        if entry.type == pafs.FileType.File:
-            target = dst + entry.path[len(src):]
-            fs.create_dir(posixpath.dirname(target), recursive=True)
-            fs.move(entry.path, target)
-    with contextlib.suppress(OSError):
-        fs.delete_dir(src)
+    present = fs.get_file_info(dst).type != pafs.FileType.NotFound
+    renames = isinstance(fs, (pafs.LocalFileSystem, pafs.HadoopFileSystem))
+    if renames and not present:
+        _move(fs, src, dst)
+    elif isinstance(fs, pafs.LocalFileSystem) and _exchange(src, dst):
+        _delete(fs, src)
+    elif renames:
+        aside = filesystem(hidden_name(final, f"{uuid.uuid4().hex[:8]}.old"))[1]
+        _move(fs, dst, aside)
+        _move(fs, src, dst)
+        _delete(fs, aside)
+    else:
+        moved = set()
+        for entry in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+            if entry.type == pafs.FileType.File:
+                rel = entry.path[len(src):]
+                fs.create_dir(posixpath.dirname(dst + rel), recursive=True)
+                _move(fs, entry.path, dst + rel)
+                moved.add(rel)
+        if present:
+            for entry in fs.get_file_info(pafs.FileSelector(dst, recursive=True)):
+                if entry.type == pafs.FileType.File and entry.path[len(dst):] not in moved:
+                    _delete(fs, entry.path, pafs.FileType.File)
+        with contextlib.suppress(OSError):
+            fs.delete_dir(src)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two local paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    with killpoints.step("exchange", a, b):
+        done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    return done
 
 
 def upload_dir(local_dir: str, location: str) -> None:
@@ -627,16 +731,19 @@ def local_output(location: str):
         staged = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{uuid.uuid4().hex[:8]}.tmp")
         os.makedirs(staged)
         try:
-            yield staged
+            with writing(location):
+                yield staged
             replace_dir(staged, final)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         return
     scratch = tempfile.mkdtemp(prefix="genreclf-out-")
     try:
-        yield scratch
+        with writing(f"{scratch} (a local scratch copy of {location})"):
+            yield scratch
         staged = hidden_name(final)
-        upload_dir(scratch, staged)
+        with writing(location):
+            upload_dir(scratch, staged)
         replace_dir(staged, final)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

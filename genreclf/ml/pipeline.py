@@ -95,7 +95,7 @@ class WindowSet:
     def _index(self) -> list:
         label_set = pa.array(self.labels, pa.string())
         pieces = []
-        for path in window_files(self.url):
+        for path in window_files(self.url):  # present and readable: formats.features.check_output
             with self._fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
                 self._metadata[path] = pf.metadata
@@ -116,6 +116,13 @@ class WindowSet:
                                         labels[rows].astype(np.int32),
                                         starts[rows] if starts is not None else None))
         return pieces
+
+    def window_counts(self):
+        """Windows per track id (a pandas Series)."""
+        import pandas as pd
+
+        ids = np.concatenate([p.track_ids for p in self.pieces]) if self.pieces else np.zeros(0, object)
+        return pd.Series(ids).value_counts()
 
     def label_counts(self) -> np.ndarray:
         """Windows per label (in ``labels`` order), unlabelled ones left out."""

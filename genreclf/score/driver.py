@@ -6,8 +6,9 @@ The bundle (a local path or URL) is fetched once by the driver and shipped to ex
 averages each track's window predictions itself. From features, each task reads whole window
 files (a featurize output keeps a track's windows in one file) and averages their tracks itself:
 no shuffle (a ``groupBy(track_id)`` cost ~60 s for 10 tracks on the test cluster). Either way the
-tasks write their rows with pyarrow (:mod:`genreclf.formats.scores`) and the driver commits after checking one
-row per input.
+tasks write their rows with pyarrow into the run's directory (:mod:`genreclf.formats.scores`); under
+the output's lock, the driver checks one row per input, adds ``labels.json`` and ``submission.csv``
+and commits the run by one atomic write of ``current.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 
 from genreclf.config import Recipe, Settings, load_settings
-from genreclf.errors import ConfigError, GenreclfError, OutputExistsError, Reason
+from genreclf.errors import ConfigError, GenreclfError, OutputExistsError, Reason, StorageError
 from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, calibration_of, check_recipe, load_bundle_info
 from genreclf.formats.features import read_recipe, read_tracks, window_files
 from genreclf.formats.schema import STATUS_ERROR, STATUS_OK, WINDOWS_DIR, summarize
@@ -32,17 +33,20 @@ from genreclf.formats.scores import (
     SCORES_DIR,
     SUBMISSION_FILE,
     commit,
+    committed_location,
     plan_incremental,
     read_dir,
     read_run,
+    remove_uncommitted,
     rows_of,
+    run_dir,
     score_row,
     score_table,
-    staging_dir,
+    write_labels,
     write_part,
     write_submission,
 )
-from genreclf.io import storage
+from genreclf.io import killpoints, storage
 from genreclf.io.catalog import expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
 from genreclf.io.progress import SparkProgress
@@ -54,8 +58,9 @@ log = logging.getLogger(__name__)
 
 #: Window files per score-from-features task (each ~250 windows a row group, often one per file).
 FILES_PER_SCORE_TASK = 8
-#: What each score task returns to the driver: its part's row count (the rows themselves are written).
-TASK_SCHEMA = "partition int, rows long"
+#: What each score task returns to the driver: its part's row count (the rows themselves are written),
+#: or the error that stops the run (a full disk, a bucket gone: StorageError).
+TASK_SCHEMA = "partition int, rows long, error string"
 
 
 def bundle_digest(bundle_dir: str) -> str:
@@ -135,29 +140,21 @@ def _unscored(tracks, scored_ids: set) -> list:
             for t in tracks.itertuples(index=False) if t.track_id not in scored_ids]
 
 
-def _check_model(local_bundle: str, bundle: str, n_labels: int) -> None:
-    """Load the model once on the driver before any task: a corrupt or mismatched model.keras is one
-    clear error here, not a traceback from every executor."""
+def _check_model(local_bundle: str, bundle: str, n_labels: int, digest: str) -> None:
+    """Load the model once on the driver before any task: a damaged or mismatched model.keras is one
+    clear error here, not a traceback from every executor. A bundle content (``digest``) that loaded
+    once is not loaded again: a rerun's driver needs no TensorFlow (~3.5 s and ~400 MB saved)."""
     from genreclf.formats.bundle import load_model
+
+    marker = os.path.join(tempfile.gettempdir(), f"genreclf-checked-{os.getuid()}", f"{digest}-{n_labels}")
+    if os.path.exists(marker):
+        return
     from genreclf.ml.tfsetup import configure_tensorflow
 
     configure_tensorflow(training=False)
-    try:
-        model = load_model(local_bundle)
-    except Exception as e:  # Keras raises many types for a damaged archive
-        raise ConfigError(f"model bundle {bundle}: {MODEL_FILE} cannot be loaded ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]}); restore the bundle or train a new one") from None
-    if model.output_shape[-1] != n_labels:
-        raise ConfigError(f"model bundle {bundle}: {MODEL_FILE} predicts {model.output_shape[-1]} classes but "
-                          f"{BUNDLE_FILE} lists {n_labels} labels; the bundle is inconsistent: train a new one")
-
-
-def _remove_stale_staging(out_url: str) -> None:
-    """Staging directories of killed score runs (hidden; this run holds the lock, so none is live)."""
-    for entry in storage.list_dir(out_url):
-        if entry.base_name.startswith(f".{SCORES_DIR}-") and entry.base_name.endswith(".staging"):
-            storage.delete(storage.located(out_url, entry.path))
-            log.info("score: removed %s of an interrupted run", entry.base_name)
+    load_model(local_bundle, n_labels, named=bundle)
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    open(marker, "w").close()
 
 
 def _check_precision(spark, precision: str) -> None:
@@ -179,7 +176,6 @@ class _Job:
     recipe: Recipe
     calibration: tuple  # (mode, temperature)
     out_url: str
-    scores_url: str
     local_bundle: str
     digest: str
     run: dict  # what makes two runs' numbers comparable: --incremental keeps rows only of an equal record
@@ -193,7 +189,8 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
 
     ``incremental``: keep the rows of an existing output whose file (path, size, mtime), bundle and
     settings are unchanged (but errors that may not recur), score the rest, drop rows of files no
-    longer listed; replace atomically.
+    longer listed. ``scores/``, ``labels.json`` and (with ``csv``) ``submission.csv`` are committed
+    together, as one run (:func:`genreclf.formats.scores.commit`).
     """
     settings = settings or load_settings()
     job = _prepare(spark, bundle, output, inputs, features, overwrite, incremental, settings, calibrate)
@@ -203,14 +200,13 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
                       stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
         rows, n_inputs, plan = _score_locked(spark, job, bundle, output, run_id, inputs, features, incremental,
-                                             settings)
+                                             csv, settings)
     finally:
         lock.release()
-    _write_submission(rows, job, csv)
     summary = summarize(rows.assign(warning=None), time.time() - started, n_inputs=n_inputs)
-    summary.update(genres=rows["genre"].value_counts().to_dict(), output=job.scores_url,
+    summary.update(genres=rows["genre"].value_counts().to_dict(), output=run_dir(output, run_id),
                    calibration={"mode": job.calibration[0], "temperature": job.calibration[1]},
-                   precision=sorted(rows["precision"].dropna().unique().tolist()), kept=plan.n_kept,
+                   precision=sorted(rows["precision"].dropna().unique().tolist()), kept=plan.n_kept, csv=csv,
                    scored=len(plan.to_score) - plan.retried, retried=plan.retried, dropped=plan.dropped)
     for line in format_summary(summary, incremental).splitlines():
         log.info(line)
@@ -236,35 +232,38 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
     if features:
         check_recipe(info, read_recipe(features), features)
     out_url = storage.to_url(output)
-    scores_url = storage.join(out_url, SCORES_DIR)
     if out_url in {storage.to_url(bundle), storage.to_url(features or bundle)}:
         raise ConfigError(f"--output {output} is the job's own input: write scores to another directory")
-    if storage.exists(scores_url) and not (overwrite or incremental):
-        raise OutputExistsError(f"{scores_url} exists; pass --overwrite to replace it or --incremental to score "
-                                "only new and changed files")
+    if committed_location(output) is not None and not (overwrite or incremental):
+        raise OutputExistsError(f"{out_url} holds scores; pass --overwrite to replace them or --incremental to "
+                                "score only new and changed files")
     local_bundle = storage.fetch_dir(bundle, names={MODEL_FILE, BUNDLE_FILE})
     digest = bundle_digest(local_bundle)
     run = {"bundle": digest, "precision": settings.score.precision, "calibration": list(calibration),
            "max_windows": settings.score.max_windows, "max_duration_s": settings.featurize.max_duration_s}
-    return _Job(info["labels"], info.get("genre_labels"), Recipe.from_dict(info["recipe"]), calibration, out_url, scores_url, local_bundle,
-                digest, run)
+    return _Job(info["labels"], info.get("genre_labels"), Recipe.from_dict(info["recipe"]), calibration, out_url,
+                local_bundle, digest, run)
 
 
-def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, incremental, settings) -> tuple:
-    """The run, under the output's lock: plan, score in tasks, add the driver's rows, check one row
-    per input, commit. Returns (the committed rows, the number of inputs, the plan)."""
-    staging, shipped = staging_dir(output, run_id), None
+def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, incremental, csv, settings) -> tuple:
+    """The run, under the output's lock: plan, score in tasks into the run's directory, add the
+    driver's rows, check one row per input, write labels (and the submission), commit. Returns
+    (the committed rows, the number of inputs, the plan)."""
+    directory, shipped, done = run_dir(output, run_id), None, False
+    staging = storage.join(directory, SCORES_DIR)
     try:
-        _remove_stale_staging(job.out_url)
+        remove_uncommitted(output)
+        killpoints.arm(storage.filesystem(job.out_url)[1])  # the crash tests' kill points: this run's own steps
         if features:
-            tracks = read_tracks(features)
+            tracks = read_tracks(features, check=True)
             candidates, listed = tracks[tracks["status"] == STATUS_OK], tracks["path"]
         else:
             candidates = expand_inputs(inputs).entries
             listed = candidates["path"]
         n_inputs = len(listed)
-        existing = read_dir(job.scores_url) if incremental and storage.exists(job.scores_url) else None
-        same_run = existing is not None and read_run(job.scores_url) == job.run
+        scores_url = committed_location(output, SCORES_DIR) if incremental else None
+        existing = read_dir(scores_url) if scores_url else None
+        same_run = existing is not None and read_run(scores_url) == job.run
         if existing is not None and not same_run:
             log.info("score --incremental: the existing scores were made with another bundle or settings "
                      "(%s now): every file is scored", job.run)
@@ -273,13 +272,14 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
             write_part(staging, "part-kept.parquet", 0, score_table(rows_of(plan.kept), job.labels, job.run,
                                                                         job.genre_labels))
         if len(plan.to_score):
-            _check_model(job.local_bundle, bundle, len(job.labels))  # ~5 s of TensorFlow: only when tasks run
+            _check_model(job.local_bundle, bundle, len(job.labels), job.digest)  # only when tasks run
             name, shipped = ship_bundle(spark.sparkContext, job.local_bundle, job.digest)
             options = _task_options(job.recipe, settings, job.calibration, staging, job.run)
             if features:
                 tasks = _from_features(spark, name, features, plan.to_score, options)
             else:
                 tasks = _from_audio(spark, name, settings, plan.to_score, options)
+            killpoints.note("tasks", storage.filesystem(staging)[1])  # they write the run's parts
             _run_tasks(spark.sparkContext, tasks, f"genreclf score: {len(plan.to_score)} of {n_inputs} files")
         written = read_dir(staging)
         if features:  # featurize's error rows, and ok tracks no task found windows for, written by the driver
@@ -291,12 +291,15 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
         if len(written) != n_inputs or written["track_id"].nunique() != n_inputs:
             raise GenreclfError(f"internal error: {n_inputs} inputs but {len(written)} score rows "
                                 f"({written['track_id'].nunique()} distinct); nothing was replaced")
-        # Committed whole (local disks, HDFS) or object by object (object stores): see storage.replace_dir.
-        commit(output, staging, job.labels)
+        write_labels(directory, job.labels)
+        if csv:
+            write_submission(written, job.labels, storage.join(directory, SUBMISSION_FILE))
+        commit(output, run_id, job.labels, len(written), csv)
+        done = True
         return written, n_inputs, plan
     finally:
-        if storage.exists(staging):
-            storage.delete(staging)
+        if not done and storage.exists(directory):  # a failed run: its directory was never committed
+            storage.delete(directory)
         if shipped:
             shutil.rmtree(shipped, ignore_errors=True)
 
@@ -304,19 +307,11 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
 def _run_tasks(sc, tasks, description: str) -> None:
     sc.setJobDescription(description)
     with SparkProgress(sc, "score"):
-        tasks.collect()
+        returned = tasks.collect()
     sc.setJobDescription(None)
-
-
-def _write_submission(rows, job: _Job, csv: bool) -> None:
-    """``--csv``: the crowdAI submission of these scores; otherwise an earlier run's is removed."""
-    submission = storage.join(job.out_url, SUBMISSION_FILE)
-    if csv:
-        write_submission(rows, job.labels, submission)
-    elif storage.exists(submission):  # an earlier run's: it would no longer match the scores
-        storage.delete(submission)
-        log.info("score: removed %s of an earlier run (it would not match these scores; --csv writes one)",
-                 submission)
+    failed = [r.error for r in returned if r.error]
+    if failed:
+        raise StorageError(f"{failed[0]} (nothing was committed)")
 
 
 def format_summary(s: dict, incremental: bool = False) -> str:
@@ -328,4 +323,6 @@ def format_summary(s: dict, incremental: bool = False) -> str:
                      f"{s['retried']} retried (an error that may not recur), {s['dropped']} dropped (no longer listed)")
     lines += [f"  error  {n:6d}  {reason}" for reason, n in s["errors_by_reason"].items()]
     lines.append("  top genres: " + ", ".join(f"{g} {n}" for g, n in list(s["genres"].items())[:8]))
+    lines.append(f"  committed {s['output']} (scores/, labels.json{', submission.csv' if s.get('csv') else ''}; "
+                 "current.json names it)")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from genreclf.config import Recipe
+from genreclf.errors import StorageError
 from genreclf.formats.schema import STATUS_OK
 from genreclf.formats.scores import score_row, score_table, write_part
 from genreclf.ml.inference import TrackBatcher, excerpt, mean_probabilities, predict, prefetch
@@ -45,9 +46,12 @@ def _write_task_rows(rows: list, info: dict, staging: str, run: dict):
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
-    n = write_part(staging, f"part-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(),
-                   score_table(rows, info["labels"], run, info.get("genre_labels")))
-    return pd.DataFrame({"partition": [ctx.partitionId()], "rows": [n]})
+    try:
+        n, error = write_part(staging, f"part-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(),
+                              score_table(rows, info["labels"], run, info.get("genre_labels"))), None
+    except StorageError as e:  # the run cannot go on: said once by the driver, not as a task traceback
+        n, error = -1, str(e)
+    return pd.DataFrame({"partition": [ctx.partitionId()], "rows": [n], "error": [error]})
 
 
 def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duration_s: float, max_windows: int,
