@@ -6,7 +6,7 @@ GPU     ?= 0
 RUNTIME := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 VENV    ?= $(if $(filter 1,$(GPU)),.venv-gpu,.venv)
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed-$(shell cat $(RUNTIME) requirements-base.txt requirements-dev.txt setup.py genreclf/ml/pretrained.py | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(shell cat $(RUNTIME) requirements-base.txt requirements-dev.txt setup.py genreclf/ml/pretrained.py spark-submit.sh | cksum | cut -d' ' -f1)
 DEMO    := demo-output
 
 CORPUS  ?= ../shared/corpus-train
@@ -31,6 +31,11 @@ $(STAMP):
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	$(PY) -m pip check
 	$(PY) -m genreclf.ml.pretrained install  # musicnn's weights from its wheel, checked (not the package)
+	$(PY) -m genreclf.demo corpus --out build/cds/corpus --tracks-per-style 1 --duration 4 >/dev/null
+	GENRECLF_SPARK_CDS=dump ./spark-submit.sh --master 'local[1]' featurize --input build/cds/corpus \
+	    --output build/cds/features --overwrite >/dev/null 2>&1 \
+	    || echo "note: no class dump for the driver JVM: jobs start ~2.5 s slower (see spark-submit.sh)"
+	rm -rf build/cds
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -92,4 +92,23 @@ if [ -n "$ARCHIVE" ]; then
 else
   export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
 fi
+
+# Class data sharing: the driver JVM maps a dump of the classes a job loads instead of loading them
+# one by one: a job with no tasks measured 7.5 s -> 4.9 s, and 10.7 -> 6.5 s of CPU (2-core Zen 4).
+# `make install` makes the dump once per JVM and Spark (GENRECLF_SPARK_CDS=dump: a job run to
+# completion writes it, renamed into place only when whole; a partial dump would crash the JVM).
+# Without it, or with another JVM or Spark, jobs start as before.
+JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
+CDS="$BUILD/spark-cds-$( ("$JAVA" -version 2>&1; echo "$SUBMIT") | cksum | cut -d' ' -f1).jsa"
+if [ "${GENRECLF_SPARK_CDS:-}" = dump ]; then
+  PARTIAL="$CDS.$$.tmp"
+  SPARK_SUBMIT_OPTS="${SPARK_SUBMIT_OPTS:+$SPARK_SUBMIT_OPTS }-XX:ArchiveClassesAtExit=$PARTIAL -Xlog:cds=off" \
+    "$SUBMIT" "${ARGS[@]}" "${EXTRA[@]}" "$SCRIPT" "$@" && [ -s "$PARTIAL" ] && mv "$PARTIAL" "$CDS"
+  RC=$?
+  rm -f "$PARTIAL"
+  exit $RC
+fi
+if [ -f "$CDS" ] && [ "${GENRECLF_SPARK_CDS:-}" != off ]; then
+  export SPARK_SUBMIT_OPTS="${SPARK_SUBMIT_OPTS:+$SPARK_SUBMIT_OPTS }-XX:SharedArchiveFile=$CDS -Xlog:cds=off -Xlog:cds+dynamic=off"
+fi
 exec "$SUBMIT" "${ARGS[@]}" "${EXTRA[@]}" "$SCRIPT" "$@"

@@ -155,7 +155,8 @@ def test_task_count_uses_every_core_and_bounds_files_per_task(n_files, per_task,
 
 def test_a_crashed_runs_window_files_are_never_read_and_removed_by_the_next_run(spark, tmp_path, make_audio):
     """A killed --incremental run left window files whose tracks were never committed; the rerun
-    wrote those tracks again and they had 2x their windows."""
+    wrote those tracks again and they had 2x their windows. A task killed while writing leaves a
+    hidden partial file: removed too."""
     import shutil
 
     from genreclf.formats.features import count_windows, window_files
@@ -168,9 +169,11 @@ def test_a_crashed_runs_window_files_are_never_read_and_removed_by_the_next_run(
     windows = out / "windows"
     committed = window_files(to_url(str(windows)))
     shutil.copy(committed[0], windows / "part-20260101000000-deadbeef-00000.parquet")  # as a killed run leaves it
+    partial = windows / ".part-20260101000000-deadbeef-00001.parquet.attempt-0.tmp"  # a task killed mid-write
+    partial.write_bytes(open(committed[0], "rb").read()[:1000])
     assert window_files(to_url(str(windows))) == committed  # readers follow the commit, not the listing
     run_featurize(spark, [str(audio)], str(out), incremental=True)
-    assert not (windows / "part-20260101000000-deadbeef-00000.parquet").exists()
+    assert not (windows / "part-20260101000000-deadbeef-00000.parquet").exists() and not partial.exists()
     files = window_files(to_url(str(windows)))
     assert count_windows(to_url(str(windows)), files).to_dict() == {"a.mp3": 2}
 
