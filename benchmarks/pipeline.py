@@ -285,8 +285,17 @@ def rows(res: dict) -> list:
          f"input / step x {res['input_pipeline_windows_per_s'] / res['train_step_float32']:.0f}", ""),
         ("training step, CPU, mixed_bfloat16", f"{res['train_step_bfloat16']:.1f} windows/s",
          f"oneDNN on: {res['train_step_bfloat16_onednn']:.1f}; CPU bf16: {res['cpu_flags_bf16']}", ""),
+        ("  [train] precision = auto here", _auto_training_precision(),
+         f"float32 over bf16: x {res['train_step_float32'] / res['train_step_bfloat16']:.1f}", "the faster one"),
     ]
     return out
+
+
+def _auto_training_precision() -> str:
+    """What ``[train] precision = "auto"`` trains in on this machine's CPU (genreclf.ml.inference.resolve)."""
+    from genreclf.ml.inference import POLICIES, resolve
+
+    return POLICIES[resolve("auto", has_gpu=False, training=True)]
 
 
 def main(argv=None) -> int:

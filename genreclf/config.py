@@ -182,9 +182,10 @@ class ScoreSettings:
         })
 
 
-#: Training precisions: Keras dtype policies. float32 reproduces the reference; the mixed ones
-#: compute in 16 bits with float32 weights (GPUs; bfloat16 also on CPUs with AMX / AVX-512 BF16).
-TRAIN_PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+#: Training precisions: auto (the device's native one: genreclf.ml.inference.resolve), or a Keras
+#: dtype policy. float32 reproduces the reference; the mixed ones compute in 16 bits with float32
+#: weights (GPUs; bfloat16 also on CPUs with AMX / AVX-512 BF16, though slower there than float32).
+TRAIN_PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 #: Where a fitted temperature is applied (genreclf.ml.calibration): the track's mean, every window, or nowhere.
 CALIBRATION_MODES = ("track", "window", "none")
 #: Loss weights per class: equal (the reference), or inverse to the class's share of training windows.
@@ -211,7 +212,8 @@ class TrainSettings:
     shuffle_buffer: int = 1024  # windows pooled (over all reader threads) and drawn from at random
     reader: str = "arrow"  # "arrow": pyarrow row groups (fast); "petastorm": petastorm's make_batch_reader
     reader_workers: int = 0  # reader threads; 0 = auto: 1 on CPU (reproducible order), up to 8 with a GPU
-    precision: str = "float32"  # "float32" (the reference), "mixed_float16" (GPUs), "mixed_bfloat16"
+    precision: str = "auto"  # "auto": the device's native precision (docs/train.md); or a Keras policy
+    devices: int = 1  # replicas (one per device): 1 = one device; 0 = every GPU of the node; N = the first N
     cache_dir: str = ""  # a local directory to copy remote features to once (empty: read in place)
     calibration: str = "track"  # temperature fitted on validation tracks, applied to: "track", "window", "none"
     class_weight: str = "none"  # "balanced": weight each class's windows by n / (classes * class count)
@@ -229,6 +231,7 @@ class TrainSettings:
             "reader": (lambda v: v in READERS, one_of(READERS)),
             "reader_workers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = auto)"),
             "precision": (lambda v: v in TRAIN_PRECISIONS, one_of(TRAIN_PRECISIONS)),
+            "devices": (lambda v: isinstance(v, int) and 0 <= v <= 64, "an integer in [0, 64] (0 = every GPU)"),
             "cache_dir": (lambda v: isinstance(v, str), "a directory path (or empty)"),
             "calibration": (lambda v: v in CALIBRATION_MODES, one_of(CALIBRATION_MODES)),
             "class_weight": (lambda v: v in CLASS_WEIGHTS, one_of(CLASS_WEIGHTS)),

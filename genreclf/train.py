@@ -16,6 +16,7 @@ from genreclf.formats.schema import STATUS_OK, WINDOWS_DIR
 from genreclf.io import storage
 from genreclf.io.lock import OutputLock
 from genreclf.ml.calibration import fit_temperatures
+from genreclf.ml.devices import replicas, strategy, windows_seen
 from genreclf.ml.pipeline import WindowSet, tf_dataset
 from genreclf.ml.reports import (
     calibrated_report,
@@ -88,8 +89,10 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
     recipe = read_recipe(features)
     tracks = read_tracks(features, check=True)
     labels, train_ids, val_ids = _split(tracks, settings, cfg, group_col, exclude_tracks, labels)
-    tf = configure_tensorflow(training=True, precision=cfg.precision)
+    tf = configure_tensorflow(training=True, precision="float32", cpu_devices=cfg.devices)
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    cfg = dataclasses.replace(cfg, precision=_policy(tf, cfg.precision))
+    devices = replicas(tf, cfg.devices)
     workers = reader_threads(cfg.reader_workers, on_gpu)
     windows_url = cached_windows(storage.join(storage.to_url(features), WINDOWS_DIR), cfg.cache_dir)
     train_set = WindowSet(windows_url, recipe, track_ids=train_ids, labels=labels)
@@ -105,7 +108,7 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
     # a kill leaves the old bundle, never half of a new one.
     with storage.local_output(model_out) as tmp:
         fit_model = _fit_on_backbone if cfg.network == "musicnn" else _fit
-        model, history, fit = fit_model(tmp, recipe, labels, train_set, val_set, cfg, workers)
+        model, history, fit = fit_model(tmp, recipe, labels, train_set, val_set, cfg, workers, devices)
         report, calibration, temperatures = _calibrate(tmp, model, val_set, labels, cfg, workers, features)
         write_training_record(
             tmp, labels=labels, recipe=recipe, history=history, seed=cfg.seed, val_fraction=cfg.val_fraction,
@@ -113,7 +116,9 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
             trained_on=storage.to_url(features), batch_size=cfg.batch_size,
             parameters=model.count_params(), excluded_tracks=len(set(exclude_tracks)), class_weight=cfg.class_weight,
             precision=cfg.precision, reader=cfg.reader, reader_workers=workers, device="GPU" if on_gpu else "CPU",
-            train_tracks=len(train_ids), val_tracks=len(val_ids), **fit)
+            replicas=max(1, len(devices)),
+            train_tracks=len(train_ids), val_tracks=len(val_ids), train_windows=train_set.n_windows,
+            val_windows=val_set.n_windows if val_set else 0, **fit)
     log.info("train: bundle written to %s", model_out)
     return report
 
@@ -130,23 +135,51 @@ def _split(tracks, settings, cfg, group_col, exclude_tracks, labels) -> tuple:
     return labels, train_ids, val_ids
 
 
-def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers) -> tuple:
-    """The reference network fitted with checkpointing and early stopping, saved float32 into ``tmp``.
-    Returns (the model, its history, facts of the fit for bundle.json)."""
+def _policy(tf, requested: str) -> str:
+    """The Keras dtype policy to train in: ``requested``, or for auto the device's native precision
+    (genreclf.ml.inference.resolve, shared with scoring), set for this process."""
     import keras
+
+    from genreclf.ml.inference import POLICIES, resolve
+
+    policy = requested
+    if requested == "auto":
+        gpus = tf.config.list_physical_devices("GPU")
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") if gpus else None
+        policy = POLICIES[resolve("auto", bool(gpus), capability, training=True)]
+        log.info("train: precision auto -> %s (%s)", policy, f"GPU compute capability {capability}" if gpus else "CPU")
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers, devices) -> tuple:
+    """The reference network fitted with checkpointing and early stopping, saved float32 into ``tmp``,
+    over ``devices`` (one replica each; genreclf.ml.devices). Returns (the model, its history, facts
+    of the fit for bundle.json)."""
+    import keras
+    import tensorflow as tf
 
     from genreclf.ml.network import build_model, compile_model
 
     keras.utils.set_random_seed(cfg.seed)
-    model = compile_model(build_model((recipe.frames, recipe.bands, 1), len(labels), recipe.dtype))
-    log.info("model: %d parameters", model.count_params())
-    pipeline = dict(batch_size=cfg.batch_size, workers=workers, pool_windows=cfg.shuffle_buffer, reader=cfg.reader)
+    n_replicas = max(1, len(devices))
+    spread = strategy(tf, devices)
+    with spread.scope():
+        seen, per_replica = windows_seen(spread) if n_replicas > 1 else (None, None)
+        model = compile_model(build_model((recipe.frames, recipe.bands, 1), len(labels), recipe.dtype),
+                              metrics=[seen] if seen else (), weighted=n_replicas > 1)
+    log.info("model: %d parameters%s", model.count_params(),
+             f"; {n_replicas} replicas ({', '.join(devices)}), {cfg.batch_size} windows each a step"
+             if n_replicas > 1 else "")
+    pipeline = dict(batch_size=cfg.batch_size * n_replicas, workers=workers, pool_windows=cfg.shuffle_buffer,
+                    reader=cfg.reader, replicas=n_replicas)
     train_ds = tf_dataset(train_set, shuffle=True, seed=cfg.seed, **pipeline)
     val_ds = tf_dataset(val_set, shuffle=False, **pipeline) if val_set else None
     monitor = "val_loss" if val_ds is not None else "loss"
     callbacks = [
         keras.callbacks.ModelCheckpoint(os.path.join(tmp, MODEL_FILE), monitor=monitor, save_best_only=True),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
+        *([per_replica] if per_replica else []),
     ]
     weights = class_weights(train_set.label_counts()) if cfg.class_weight == "balanced" else None
     if weights:
@@ -155,9 +188,11 @@ def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers) -> tuple:
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2,
                         shuffle=False, class_weight=weights)  # tf_dataset shuffles windows itself
     hist, facts = _fitted(tmp, history, train_set.n_windows, time.time() - started)
-    model = as_float32(model, recipe, len(labels))  # the bundle's weights and compute stay float32
+    model = as_float32(model, recipe, len(labels), distributed=n_replicas > 1)  # the bundle: float32, one device
     model.save(os.path.join(tmp, MODEL_FILE))  # the best weights (restored by early stopping)
-    return model, hist, {**facts, "optimizer": "Adadelta", "learning_rate": 1.0}
+    return model, hist, {**facts, "optimizer": "Adadelta", "learning_rate": 1.0,
+                         "global_batch": cfg.batch_size * n_replicas,
+                         **({"windows_per_replica": per_replica.per_replica} if per_replica else {})}
 
 
 def _fitted(tmp, history, n_windows: int, train_s: float) -> tuple:
@@ -176,7 +211,7 @@ def _fitted(tmp, history, n_windows: int, train_s: float) -> tuple:
 HEAD_LEARNING_RATE = 1e-3
 
 
-def _fit_on_backbone(tmp, recipe, labels, train_set, val_set, cfg, workers) -> tuple:
+def _fit_on_backbone(tmp, recipe, labels, train_set, val_set, cfg, workers, devices) -> tuple:
     """A softmax head fitted on the frozen musicnn (MSD) backbone's 200-d penultimate features, computed
     once per window; the bundle's model is backbone + head, weights inside (executors need no wheel)."""
     import keras
@@ -250,12 +285,13 @@ def class_weights(counts) -> dict:
     return {i: (total / (present * c) if c else 1.0) for i, c in enumerate(counts)}
 
 
-def as_float32(model, recipe, n_classes: int):
-    """The same weights in a float32 model: a mixed-precision model's variables are float32 already,
-    so the bundle scores in float32 wherever it goes; precision at inference is chosen at load."""
+def as_float32(model, recipe, n_classes: int, distributed: bool = False):
+    """The same weights in a float32 single-device model: a mixed-precision model's variables are
+    float32 already, so the bundle scores in float32 wherever it goes (precision at inference is
+    chosen at load), and a model trained on several replicas is the same single-device model."""
     import keras
 
-    if keras.mixed_precision.dtype_policy().name == "float32":
+    if keras.mixed_precision.dtype_policy().name == "float32" and not distributed:
         return model
     from genreclf.ml.network import build_model
 

@@ -50,8 +50,13 @@ def parser() -> argparse.ArgumentParser:
                    help="reader threads; 0 = auto: 1 on CPU, which keeps the order reproducible, up to 8 on a GPU "
                         f"node (measured ~15 k windows/s per core; {_d('reader_workers')})")
     p.add_argument("--precision", choices=TRAIN_PRECISIONS,
-                   help="float32 (the reference), mixed_float16 (GPUs) or mixed_bfloat16 (GPUs, CPUs with AMX/AVX-512 "
-                        f"BF16); the bundle's weights are float32 either way ({_d('precision')})")
+                   help="auto = the device's native precision (mixed_bfloat16 on GPUs of compute capability >= 8.0, "
+                        "mixed_float16 before, float32 on CPUs, where 16-bit training measured slower), or float32 (the "
+                        f"reference), mixed_float16, mixed_bfloat16; the bundle's weights are float32 either way "
+                        f"({_d('precision')})")
+    p.add_argument("--devices", type=int, metavar="N",
+                   help="train on N devices, one replica each with --batch-size windows a step (0 = every GPU of the "
+                        f"node, one device on a CPU; {_d('devices')})")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="copy remote features (s3://, gs://, hdfs://) here once instead of reading them every epoch")
     cal = p.add_mutually_exclusive_group()

@@ -222,3 +222,37 @@ def test_overwrite_replaces_only_a_bundle(tiny_features):
     with pytest.raises(OutputExistsError, match="not a model bundle"):
         run_train(str(tiny_features), str(tiny_features), overwrite=True, epochs=1)
     assert sorted(p.name for p in tiny_features.iterdir()) == before
+
+
+def _train_in_a_fresh_process(features, out, *flags):
+    """train as a user runs it, in a process of its own (logical devices are set before TensorFlow starts)."""
+    from tests import hostenv
+
+    res = subprocess.run([sys.executable, "-m", "jobs.train", "--features", str(features), "--model", str(out),
+                          "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.34", "--seed", "1", *flags],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600, env=hostenv.launch_env())
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    return (json.loads((out / "bundle.json").read_text()), json.loads((out / "history.json").read_text()),
+            res.stdout + res.stderr)
+
+
+def test_two_devices_train_with_every_window_once_into_a_single_device_bundle(tiny_features, tmp_path):
+    """The distributed path for real: two logical CPU devices, one replica each (MirroredStrategy).
+    Both replicas compute in every epoch, an epoch sees each training and validation window once
+    (the last batch's padding excluded), and the bundle is the single-device model."""
+    from genreclf.formats.bundle import load_model
+    from genreclf.ml.network import build_model
+
+    two, history, log = _train_in_a_fresh_process(tiny_features, tmp_path / "two", "--devices", "2")
+    assert two["replicas"] == 2 and two["global_batch"] == 8 and "2 replicas" in log
+    per_epoch = two["windows_per_replica"]
+    assert len(per_epoch) == len(history["loss"]) == 1
+    assert all(len(counts) == 2 and min(counts) > 0 for counts in per_epoch)  # both replicas computed
+    assert [sum(counts) for counts in per_epoch] == [int(w) for w in history["windows_seen"]]
+    assert history["windows_seen"] == [float(two["train_windows"])]  # each training window once
+    val = val_windows(tmp_path / "two", tiny_features)
+    assert two["val_windows"] == val and history["val_windows_seen"] == [float(val)]  # padding excluded
+    model = load_model(str(tmp_path / "two"))
+    single = build_model(tuple(two["input_shape"]), len(two["labels"]), two["recipe"]["dtype"])
+    assert [type(layer).__name__ for layer in model.layers] == [type(layer).__name__ for layer in single.layers]
+    assert [tuple(w.shape) for w in model.weights] == [tuple(w.shape) for w in single.weights]

@@ -91,13 +91,18 @@ def prepare_process(precision: str) -> bool:
 
 
 def resolve(precision: str, has_gpu: bool, gpu_capability: tuple | None = None,
-            cpu_bf16: bool | None = None) -> str:
-    """The precision actually computed for a requested one on this worker. On a GPU, auto is
-    bfloat16 from compute capability 8.0 (A100, H100, L4...), float16 before (T4, V100: no bf16 units);
-    on a CPU bfloat16 where ``cpu_bf16`` (native kernels; default: the CPU flags), else float32."""
+            cpu_bf16: bool | None = None, *, training: bool = False) -> str:
+    """The precision actually computed for a requested one on this worker (scoring) or trainer
+    (``training``). On a GPU, auto is bfloat16 from compute capability 8.0 (A100, H100, L4...),
+    float16 before (T4, V100: no bf16 units). On a CPU, scoring's auto is bfloat16 where ``cpu_bf16``
+    (native kernels; default: the CPU flags), else float32; training's is float32 on every CPU:
+    a bf16 training step measured far slower even with AMX (2-core Xeon: float32 79.8 windows/s,
+    mixed_bfloat16 3.9 with oneDNN off, 0.9 on), while bf16 scoring paid (38.8 vs 90.3 ms a track)."""
     if precision == "auto":
         if has_gpu:
             return "float16" if gpu_capability and tuple(gpu_capability) < (8, 0) else "bfloat16"
+        if training:
+            return "float32"
         return "bfloat16" if (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16) else "float32"
     if precision == "float16" and not has_gpu:
         # The driver refuses float16 without GPU executors; an executor without one falls back.

@@ -25,7 +25,7 @@ def build_model(input_shape: tuple, n_classes: int, input_dtype: str = "float32"
 
     frames, bins = input_shape[0], input_shape[1]
     inputs = keras.Input(shape=input_shape, name="stft", dtype=input_dtype)
-    x = layers.BatchNormalization()(inputs)
+    x = layers.BatchNormalization(synchronized=True)(inputs)  # across replicas: the global batch's statistics
     x = layers.Conv2D(256, kernel_size=(4, bins), activation="relu")(x)
     shortcut = x
     for _ in range(4):
@@ -44,10 +44,13 @@ def build_model(input_shape: tuple, n_classes: int, input_dtype: str = "float32"
     return keras.Model(inputs, outputs, name="genreclf_reference_cnn")
 
 
-def compile_model(model, learning_rate: float = ADADELTA_LEARNING_RATE):
-    """Adadelta + categorical cross-entropy + accuracy, as the reference."""
+def compile_model(model, learning_rate: float = ADADELTA_LEARNING_RATE, metrics=(), weighted: bool = False):
+    """Adadelta + categorical cross-entropy + accuracy, as the reference (and ``metrics``); with
+    ``weighted``, the metrics take the batches' sample weights (padding rows weigh 0)."""
     import keras
 
+    chosen = ["accuracy", *metrics]
     model.compile(optimizer=keras.optimizers.Adadelta(learning_rate=learning_rate),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+                  loss="categorical_crossentropy", metrics=None if weighted else chosen,
+                  weighted_metrics=chosen if weighted else None)
     return model

@@ -358,17 +358,22 @@ def _track_predicate(track_ids):
 
 
 def tf_dataset(windows: WindowSet, *, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 1,
-               pool_windows: int = 1024, reader: str = "arrow"):
+               pool_windows: int = 1024, reader: str = "arrow", first_epoch: int = 0, replicas: int = 1):
     """(x, one-hot y) batches for Keras: x (batch, frames, bins, 1) in the recipe dtype (float16 by
     default: the model casts it in its first layer, halving host-to-device bytes), y float32.
 
-    Each pass (Keras epoch) draws a new order; the dataset's cardinality is exact.
+    Each pass (Keras epoch) draws a new order, the first one that of ``first_epoch`` (a resumed run
+    continues the orders of the interrupted one); the dataset's cardinality is exact. With
+    ``replicas`` > 1, batches carry sample weights and the last one is padded to a multiple of the
+    replicas with copies of its last window weighted 0 (they change no loss, gradient or metric):
+    Keras builds a distributed model from the mean of the replicas' first batches, which fails when
+    they differ in size (Keras 3.13, e.g. a validation set of 15 windows on 2 replicas).
     """
     import tensorflow as tf
 
     n_classes = len(windows.labels)
     eye = np.eye(n_classes, dtype=np.float32)
-    passes = iter(range(2**31))
+    passes = iter(range(first_epoch, 2**31))
     r = windows.recipe
 
     def generate():
@@ -377,10 +382,18 @@ def tf_dataset(windows: WindowSet, *, batch_size: int, shuffle: bool, seed: int 
                                  pool_windows=pool_windows, reader=reader):
             if (b.y < 0).any():
                 raise ValueError(f"track {b.track_ids[b.y < 0][0]} has no label in {windows.labels}")
-            yield b.x[..., None], eye[b.y]
+            if replicas == 1:
+                yield b.x[..., None], eye[b.y]
+                continue
+            pad = -len(b.y) % replicas
+            weights = np.concatenate([np.ones(len(b.y), np.float32), np.zeros(pad, np.float32)])
+            rows = np.concatenate([np.arange(len(b.y)), np.full(pad, len(b.y) - 1)])
+            yield b.x[rows][..., None], eye[b.y[rows]], weights
 
     spec = (tf.TensorSpec((None, r.frames, r.bands, 1), tf.dtypes.as_dtype(r.dtype)),
             tf.TensorSpec((None, n_classes), tf.float32))
+    if replicas > 1:
+        spec = (*spec, tf.TensorSpec((None,), tf.float32))
     ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
     ds = ds.apply(tf.data.experimental.assert_cardinality(windows.n_batches(batch_size)))
     return ds.prefetch(tf.data.AUTOTUNE)
