@@ -111,6 +111,11 @@ def test_auto_precision_follows_the_cpu_flags_given(monkeypatch, flags, native):
     assert resolve("auto", has_gpu=True, gpu_capability=(7, 5)) == "float16"  # T4: no bfloat16 units
     assert resolve("float16", has_gpu=False) == "float32"  # an executor without a GPU falls back
     assert resolve("float32", has_gpu=True) == "float32"
+    # Training, by the same resolver: float32 on every CPU (a bf16 step measured slower even with
+    # AMX), the GPU's native 16-bit type by compute capability.
+    assert resolve("auto", has_gpu=False, training=True) == "float32"
+    assert resolve("auto", has_gpu=True, gpu_capability=(8, 0), training=True) == "bfloat16"  # A100
+    assert resolve("auto", has_gpu=True, gpu_capability=(7, 0), training=True) == "float16"  # V100
 
 
 def test_cpu_flags_are_read_from_the_host_unless_forced(monkeypatch):
