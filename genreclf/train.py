@@ -17,7 +17,7 @@ from genreclf.io import storage
 from genreclf.io.lock import OutputLock
 from genreclf.ml.calibration import fit_temperatures
 from genreclf.ml.devices import replicas, strategy, windows_seen
-from genreclf.ml.pipeline import WindowSet, tf_dataset
+from genreclf.ml.pipeline import EpochClock, WindowSet, tf_dataset
 from genreclf.ml.reports import (
     calibrated_report,
     format_report,
@@ -173,13 +173,15 @@ def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers, devices) -> tupl
              if n_replicas > 1 else "")
     pipeline = dict(batch_size=cfg.batch_size * n_replicas, workers=workers, pool_windows=cfg.shuffle_buffer,
                     reader=cfg.reader, replicas=n_replicas)
-    train_ds = tf_dataset(train_set, shuffle=True, seed=cfg.seed, **pipeline)
+    clock = EpochClock()
+    train_ds = tf_dataset(train_set, shuffle=True, seed=cfg.seed, clock=clock, **pipeline)
     val_ds = tf_dataset(val_set, shuffle=False, **pipeline) if val_set else None
     monitor = "val_loss" if val_ds is not None else "loss"
     callbacks = [
         keras.callbacks.ModelCheckpoint(os.path.join(tmp, MODEL_FILE), monitor=monitor, save_best_only=True),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
         *([per_replica] if per_replica else []),
+        clock.callback(),
     ]
     weights = class_weights(train_set.label_counts()) if cfg.class_weight == "balanced" else None
     if weights:

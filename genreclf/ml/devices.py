@@ -62,7 +62,7 @@ def windows_seen(strategy_):
         def update_state(self, y_true, y_pred, sample_weight=None):
             if tf.distribute.in_cross_replica_context():  # Keras's symbolic build pass: not a step
                 return
-            n = tf.reduce_sum(tf.cast(sample_weight, "float32")) if sample_weight is not None else tf.cast(
+            n = tf.reduce_sum(tf.cast(sample_weight > 0, "float32")) if sample_weight is not None else tf.cast(
                 tf.shape(y_true)[0], "float32")  # padding rows (weight 0) are not windows
             self.local.assign_add(n)
 
