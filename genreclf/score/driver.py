@@ -204,7 +204,8 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     finally:
         lock.release()
     summary = summarize(rows.assign(warning=None), time.time() - started, n_inputs=n_inputs)
-    summary.update(genres=rows["genre"].value_counts().to_dict(), output=run_dir(output, run_id),
+    summary.update(genres=rows["genre"].value_counts().to_dict(),
+                   output=storage.to_location(run_dir(output, run_id)),
                    calibration={"mode": job.calibration[0], "temperature": job.calibration[1]},
                    precision=sorted(rows["precision"].dropna().unique().tolist()), kept=plan.n_kept, csv=csv,
                    scored=len(plan.to_score) - plan.retried, retried=plan.retried, dropped=plan.dropped)
