@@ -8,7 +8,7 @@ and 2 workers:
 (a) ceilings: pyarrow reading every row group's stft column (the "Parquet read"), and copying every
 window once from the memory-mapped files into batch buffers (memory bandwidth: no pipeline that
 hands the model contiguous batches can beat it); (b) petastorm's ``make_batch_reader`` with its
-.npy decoding; (c) the whole pipeline (``dataset.tf_dataset``: shuffled aligned batches -> tf.data
+.npy decoding; (c) the whole pipeline (``genreclf.ml.tfdata.tf_dataset``: shuffled aligned batches -> tf.data
 -> x, one-hot y), also through petastorm's reader, and the pipeline before this design
 (petastorm -> from_generator -> unbatch -> shuffle -> batch -> cast); scaling with cores: the
 whole pipeline with N workers in a process pinned to N cores. (d) One training step of the model
@@ -151,7 +151,8 @@ _PINNED = """
 import os, sys, time
 os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:int(sys.argv[2])]))
 from benchmarks.pipeline import LABELS, R, whole_pipeline
-from genreclf.ml.pipeline import WindowSet, tf_dataset
+from genreclf.ml.pipeline import WindowSet
+from genreclf.ml.tfdata import tf_dataset
 from genreclf.ml.tfsetup import configure_tensorflow
 configure_tensorflow(training=True)
 ws = WindowSet(sys.argv[1], R, labels=LABELS)

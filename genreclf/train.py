@@ -11,13 +11,14 @@ import uuid
 from genreclf.config import Settings, load_settings
 from genreclf.errors import ConfigError, OutputExistsError
 from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, write_training_record
-from genreclf.formats.features import cached_windows, check_window_counts, read_recipe, read_tracks
+from genreclf.formats.features import cached_windows, check_window_counts, committed, read_recipe, read_tracks
 from genreclf.formats.schema import STATUS_OK, WINDOWS_DIR
 from genreclf.io import storage
 from genreclf.io.lock import OutputLock
+from genreclf.ml import checkpoint
 from genreclf.ml.calibration import fit_temperatures
 from genreclf.ml.devices import replicas, strategy, windows_seen
-from genreclf.ml.pipeline import EpochClock, WindowSet, tf_dataset
+from genreclf.ml.pipeline import WindowSet
 from genreclf.ml.reports import (
     calibrated_report,
     format_report,
@@ -27,6 +28,7 @@ from genreclf.ml.reports import (
     write_reports,
 )
 from genreclf.ml.split import split_tracks
+from genreclf.ml.tfdata import EpochClock, tf_dataset
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,10 @@ def reader_threads(requested: int, on_gpu: bool) -> int:
 
 def run_train(features: str, model_out: str, *, overwrite: bool = False, settings: Settings | None = None,
               group_col: str | None = None, exclude_tracks=(), labels: list | None = None, break_lock: bool = False,
-              **overrides) -> dict:
+              resume: bool = False, **overrides) -> dict:
     """Fit the model; returns the validation report. Writes the bundle to ``model_out`` atomically.
+    Each epoch commits a checkpoint beside it (genreclf.ml.checkpoint); ``resume`` continues a
+    killed run from its last one.
 
     ``overrides`` replace fields of the ``[train]`` settings (:class:`~genreclf.config.TrainSettings`),
     validated the same way. ``exclude_tracks`` are left out entirely (a cross-validation test fold);
@@ -77,12 +81,13 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
                                    f".{storage.basename(model_out)}.lock"), uuid.uuid4().hex[:12], job="train",
                       break_lock=break_lock, stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
-        return _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels)
+        _remove_dead_staging(model_out)
+        return _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels, resume)
     finally:
         lock.release()
 
 
-def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels) -> dict:
+def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels, resume=False) -> dict:
     """run_train under the bundle's lock: split, fit, calibrate and report, then commit the bundle whole."""
     from genreclf.ml.tfsetup import configure_tensorflow
 
@@ -104,11 +109,15 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
              "%s reader, %d thread(s)", len(labels), len(train_ids), train_set.n_windows, len(val_ids),
              val_set.n_windows if val_set else 0, cfg.reader, workers)
 
+    where = checkpoint.location(model_out)
+    resumed = _checkpoints(where, resume, checkpoint.fingerprint(
+        recipe, (committed(features) or {}).get("run_id", ""), dataclasses.asdict(cfg), labels, val_ids,
+        max(1, len(devices))))
     # The bundle is built in a local directory and committed whole at the end (storage.local_output):
     # a kill leaves the old bundle, never half of a new one.
     with storage.local_output(model_out) as tmp:
         fit_model = _fit_on_backbone if cfg.network == "musicnn" else _fit
-        model, history, fit = fit_model(tmp, recipe, labels, train_set, val_set, cfg, workers, devices)
+        model, history, fit = fit_model(tmp, recipe, labels, train_set, val_set, cfg, workers, devices, resumed)
         report, calibration, temperatures = _calibrate(tmp, model, val_set, labels, cfg, workers, features)
         write_training_record(
             tmp, labels=labels, recipe=recipe, history=history, seed=cfg.seed, val_fraction=cfg.val_fraction,
@@ -119,8 +128,31 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
             replicas=max(1, len(devices)),
             train_tracks=len(train_ids), val_tracks=len(val_ids), train_windows=train_set.n_windows,
             val_windows=val_set.n_windows if val_set else 0, **fit)
+    storage.delete(where)  # the run is committed: its checkpoints are done with
     log.info("train: bundle written to %s", model_out)
     return report
+
+
+def _remove_dead_staging(model_out: str) -> None:
+    """Hidden bundle directories a killed run was building beside ``model_out`` (this run holds the
+    lock, so none is live); an old bundle renamed aside on HDFS (``.old``) is kept."""
+    parent, prefix = storage.parent(storage.to_location(model_out)), f".{storage.basename(model_out)}."
+    for entry in storage.list_dir(parent):
+        if entry.base_name.startswith(prefix) and entry.base_name.endswith(".tmp") and ".old." not in entry.base_name:
+            storage.delete(storage.located(parent, entry.path))
+            log.info("train: removed %s of an interrupted run", entry.base_name)
+
+
+def _checkpoints(where: str, resume: bool, print_: dict) -> dict:
+    """Where this run's checkpoints go and, with ``resume``, the state it continues from; a
+    checkpoint of an earlier interrupted run is removed when not resumed."""
+    state = checkpoint.load(where, print_) if resume else None
+    if state is None and storage.exists(where):
+        log.info("train: removing the checkpoint of an interrupted run at %s (--resume continues one)", where)
+        storage.delete(where)
+    if state is not None:
+        log.info("train: resuming after epoch %d from %s", state["epoch"], where)
+    return {"where": where, "fingerprint": print_, "state": state}
 
 
 def _split(tracks, settings, cfg, group_col, exclude_tracks, labels) -> tuple:
@@ -152,7 +184,7 @@ def _policy(tf, requested: str) -> str:
     return policy
 
 
-def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers, devices) -> tuple:
+def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers, devices, resumed) -> tuple:
     """The reference network fitted with checkpointing and early stopping, saved float32 into ``tmp``,
     over ``devices`` (one replica each; genreclf.ml.devices). Returns (the model, its history, facts
     of the fit for bundle.json)."""
@@ -168,42 +200,50 @@ def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers, devices) -> tupl
         seen, per_replica = windows_seen(spread) if n_replicas > 1 else (None, None)
         model = compile_model(build_model((recipe.frames, recipe.bands, 1), len(labels), recipe.dtype),
                               metrics=[seen] if seen else (), weighted=n_replicas > 1)
+        state = resumed["state"]
+        best_weights = checkpoint.restore(model, resumed["where"], state) if state else None
+    first = state["epoch"] if state else 0
     log.info("model: %d parameters%s", model.count_params(),
              f"; {n_replicas} replicas ({', '.join(devices)}), {cfg.batch_size} windows each a step"
              if n_replicas > 1 else "")
     pipeline = dict(batch_size=cfg.batch_size * n_replicas, workers=workers, pool_windows=cfg.shuffle_buffer,
                     reader=cfg.reader, replicas=n_replicas)
-    clock = EpochClock()
+    clock = EpochClock(first)
     train_ds = tf_dataset(train_set, shuffle=True, seed=cfg.seed, clock=clock, **pipeline)
     val_ds = tf_dataset(val_set, shuffle=False, **pipeline) if val_set else None
     monitor = "val_loss" if val_ds is not None else "loss"
+    stopping = checkpoint.resumable_early_stopping(state, best_weights, monitor=monitor, patience=cfg.patience,
+                                                   restore_best_weights=True)
     callbacks = [
-        keras.callbacks.ModelCheckpoint(os.path.join(tmp, MODEL_FILE), monitor=monitor, save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(os.path.join(tmp, MODEL_FILE), monitor=monitor, save_best_only=True,
+                                        initial_value_threshold=state["best"] if state else None),
+        stopping,
         *([per_replica] if per_replica else []),
         clock.callback(),
+        checkpoint.callbacks(resumed["where"], resumed["fingerprint"], stopping, state),  # after early stopping's
     ]
     weights = class_weights(train_set.label_counts()) if cfg.class_weight == "balanced" else None
     if weights:
         log.info("train: class weights %s", ", ".join(f"{labels[i]} {w:.2f}" for i, w in weights.items()))
     started = time.time()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2,
-                        shuffle=False, class_weight=weights)  # tf_dataset shuffles windows itself
-    hist, facts = _fitted(tmp, history, train_set.n_windows, time.time() - started)
+                        shuffle=False, class_weight=weights, initial_epoch=first)  # tf_dataset shuffles itself
+    hist, facts = _fitted(tmp, history, train_set.n_windows, time.time() - started,
+                          prior=state["history"] if state else None)
     model = as_float32(model, recipe, len(labels), distributed=n_replicas > 1)  # the bundle: float32, one device
     model.save(os.path.join(tmp, MODEL_FILE))  # the best weights (restored by early stopping)
-    return model, hist, {**facts, "optimizer": "Adadelta", "learning_rate": 1.0,
+    return model, hist, {**facts, "optimizer": "Adadelta", "learning_rate": 1.0, "resumed_after_epoch": first,
                          "global_batch": cfg.batch_size * n_replicas,
                          **({"windows_per_replica": per_replica.per_replica} if per_replica else {})}
 
 
-def _fitted(tmp, history, n_windows: int, train_s: float) -> tuple:
+def _fitted(tmp, history, n_windows: int, train_s: float, prior: dict | None = None) -> tuple:
     """A fit's history as plain floats, its curves drawn into ``tmp``, and its facts for bundle.json."""
     from genreclf.ml.plots import training_curves
 
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    epochs_run = len(hist.get("loss", []))
-    windows_per_s = n_windows * epochs_run / max(train_s, 1e-9)
+    hist = {k: [*(prior or {}).get(k, []), *(float(v) for v in vals)] for k, vals in history.history.items()}
+    epochs_run = len(hist.get("loss", []))  # a resumed run's included
+    windows_per_s = n_windows * len(history.history.get("loss", [])) / max(train_s, 1e-9)
     log.info("train: %d epochs in %.0f s (%.1f windows/s, validation included)", epochs_run, train_s, windows_per_s)
     training_curves(hist, os.path.join(tmp, "training_curves.png"))
     return hist, {"epochs_run": epochs_run, "train_seconds": round(train_s, 1), "windows_per_s": round(windows_per_s, 1)}
@@ -213,7 +253,7 @@ def _fitted(tmp, history, n_windows: int, train_s: float) -> tuple:
 HEAD_LEARNING_RATE = 1e-3
 
 
-def _fit_on_backbone(tmp, recipe, labels, train_set, val_set, cfg, workers, devices) -> tuple:
+def _fit_on_backbone(tmp, recipe, labels, train_set, val_set, cfg, workers, devices, resumed) -> tuple:
     """A softmax head fitted on the frozen musicnn (MSD) backbone's 200-d penultimate features, computed
     once per window; the bundle's model is backbone + head, weights inside (executors need no wheel)."""
     import keras

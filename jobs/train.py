@@ -69,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
                    help="'balanced': weight each class's loss by the inverse of its share of training windows "
                         f"(unbalanced labels); 'none': the reference ({_d('class_weight')})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run from its last epoch's checkpoint (.BUNDLE.checkpoint beside the bundle), "
+                        "with the same features and settings (add --break-lock for the dead run's lock)")
     add_break_lock(p)
     add_conf(p)
     return p
@@ -83,7 +86,7 @@ def train(args, settings):
 
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     run_train(args.features, args.model, overwrite=args.overwrite, settings=settings, break_lock=args.break_lock,
-              **overrides)
+              resume=args.resume, **overrides)
 
 
 def main(argv=None) -> int:

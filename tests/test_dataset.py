@@ -113,7 +113,7 @@ def test_petastorm_reader_gives_the_same_windows(windows):
 
 
 def test_tf_dataset_feeds_float16_and_one_hot(windows):
-    from genreclf.ml.pipeline import tf_dataset
+    from genreclf.ml.tfdata import tf_dataset
 
     url, tracks = windows
     ws = WindowSet(url, R, labels=LABELS)

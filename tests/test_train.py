@@ -256,3 +256,60 @@ def test_two_devices_train_with_every_window_once_into_a_single_device_bundle(ti
     single = build_model(tuple(two["input_shape"]), len(two["labels"]), two["recipe"]["dtype"])
     assert [type(layer).__name__ for layer in model.layers] == [type(layer).__name__ for layer in single.layers]
     assert [tuple(w.shape) for w in model.weights] == [tuple(w.shape) for w in single.weights]
+
+
+def test_a_run_killed_after_its_second_epoch_resumes_to_the_uninterrupted_runs_end(tiny_features, tmp_path):
+    """SIGKILL a real train run once its second epoch's checkpoint is committed; `--resume
+    --break-lock` continues it (weights, optimizer state, early stopping, dropout's random state and
+    the epoch's shuffle order) and ends as the uninterrupted run: the same epochs, history and
+    validation metrics (within 1e-5: one reader thread, the same seed), a bundle of the same form,
+    no checkpoint or staging directory left."""
+    import signal
+    import time
+
+    from tests import hostenv
+
+    args = [sys.executable, "-m", "jobs.train", "--features", str(tiny_features), "--epochs", "4", "--batch-size", "8",
+            "--val-fraction", "0.34", "--seed", "1", "--reader-workers", "1", "--patience", "10"]
+    env = hostenv.launch_env()
+    subprocess.run([*args, "--model", str(tmp_path / "whole")], check=True, capture_output=True, cwd=ROOT, env=env,
+                   timeout=600)
+    killed = subprocess.Popen([*args, "--model", str(tmp_path / "killed")], cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / ".killed.checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and killed.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 2:
+            os.killpg(killed.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    killed.wait(60)
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "killed").exists()
+    assert json.loads(state.read_text())["epoch"] in (2, 3)  # committed just before the kill
+    res = subprocess.run([*args, "--model", str(tmp_path / "killed"), "--resume", "--break-lock"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert res.returncode == 0 and "resuming after epoch" in res.stdout + res.stderr, res.stderr[-3000:]
+    whole, resumed = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("whole", "killed"))
+    assert set(resumed) == set(whole) and len(resumed["loss"]) == len(whole["loss"]) == 4
+    for key in whole:
+        np.testing.assert_allclose(resumed[key], whole[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    info = {d: json.loads((tmp_path / d / "bundle.json").read_text()) for d in ("whole", "killed")}
+    assert info["killed"]["epochs_run"] == info["whole"]["epochs_run"] == 4 and info["killed"]["resumed_after_epoch"] >= 2
+    assert sorted(os.listdir(tmp_path / "killed")) == sorted(os.listdir(tmp_path / "whole"))
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no checkpoint, lock or staging left
+
+
+def test_resume_refuses_another_setting_naming_it(tiny_features, tmp_path):
+    from genreclf.errors import ConfigError
+    from genreclf.ml import checkpoint
+
+    where = tmp_path / ".m.checkpoint"
+    where.mkdir()
+    before = {"recipe": {}, "features_commit": "r1", "settings": {"epochs": 4, "batch_size": 8}, "labels": ["a"],
+              "split": "x", "replicas": 1}
+    (where / "state.json").write_text(json.dumps({"epoch": 2, "fingerprint": before}))
+    now = {**before, "settings": {"epochs": 4, "batch_size": 16}}
+    with pytest.raises(ConfigError, match=r"another settings \(batch_size: 8 -> 16\)"):
+        checkpoint.load(str(where), now)
+    with pytest.raises(ConfigError, match=r"no checkpoint at .* run without --resume"):
+        checkpoint.load(str(tmp_path / ".none.checkpoint"), before)
