@@ -198,7 +198,8 @@ def train_step(precision: str, onednn: bool) -> float:
 
 def run(out: str) -> dict:
     """Every training-input figure of ``make bench``, as a flat dict for results.json."""
-    from genreclf.ml.pipeline import WindowSet, tf_dataset
+    from genreclf.ml.pipeline import WindowSet
+    from genreclf.ml.tfdata import tf_dataset
     from genreclf.ml.tfsetup import configure_tensorflow
 
     url = make_windows(out)
