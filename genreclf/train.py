@@ -134,13 +134,10 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
 
 
 def _remove_dead_staging(model_out: str) -> None:
-    """Hidden bundle directories a killed run was building beside ``model_out`` (this run holds the
-    lock, so none is live); an old bundle renamed aside on HDFS (``.old``) is kept."""
-    parent, prefix = storage.parent(storage.to_location(model_out)), f".{storage.basename(model_out)}."
-    for entry in storage.list_dir(parent):
-        if entry.base_name.startswith(prefix) and entry.base_name.endswith(".tmp") and ".old." not in entry.base_name:
-            storage.delete(storage.located(parent, entry.path))
-            log.info("train: removed %s of an interrupted run", entry.base_name)
+    """Hidden bundle directories a killed run was building beside ``model_out`` (this run holds the lock)."""
+    for leftover in storage.staged_leftovers(model_out):
+        storage.delete(leftover)
+        log.info("train: removed %s of an interrupted run", storage.basename(leftover))
 
 
 def _checkpoints(where: str, resume: bool, print_: dict) -> dict:
@@ -220,7 +217,7 @@ def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers, devices, resumed
         stopping,
         *([per_replica] if per_replica else []),
         clock.callback(),
-        checkpoint.callbacks(resumed["where"], resumed["fingerprint"], stopping, state),  # after early stopping's
+        checkpoint.epoch_checkpoint(resumed["where"], resumed["fingerprint"], stopping, state),  # after early stopping's
     ]
     weights = class_weights(train_set.label_counts()) if cfg.class_weight == "balanced" else None
     if weights:

@@ -12,8 +12,8 @@ server-side copy (the object appears whole) then a delete. A directory is replac
 in place before the old one is removed (:func:`replace_dir`). Outputs whose files must change
 together (a featurize output, a score output) commit by one file move that names them.
 
-Every move and delete under an output goes through :func:`_mutate`, where the crash tests stop the
-driver just before or after the K-th one (``GENRECLF_KILL_AT``, :func:`arm_kill_points`).
+Every move and delete under an output goes through :func:`_move` / :func:`_delete`, where the crash
+tests stop the driver just before or after the K-th one (``GENRECLF_KILL_AT``, :mod:`genreclf.io.killpoints`).
 
 Long because it is the one storage layer: every user location goes through this module's API
 (locations, listing, reading with retries, the commit helpers); splitting it would split that API.
@@ -531,6 +531,19 @@ def read_text(location: str) -> str:
 
 # --- writing -------------------------------------------------------------------------------------
 
+def _make_parent(fs, path: str) -> None:
+    fs.create_dir(posixpath.dirname(path) if not isinstance(fs, pafs.LocalFileSystem) else os.path.dirname(path),
+                  recursive=True)
+
+
+def staged_leftovers(location: str) -> list:
+    """Locations of hidden siblings :func:`hidden_name` made for ``location`` that a killed writer
+    left (an old directory renamed aside, ``.old``, is kept: it may be the only copy)."""
+    where, prefix = parent(to_location(location)), f".{basename(location)}."
+    return [located(where, e.path) for e in list_dir(where)
+            if e.base_name.startswith(prefix) and e.base_name.endswith(".tmp") and ".old." not in e.base_name]
+
+
 def partial_files(location: str) -> list:
     """Paths of the hidden partial files (:func:`atomic_output`'s, a killed writer's) directly in a directory."""
     return [e.path for e in list_dir(location) if e.type == pafs.FileType.File and e.base_name.startswith(".")
@@ -549,8 +562,7 @@ def atomic_output(location: str, tag: str = ""):
     fs, path = filesystem(location)
     tmp_path = filesystem(hidden_name(location, tag))[1]
     with writing(location):
-        fs.create_dir(posixpath.dirname(path) if not isinstance(fs, pafs.LocalFileSystem) else os.path.dirname(path),
-                      recursive=True)
+        _make_parent(fs, path)
         killpoints.note("write", tmp_path)
         out = fs.open_output_stream(tmp_path)
         try:
@@ -607,8 +619,7 @@ def write_direct(location: str, data: bytes) -> None:
     directory before its commit), where a partial file is removed with the directory."""
     fs, path = filesystem(location)
     with writing(location):
-        fs.create_dir(posixpath.dirname(path) if not isinstance(fs, pafs.LocalFileSystem) else os.path.dirname(path),
-                      recursive=True)
+        _make_parent(fs, path)
         killpoints.note("write", path)
         with fs.open_output_stream(path) as out:
             out.write(data)

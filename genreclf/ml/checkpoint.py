@@ -58,14 +58,14 @@ def load(where: str, expected: dict) -> dict:
     return state
 
 
-def fetch(where: str, name: str) -> str:
-    """A local copy of a checkpoint file (Keras reads local paths)."""
-    local = os.path.join(tempfile.mkdtemp(prefix="genreclf-ckpt-"), name)
+def fetch(where: str, name: str, scratch: str) -> str:
+    """A local copy of a checkpoint file in ``scratch`` (Keras reads local paths)."""
+    local = os.path.join(scratch, name)
     storage.download(storage.join(where, name), local)
     return local
 
 
-def callbacks(where: str, print_: dict, early_stopping, state: dict | None):
+def epoch_checkpoint(where: str, print_: dict, early_stopping, state: dict | None):
     """A Keras callback committing a checkpoint at each epoch's end (after ``early_stopping``'s own
     update; ``state``: the checkpoint resumed from, whose history it extends)."""
     import keras
@@ -80,8 +80,7 @@ def callbacks(where: str, print_: dict, early_stopping, state: dict | None):
                 history.setdefault(key, []).append(float(value))
             import numpy as np
 
-            scratch = tempfile.mkdtemp(prefix="genreclf-ckpt-")
-            try:
+            with tempfile.TemporaryDirectory(prefix="genreclf-ckpt-") as scratch:
                 model_name, optimizer_name = f"epoch-{epoch + 1:04d}.weights.h5", f"epoch-{epoch + 1:04d}.optimizer.npz"
                 self.model.save_weights(os.path.join(scratch, model_name))
                 np.savez(os.path.join(scratch, optimizer_name),
@@ -95,10 +94,6 @@ def callbacks(where: str, print_: dict, early_stopping, state: dict | None):
                 for name in names:
                     with open(os.path.join(scratch, name), "rb") as f:
                         storage.write_bytes(storage.join(where, name), f.read())
-            finally:
-                import shutil
-
-                shutil.rmtree(scratch, ignore_errors=True)
             record = {"epoch": epoch + 1, "model": model_name, "optimizer": optimizer_name, "best_weights": best_file,
                       "best": None if early_stopping.best is None else float(early_stopping.best),
                       "best_epoch": int(early_stopping.best_epoch), "wait": int(early_stopping.wait),
@@ -118,20 +113,22 @@ def restore(model, where: str, state: dict):
     compiled as at the start); returns the best weights so far, for early stopping."""
     import numpy as np
 
-    model.load_weights(fetch(where, state["best_weights"]))
-    best = model.get_weights()
-    model.load_weights(fetch(where, state["model"]))  # then the last epoch's: the weights to go on from
-    model.optimizer.build(model.trainable_variables)
-    saved = np.load(fetch(where, state["optimizer"]))
-    values = [saved[name] for name in sorted((f for f in saved.files if f.startswith("arr_")),
-                                            key=lambda f: int(f[4:]))]
+    with tempfile.TemporaryDirectory(prefix="genreclf-ckpt-") as scratch:
+        model.load_weights(fetch(where, state["best_weights"], scratch))
+        best = model.get_weights()
+        model.load_weights(fetch(where, state["model"], scratch))  # then the last epoch's: to go on from
+        model.optimizer.build(model.trainable_variables)
+        with np.load(fetch(where, state["optimizer"], scratch)) as saved:
+            values = [saved[name] for name in sorted((f for f in saved.files if f.startswith("arr_")),
+                                                    key=lambda f: int(f[4:]))]
+            rng = [saved[f"rng_{i}"] for i in range(len(_seed_generators(model)))]
     if len(values) != len(model.optimizer.variables):
         raise DamagedInputError(f"checkpoint {where}: {state['optimizer']} holds {len(values)} optimizer variables, "
                                 f"the model's optimizer {len(model.optimizer.variables)}: run without --resume")
     for variable, value in zip(model.optimizer.variables, values):
         variable.assign(value)
-    for i, generator in enumerate(_seed_generators(model)):  # dropout draws on where it stopped
-        generator.state.assign(saved[f"rng_{i}"])
+    for generator, value in zip(_seed_generators(model), rng):  # dropout draws on where it stopped
+        generator.state.assign(value)
     return best
 
 

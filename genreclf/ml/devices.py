@@ -75,7 +75,9 @@ def windows_seen(strategy_):
     metric = WindowsSeen()
 
     class PerReplica(keras.callbacks.Callback):
-        per_replica: list = []
+        def __init__(self):
+            super().__init__()
+            self.per_replica, self.latest = [], []
 
         def on_train_batch_end(self, batch, logs=None):  # the epoch's counts so far (validation resets them)
             self.latest = [int(v) for v in strategy_.experimental_local_results(metric.local)]
