@@ -205,6 +205,7 @@ class TrainSettings:
     network: str = "reference"  # "reference": the 4th-place CNN from scratch; "musicnn": a head on frozen musicnn
     epochs: int = 30  # most epochs; early stopping may end sooner
     batch_size: int = 128  # windows per step (the reference: 128)
+    dropout: float = 0.2  # the reference network's dropout rate before each dense layer (training only)
     val_fraction: float = 0.2  # share of tracks (whole artists/albums when known) held out for validation
     seed: int = 0  # the split, the initial weights and the shuffling
     patience: int = 5  # epochs without a better validation loss before stopping
@@ -213,7 +214,7 @@ class TrainSettings:
     reader: str = "arrow"  # "arrow": pyarrow row groups (fast); "petastorm": petastorm's make_batch_reader
     reader_workers: int = 0  # reader threads; 0 = auto: 1 on CPU (reproducible order), up to 8 with a GPU
     precision: str = "auto"  # "auto": the device's native precision (docs/train.md); or a Keras policy
-    devices: int = 1  # replicas (one per device): 1 = one device; 0 = every GPU of the node; N = the first N
+    devices: int = 0  # replicas (one per device): 0 = every GPU of the node (one device on a CPU); N = the first N
     cache_dir: str = ""  # a local directory to copy remote features to once (empty: read in place)
     calibration: str = "track"  # temperature fitted on validation tracks, applied to: "track", "window", "none"
     class_weight: str = "none"  # "balanced": weight each class's windows by n / (classes * class count)
@@ -223,6 +224,7 @@ class TrainSettings:
             "network": (lambda v: v in TRAIN_NETWORKS, one_of(TRAIN_NETWORKS)),
             "epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
             "batch_size": _count_up_to(MAX_TRAIN_BATCH, "windows"),
+            "dropout": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
             "val_fraction": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
             "seed": (lambda v: isinstance(v, int), "an integer"),
             "patience": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),

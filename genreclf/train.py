@@ -195,8 +195,8 @@ def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers, devices, resumed
     spread = strategy(tf, devices)
     with spread.scope():
         seen, per_replica = windows_seen(spread) if n_replicas > 1 else (None, None)
-        model = compile_model(build_model((recipe.frames, recipe.bands, 1), len(labels), recipe.dtype),
-                              metrics=[seen] if seen else (), weighted=n_replicas > 1)
+        network = build_model((recipe.frames, recipe.bands, 1), len(labels), recipe.dtype, dropout=cfg.dropout)
+        model = compile_model(network, metrics=[seen] if seen else (), weighted=n_replicas > 1)
         state = resumed["state"]
         best_weights = checkpoint.restore(model, resumed["where"], state) if state else None
     first = state["epoch"] if state else 0
@@ -207,7 +207,7 @@ def _fit(tmp, recipe, labels, train_set, val_set, cfg, workers, devices, resumed
                     reader=cfg.reader, replicas=n_replicas)
     clock = EpochClock(first)
     train_ds = tf_dataset(train_set, shuffle=True, seed=cfg.seed, clock=clock, **pipeline)
-    val_ds = tf_dataset(val_set, shuffle=False, **pipeline) if val_set else None
+    val_ds = tf_dataset(val_set, shuffle=False, training=False, **pipeline) if val_set else None
     monitor = "val_loss" if val_ds is not None else "loss"
     stopping = checkpoint.resumable_early_stopping(state, best_weights, monitor=monitor, patience=cfg.patience,
                                                    restore_best_weights=True)

@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
                         f"musicnn (features of conf/musicnn.toml's recipe; {_d('network')})")
     p.add_argument("--epochs", type=int, help=f"most epochs (early stopping may end sooner; {_d('epochs')})")
     p.add_argument("--batch-size", type=int, help=f"windows per batch ({_d('batch_size')}: the reference's)")
+    p.add_argument("--dropout", type=float, metavar="RATE",
+                   help=f"dropout rate before each dense layer, training only ({_d('dropout')}: the reference's)")
     p.add_argument("--val-fraction", type=float, help=f"share of tracks for validation, in [0, 1) ({_d('val_fraction')})")
     p.add_argument("--seed", type=int, help=f"seed for the split, weights and shuffling ({_d('seed')})")
     p.add_argument("--patience", type=int, help=f"early-stopping patience in epochs ({_d('patience')})")

@@ -13,12 +13,17 @@ from __future__ import annotations
 ADADELTA_LEARNING_RATE = 1.0
 
 
-def build_model(input_shape: tuple, n_classes: int, input_dtype: str = "float32"):
+#: The reference's dropout rate before each dense layer.
+DROPOUT = 0.2
+
+
+def build_model(input_shape: tuple, n_classes: int, input_dtype: str = "float32", dropout: float = DROPOUT):
     """The reference network for windows of ``input_shape`` = (frames, bins, 1).
 
     ``input_dtype`` is the stored feature dtype (float16 by default recipe): windows travel in it
     to the device, halving host-to-device bytes, and the first layer (BatchNorm) casts them to its
     compute dtype. Casting float16 to float32 is exact, so float32 results equal the reference's.
+    ``dropout`` is active in training only: the saved model predicts the same whatever its rate.
     """
     import keras
     from keras import layers
@@ -34,12 +39,12 @@ def build_model(input_shape: tuple, n_classes: int, input_dtype: str = "float32"
     steps = frames - 3  # a valid 4-row convolution over 128 frames leaves 125
     x1 = layers.AveragePooling2D(pool_size=(steps, 1))(merged)
     x2 = layers.MaxPooling2D(pool_size=(steps, 1))(merged)
-    x = layers.Dropout(0.2)(layers.Concatenate()([x1, x2]))
+    x = layers.Dropout(dropout)(layers.Concatenate()([x1, x2]))
     x = layers.Flatten()(x)
     x = layers.Dense(480, activation="relu")(x)
-    x = layers.Dropout(0.2)(x)
+    x = layers.Dropout(dropout)(x)
     x = layers.Dense(240, activation="relu")(x)
-    x = layers.Dropout(0.2)(x)
+    x = layers.Dropout(dropout)(x)
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="genre")(x)
     return keras.Model(inputs, outputs, name="genreclf_reference_cnn")
 
