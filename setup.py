@@ -35,6 +35,7 @@ setup(
     extras_require={
         "cpu": [r for r in _requirements("requirements.txt") if r.startswith("tensorflow")],
         "gpu": [r for r in _requirements("requirements-gpu.txt") if r.startswith("tensorflow")],
+        "mlflow": _requirements("requirements-mlflow.txt"),
         "dev": _requirements("requirements-dev.txt"),
     },
 )

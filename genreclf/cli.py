@@ -53,8 +53,10 @@ def score_parser() -> argparse.ArgumentParser:
     src.add_argument("--input", nargs="+", metavar="PATH", help="audio: directories, globs, files or catalogue CSVs")
     src.add_argument("--features", metavar="DIR", help="an existing featurize output")
     p.add_argument("--model", required=True, metavar="BUNDLE",
-                   help="model bundle written by train (a path or URL), or pretrained:musicnn-msd / "
-                        "pretrained:musicnn-mtt (the musicnn tagger: 50 tags, no labels needed)")
+                   help="model bundle written by train (a path or URL); an MLflow model logged by train "
+                        "(models:/NAME/VERSION, models:/NAME@alias, runs:/ID/model; [mlflow] tracking_uri or "
+                        "MLFLOW_TRACKING_URI); or pretrained:musicnn-msd / pretrained:musicnn-mtt (the musicnn "
+                        "tagger: 50 tags, no labels needed)")
     p.add_argument("--output", required=True, metavar="DIR", help="output directory or URL")
     p.add_argument("--csv", action="store_true", help="also write DIR/submission.csv (crowdAI layout)")
     mode = p.add_mutually_exclusive_group()

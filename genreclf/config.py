@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from genreclf.errors import ConfigError, check_fields, one_of
 from genreclf.io.storage import StorageSettings
+from genreclf.io.tracking import MlflowSettings
 
 #: The 16 top-level genres of FMA / the crowdAI challenge, in the submission's column order.
 FMA_GENRES = (
@@ -260,12 +261,13 @@ class Settings:
     train: TrainSettings = field(default_factory=TrainSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    mlflow: MlflowSettings = field(default_factory=MlflowSettings)
     genres: tuple = FMA_GENRES
 
 
 #: The sections of a settings file, and the dataclass of each ([labels] holds ``genres``).
 SECTIONS = {"recipe": Recipe, "featurize": FeaturizeSettings, "score": ScoreSettings, "train": TrainSettings,
-            "storage": StorageSettings, "evaluate": EvaluateSettings}
+            "storage": StorageSettings, "evaluate": EvaluateSettings, "mlflow": MlflowSettings}
 
 
 def _read_layer(path: str) -> dict:

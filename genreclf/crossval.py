@@ -22,7 +22,7 @@ from genreclf.errors import ConfigError
 from genreclf.formats.bundle import SPLIT_FILE, load_bundle_info, load_model, read_json, write_json
 from genreclf.formats.features import read_recipe, read_tracks
 from genreclf.formats.schema import WINDOWS_DIR
-from genreclf.io import storage
+from genreclf.io import storage, tracking
 from genreclf.ml.calibration import fit_temperatures, track_probabilities
 from genreclf.ml.metrics import classification_report
 from genreclf.ml.pipeline import WindowSet
@@ -124,7 +124,6 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
                  batch_size: int | None = None, workers: int = 1, **overrides) -> dict:
     """Cross-validate the training recipe on ``features``; writes OUTPUT/cv.json, cv.csv, cv.md and
     the pooled confusion matrix and reliability diagram. Returns the summary."""
-    from genreclf.ml.plots import confusion, reliability_diagram
     from genreclf.train import choose_labels
 
     settings = settings or load_settings()
@@ -145,17 +144,47 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
              len(usable), len(labels), k, seed)
     windows_url = storage.join(storage.to_url(features), WINDOWS_DIR)
     os.makedirs(output, exist_ok=True)
+    started = time.time()
+    with tracking.start(settings.mlflow, f"evaluate --cv {k} {storage.basename(output)}",
+                        tags={"genreclf.job": "evaluate --cv"}) as tracker:
+        result = _folds(folds, usable, artist, output, features, windows_url, settings, labels, overrides, recipe,
+                        batch_size, workers, k, seed, cfg)
+        result["elapsed_s"] = round(time.time() - started, 1)
+        write_json(os.path.join(output, "cv.json"), result)
+        markdown = format_table(result)
+        storage.write_text(storage.join(storage.to_url(output), "cv.md"), markdown + "\n")
+        tracker.params({"k": k, "seed": seed, "features": result["features"], "recipe": result["recipe"],
+                        "train": result["train"]})
+        tracker.metrics({"mean": {v: {m: cells[m][0] for m in METRICS} for v, cells in result["mean_sd"].items()},
+                         "sd": {v: {m: cells[m][1] for m in METRICS} for v, cells in result["mean_sd"].items()}})
+        tracker.artifacts([os.path.join(output, n) for n in ("cv.json", "cv.csv", "cv.md", "confusion_matrix.png",
+                                                             "reliability.png")], "cv")
+    for line in markdown.splitlines():
+        log.info("crossval %s", line)
+    log.info("crossval: %d folds in %.0f s; reports in %s", k, result["elapsed_s"], output)
+    return result
+
+
+def _folds(folds, usable, artist, output, features, windows_url, settings, labels, overrides, recipe, batch_size,
+           workers, k, seed, cfg) -> dict:
+    """Each fold trained (or reused) and tested, in a nested MLflow run when tracking is on; the
+    pooled reports written. Returns the summary (cv.json without its time)."""
+    from genreclf.ml.plots import confusion, reliability_diagram
+
     rows, pooled = [], {name: [] for name, _ in VARIANTS}
     pooled_y = []
-    started = time.time()
     for i, (train_ids, test_ids) in enumerate(folds, 1):
         counts = usable.set_index("track_id").loc[test_ids, "label"].value_counts().to_dict()
         log.info("crossval: fold %d/%d: %d training tracks, %d test tracks %s", i, k, len(train_ids), len(test_ids),
                  counts)
         if artist is not None:
             assert not set(artist.loc[test_ids].dropna()) & set(artist.loc[train_ids].dropna()), "artist leak"
-        fold_rows, fold_probs, y_tracks = _run_fold(i, os.path.join(output, f"fold-{i}"), features, windows_url,
-                                                    test_ids, settings, labels, overrides, recipe, batch_size, workers)
+        with tracking.start(settings.mlflow, f"fold {i}", tags={"genreclf.job": "evaluate --cv"}) as tracker:
+            fold_rows, fold_probs, y_tracks = _run_fold(i, os.path.join(output, f"fold-{i}"), features, windows_url,
+                                                        test_ids, settings, labels, overrides, recipe, batch_size,
+                                                        workers)
+            tracker.params({"fold": i, "test_tracks": len(test_ids), "train_tracks": len(train_ids)})
+            tracker.metrics({row["variant"]: {m: row[m] for m in METRICS} for row in fold_rows})
         rows += fold_rows
         pooled_y.append(y_tracks)
         for name, probs in fold_probs.items():
@@ -170,21 +199,13 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
     reliability_diagram({name: r["reliability"] for name, r in pooled_reports.items()},
                         os.path.join(output, "reliability.png"), title=f"reliability, pooled over {k} folds")
     table.to_csv(os.path.join(output, "cv.csv"), index=False)
-    result = {
+    return {
         "features": storage.to_url(features), "k": k, "seed": seed, "labels": labels, "recipe": recipe.to_dict(),
         "train": {**dataclasses.asdict(settings.train), **overrides}, "folds": [{"test": te} for _, te in folds],
         "per_fold": rows, "pooled": pooled_reports,
         "mean_sd": {v: {m: [float(summary.loc[v, (m, "mean")]), float(summary.loc[v, (m, "std")])] for m in METRICS}
                     for v in summary.index},
-        "elapsed_s": round(time.time() - started, 1),
     }
-    write_json(os.path.join(output, "cv.json"), result)
-    markdown = format_table(result)
-    storage.write_text(storage.join(storage.to_url(output), "cv.md"), markdown + "\n")
-    for line in markdown.splitlines():
-        log.info("crossval %s", line)
-    log.info("crossval: %d folds in %.0f s; reports in %s", k, result["elapsed_s"], output)
-    return result
 
 
 def format_table(result: dict) -> str:

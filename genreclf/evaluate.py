@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from genreclf.config import EvaluateSettings, Settings, load_settings
@@ -10,7 +11,7 @@ from genreclf.errors import ConfigError
 from genreclf.formats.bundle import SPLIT_FILE, calibration_of, check_recipe, load_bundle_info, load_model, read_json
 from genreclf.formats.features import check_window_counts, read_recipe, read_tracks
 from genreclf.formats.schema import WINDOWS_DIR
-from genreclf.io import storage
+from genreclf.io import storage, tracking
 from genreclf.ml.pipeline import WindowSet
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,13 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
     ``batch_size``: windows per model call (default ``[evaluate] batch_size``)."""
     from genreclf.ml.tfsetup import configure_tensorflow
 
-    batch_size = EvaluateSettings(batch_size).batch_size if batch_size else (
-        settings or load_settings()).evaluate.batch_size  # a flag's value meets the setting's bounds
+    settings = settings or load_settings()
+    batch_size = EvaluateSettings(batch_size).batch_size if batch_size else settings.evaluate.batch_size
+    named = bundle_dir
+    if tracking.is_model_uri(bundle_dir):  # models:/NAME/VERSION: the bundle inside, fetched; the reports elsewhere
+        if not output:
+            raise ConfigError(f"--model {bundle_dir} is read-only: give --output DIR for the reports")
+        bundle_dir = tracking.fetch_model(bundle_dir, settings.mlflow)
     info = load_bundle_info(bundle_dir)
     recipe = read_recipe(features)
     check_recipe(info, recipe, features)
@@ -52,6 +58,11 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
     out = output or storage.join(bundle_dir, "evaluation")
     with storage.local_output(out) as local:
         write_reports(local, report, labels)
+        with tracking.start(settings.mlflow, f"evaluate {storage.basename(named)}", tags={"genreclf.job": "evaluate"}
+                            ) as tracker:
+            tracker.params({"model": named, "features": report["features"], "split": split, "calibrate": calibrate})
+            tracker.metrics({k: report.get(k) for k in ("tracks", "windows", "uncalibrated", "temperature")})
+            tracker.artifacts([os.path.join(local, name) for name in sorted(os.listdir(local))], "evaluation")
     for line in format_report(report).splitlines():
         log.info("evaluate %s", line)
     log.info("evaluate: reports in %s", out)

@@ -13,7 +13,7 @@ from genreclf.errors import ConfigError, OutputExistsError
 from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, write_training_record
 from genreclf.formats.features import cached_windows, check_window_counts, committed, read_recipe, read_tracks
 from genreclf.formats.schema import STATUS_OK, WINDOWS_DIR
-from genreclf.io import storage
+from genreclf.io import storage, tracking
 from genreclf.io.lock import OutputLock
 from genreclf.ml import checkpoint
 from genreclf.ml.calibration import fit_temperatures
@@ -55,14 +55,15 @@ def reader_threads(requested: int, on_gpu: bool) -> int:
 
 def run_train(features: str, model_out: str, *, overwrite: bool = False, settings: Settings | None = None,
               group_col: str | None = None, exclude_tracks=(), labels: list | None = None, break_lock: bool = False,
-              resume: bool = False, **overrides) -> dict:
+              resume: bool = False, register: str | None = None, **overrides) -> dict:
     """Fit the model; returns the validation report. Writes the bundle to ``model_out`` atomically.
     Each epoch commits a checkpoint beside it (genreclf.ml.checkpoint); ``resume`` continues a
     killed run from its last one.
 
     ``overrides`` replace fields of the ``[train]`` settings (:class:`~genreclf.config.TrainSettings`),
     validated the same way. ``exclude_tracks`` are left out entirely (a cross-validation test fold);
-    ``labels`` fixes the output classes (default: ``[train] labels_from``).
+    ``labels`` fixes the output classes (default: ``[train] labels_from``). With MLflow tracking on
+    ([mlflow]), the run is logged (:func:`log_training`) and, with ``register``, the model registered.
     """
     settings = settings or load_settings()
     storage.configure(settings.storage.to_dict())
@@ -81,10 +82,46 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
                                    f".{storage.basename(model_out)}.lock"), uuid.uuid4().hex[:12], job="train",
                       break_lock=break_lock, stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
-        _remove_dead_staging(model_out)
-        return _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels, resume)
+        with tracking.start(settings.mlflow, f"train {storage.basename(model_out)}", tags={"genreclf.job": "train"}
+                            ) as tracker:
+            if register and not tracker.active:
+                raise ConfigError("--register needs MLflow tracking: set [mlflow] tracking_uri or MLFLOW_TRACKING_URI")
+            _remove_dead_staging(model_out)
+            report = _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels, resume)
+            log_training(tracker, model_out, settings, cfg, register, model=not exclude_tracks)
+        return report
     finally:
         lock.release()
+
+
+def log_training(tracker, model_out: str, settings: Settings, cfg, register: str | None = None,
+                 model: bool = True) -> None:
+    """A committed bundle into an MLflow run: the recipe and [train] settings as params, each epoch's
+    metrics (step = epoch), the validation metrics and temperature, the reports and plots as
+    artifacts, and (``model``; not for a cross-validation fold) the bundle as a pyfunc model,
+    registered as ``register``."""
+    if not tracker.active:
+        return
+    import json
+
+    local = storage.fetch_dir(model_out)
+    with open(os.path.join(local, BUNDLE_FILE)) as f:
+        info = json.load(f)
+    tracker.params({"recipe": info["recipe"], "train": dataclasses.asdict(cfg), "features": info.get("trained_on"),
+                    "labels": len(info["labels"]), "replicas": info.get("replicas", 1)})
+    with open(os.path.join(local, "history.json")) as f:
+        tracker.history(json.load(f))
+    with open(os.path.join(local, "metrics.json")) as f:
+        metrics = json.load(f)
+    tracker.metrics({"val": {k: metrics.get(k) for k in ("tracks", "windows", "uncalibrated")},
+                     "temperature": info.get("temperature", 1.0), "epochs_run": info.get("epochs_run", 0)})
+    tracker.artifacts([os.path.join(local, name) for name in sorted(os.listdir(local)) if name != MODEL_FILE],
+                      "reports")  # the model is the pyfunc model's
+    if model:
+        from genreclf.score import pyfunc
+
+        tracker.log_model(pyfunc.__file__, local, pyfunc.model_config(settings), pyfunc.signature(info["labels"]),
+                          register=register)
 
 
 def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels, resume=False) -> dict:

@@ -18,7 +18,9 @@ def parser() -> argparse.ArgumentParser:
                                             "cross-validation of the training recipe (folds grouped by artist, "
                                             "stratified by label), mean ± sd over the folds.",
                                 epilog=EPILOG)
-    p.add_argument("--model", metavar="BUNDLE", help="the bundle to evaluate (not with --cv)")
+    p.add_argument("--model", metavar="BUNDLE",
+                   help="the bundle to evaluate, or an MLflow model URI (models:/NAME/VERSION; then give --output) "
+                        "(not with --cv)")
     p.add_argument("--features", required=True, metavar="DIR", help="featurize output with labels")
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="the bundle's validation tracks (default) or every labelled track")

@@ -71,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
                    help="'balanced': weight each class's loss by the inverse of its share of training windows "
                         f"(unbalanced labels); 'none': the reference ({_d('class_weight')})")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument("--register", metavar="NAME",
+                   help="with MLflow tracking on ([mlflow] tracking_uri or MLFLOW_TRACKING_URI): register the model "
+                        "as NAME in the registry (then score --model models:/NAME/VERSION)")
     p.add_argument("--resume", action="store_true",
                    help="continue a killed run from its last epoch's checkpoint (.BUNDLE.checkpoint beside the bundle), "
                         "with the same features and settings (add --break-lock for the dead run's lock)")
@@ -88,7 +91,7 @@ def train(args, settings):
 
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     run_train(args.features, args.model, overwrite=args.overwrite, settings=settings, break_lock=args.break_lock,
-              resume=args.resume, **overrides)
+              resume=args.resume, register=args.register, **overrides)
 
 
 def main(argv=None) -> int:

@@ -78,6 +78,16 @@ def s3(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (SQLite store, local artifacts) on 127.0.0.1 for the session."""
+    from tests.mlflowserver import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.stop()
+
+
 class Labelled(NamedTuple):
     audio: object  # pathlib.Path of the corpus (labels.csv beside the audio)
     features: object  # its featurize output

@@ -46,7 +46,7 @@ from genreclf.formats.scores import (
     write_part,
     write_submission,
 )
-from genreclf.io import killpoints, storage
+from genreclf.io import killpoints, storage, tracking
 from genreclf.io.catalog import expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
 from genreclf.io.progress import SparkProgress
@@ -225,6 +225,8 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
     _check_precision(spark, settings.score.precision)
     if pretrained.is_pretrained(bundle):  # a tagger of ours: its bundle made here, shipped as any other
         bundle = pretrained.tagger_bundle(bundle)
+    elif tracking.is_model_uri(bundle):  # models:/NAME/VERSION, runs:/ID/model: the bundle inside, fetched once
+        bundle = tracking.fetch_model(bundle, settings.mlflow)
     info = load_bundle_info(bundle)
     calibration = calibration_of(info, calibrate)
     if calibration[0] != "none":
