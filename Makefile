@@ -6,19 +6,20 @@ GPU     ?= 0
 RUNTIME := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
 VENV    ?= $(if $(filter 1,$(GPU)),.venv-gpu,.venv)
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed-$(shell cat $(RUNTIME) requirements-base.txt requirements-dev.txt setup.py genreclf/ml/pretrained.py spark-submit.sh | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(shell cat $(RUNTIME) requirements-base.txt requirements-dev.txt requirements-mlflow.txt setup.py genreclf/ml/pretrained.py spark-submit.sh | cksum | cut -d' ' -f1)
 DEMO    := demo-output
 
 CORPUS  ?= ../shared/corpus-train
 CONF    ?= conf/genreclf.toml
 CV_OUT  ?= cv-output/$(basename $(notdir $(CONF)))
 
-.PHONY: install install-gpu demo test bench crossval clean help
+.PHONY: install install-gpu demo test bench crossval pack clean help
 help:
 	@echo "make demo   - set up .venv and run the pipeline end to end on a generated corpus (local mode)"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks"
 	@echo "make crossval [CONF=conf/quality.toml] - 5-fold artist-grouped cross-validation on $(CORPUS) (~30-45 min)"
+	@echo "make pack   - build/genreclf-env.tar.gz: the runtime environment for executors (--archives ...#env)"
 	@echo "make install-gpu - a GPU training node's environment (.venv-gpu; then make test GPU=1 ...)"
 	@echo "make clean  - remove build outputs and demo output (keeps .venv)"
 
@@ -42,6 +43,24 @@ $(STAMP):
 install-gpu:
 	$(MAKE) install GPU=1
 
+# The runtime environment packed for executors (venv-pack): the pinned requirements and genreclf,
+# without pyspark (every Spark node runs its own) or TensorFlow's C++ headers. Relocatable except
+# for the interpreter: nodes need this Python at the same path (docs/cluster.md). ~600 MB, ~70 s.
+PACK     := build/genreclf-env$(if $(filter 1,$(GPU)),-gpu).tar.gz
+PACK_ENV := build/pack-env
+SITE     := lib/python$(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)/site-packages
+pack: $(PACK)
+$(PACK): $(STAMP) $(shell git ls-files genreclf 2>/dev/null)
+	rm -rf $(PACK_ENV)
+	$(PY) -m venv $(PACK_ENV)  # on the interpreter .venv is made from
+	$(PACK_ENV)/bin/pip install -q --disable-pip-version-check -r $(RUNTIME)
+	$(PACK_ENV)/bin/pip install -q --disable-pip-version-check --no-deps .
+	rm -rf build/lib build/bdist.*
+	$(VENV)/bin/venv-pack -q -p $(PACK_ENV) -o $@.partial --format tar.gz --compress-level 1 --force \
+	    --exclude '$(SITE)/pyspark/*' --exclude '$(SITE)/tensorflow/include/*'
+	chmod 644 $@.partial && mv $@.partial $@
+	rm -rf $(PACK_ENV)
+
 demo: install
 	$(PY) -m genreclf.demo corpus --out $(DEMO)/corpus
 	./spark-submit.sh featurize --input $(DEMO)/corpus --labels $(DEMO)/corpus/labels.csv \
@@ -62,7 +81,7 @@ demo: install
 # Three runs so that only one Spark application is alive at a time: the suite's local session,
 # the crash tests (spark-submit runs killed with SIGKILL), then the standalone-cluster tests
 # (their own master, workers and spark-submit applications).
-test: install
+test: install pack
 	$(PY) -m pytest -m "not cluster and not faults"
 	$(PY) -m pytest -m faults
 	$(PY) -m pytest -m cluster

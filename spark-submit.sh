@@ -8,8 +8,8 @@
 # train and evaluate run as one plain Python process (TensorFlow; the GPU when there is one).
 # Defaults: --master local[*] with conf/spark-local.conf; any other master uses conf/spark-cluster.conf.
 # The genreclf package is shipped to executors as a zip (--py-files). For a cluster without our
-# Python environment, pack one (venv-pack / conda-pack) and pass --archives env.tar.gz#env: the
-# executors then run ./env/bin/python.
+# Python environment, `make pack` and pass --archives build/genreclf-env.tar.gz#env: the
+# executors then run ./env/bin/python (docs/cluster.md says what the archive assumes of nodes).
 # Uses .venv when present, the spark-submit of the pinned pyspark unless $SPARK_HOME is set.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -87,8 +87,16 @@ ARGS=(--master "$MASTER" --properties-file "$PROPS" --py-files "$ZIP"
       --conf "spark.driver.extraJavaOptions=-Dlog4j2.configurationFile=file:$HERE/conf/log4j2.properties"
       --conf "spark.executorEnv.NUMBA_CACHE_DIR=$NUMBA_CACHE_DIR"
       --conf "spark.executorEnv.PYTHONWARNINGS=$QUIET")
+if [ -n "$ARCHIVE" ] && [[ "$MASTER" == local* ]]; then
+  echo "spark-submit.sh: --archives ships a Python environment to a cluster's executors; with --master $MASTER the" \
+       "tasks run in this process's Python ($PY): drop --archives, or give the cluster's --master" >&2
+  exit 2
+fi
 if [ -n "$ARCHIVE" ]; then
-  ARGS+=(--archives "$ARCHIVE" --conf "spark.pyspark.python=./${ARCHIVE##*#}/bin/python")
+  # Executors run the unpacked archive's Python; this driver keeps its own (spark.pyspark.python
+  # alone would name ./env/bin/python for the driver too, which exists only on executors).
+  ARGS+=(--archives "$ARCHIVE" --conf "spark.pyspark.python=./${ARCHIVE##*#}/bin/python"
+         --conf "spark.pyspark.driver.python=$PYSPARK_DRIVER_PYTHON")
 else
   export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
 fi

@@ -27,6 +27,13 @@ def test_unknown_job_is_refused_with_the_list():
     assert res.returncode == 2 and "featurize, train, evaluate, score" in res.stderr
 
 
+def test_a_packed_environment_is_for_cluster_executors_only():
+    """In local mode the tasks run in the driver's Python: --archives would give them a path that
+    exists only in executors' working directories (Spark failed after ~60 s)."""
+    res = run("--master", "local[2]", "--archives", "build/genreclf-env.tar.gz#env", "score", "--help")
+    assert res.returncode == 2 and "--archives ships a Python environment to a cluster's executors" in res.stderr
+
+
 def test_featurize_help_needs_no_spark():
     res = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "featurize.py"), "--help"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)

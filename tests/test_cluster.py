@@ -1,6 +1,6 @@
 """Cluster behaviour on a real standalone master + two workers on 127.0.0.1, through spark-submit.sh:
-outputs equal local mode's, and a scoring run whose Python worker dies mid-job still completes
-with exactly one row per track and the same numbers.
+outputs equal local mode's, a scoring run whose Python worker dies mid-job still completes with
+exactly one row per track and the same numbers, and executors run make pack's environment.
 
 Runs in its own pytest invocation (``-m cluster``) so only one Spark application is alive at a time.
 """
@@ -140,20 +140,30 @@ def test_score_survives_a_killed_python_worker_with_the_same_numbers(cluster, da
                                    atol=1e-6)
 
 
-def test_score_from_features_on_gpu_executors_of_the_cluster(cluster, data, local_run, tmp_path):
-    """Spark's GPU scheduling (conf/spark-gpu.conf's properties): every task's model is pinned to
-    the GPU Spark gave it (CUDA_VISIBLE_DEVICES); no CUDA here, so precision auto computes on the CPU
-    without oneDNN (kept off for GPU tasks): float32 whatever the CPU, and the numbers equal local mode's."""
+def test_score_from_features_on_gpu_executors_running_the_packed_environment(cluster, data, local_run, tmp_path):
+    """A GPU cluster whose nodes lack our virtualenv: make pack's archive shipped with ``--archives
+    build/genreclf-env.tar.gz#env``, and Spark's GPU scheduling (conf/spark-gpu.conf's properties).
+    Every executor's Python worker is the unpacked archive's interpreter, importing numpy and
+    TensorFlow from it; every task's model is pinned to the GPU Spark gave it (CUDA_VISIBLE_DEVICES);
+    no CUDA here, so precision auto computes on the CPU without oneDNN (kept off for GPU tasks):
+    float32 whatever the CPU, and the numbers equal local mode's."""
     root, _ = data
+    packed = os.path.join(spark_submit.ROOT, "build", "genreclf-env.tar.gz")
+    assert os.path.exists(packed), "no packed environment: run make pack (make test does)"
     loads = tmp_path / "loads"
     loads.mkdir()
     gpu = ["--conf", "spark.executor.resource.gpu.amount=1", "--conf", "spark.task.resource.gpu.amount=1",
-           "--conf", f"spark.executorEnv.GENRECLF_MODEL_LOAD_LOG={loads}"]
+           "--conf", f"spark.executorEnv.GENRECLF_MODEL_LOAD_LOG={loads}", "--archives", f"{packed}#env",
+           "--conf", "spark.cores.max=1"]  # one executor: one unpacking of the archive (~10 s a core), not two at once
     submit("score", "--model", str(root / "bundle"), "--features", str(root / "local_f"),
            "--output", str(root / "cluster_fs"), master=cluster.url, extra=gpu)
     lines = [line.rstrip("\n").split("\t") for f in loads.iterdir() for line in f.open()]
     auto = hostenv.auto_precision(gpu_task=True)  # float32 unless the suite was started with oneDNN forced on
-    assert lines and all(precision == auto and gpus == "0" for _, precision, gpus in lines), lines
+    assert lines and all(precision == auto and gpus == "0" for _, precision, gpus, *_ in lines), lines
+    for *_, executable, numpy_file, tensorflow_file in lines:
+        env = os.path.dirname(os.path.dirname(executable))  # WORKER_DIR/app-ID/N/env: the archive Spark unpacked
+        assert os.path.basename(env) == "env" and executable.startswith(cluster.workdir), executable
+        assert numpy_file.startswith(env + os.sep) and tensorflow_file.startswith(env + os.sep), lines
     local = read_scores(str(root / "local_s")).set_index("track_id")
     remote = read_scores(str(root / "cluster_fs")).set_index("track_id")
     assert sorted(remote.index) == sorted(local.index)

@@ -41,7 +41,14 @@ def get_model(bundle_dir: str, precision: str = "float32"):
         _MODELS[key] = load(bundle_dir, precision, tf_threads())
         stats_dir = os.environ.get("GENRECLF_MODEL_LOAD_LOG")
         if stats_dir:  # observability for tests and debugging: one line per load
+            import sys
+
+            import numpy
+            import tensorflow
+
             with open(os.path.join(stats_dir, f"loads-{os.getpid()}.txt"), "a") as f:
-                # bundle, the precision computed, the GPUs the task was given (genreclf.ml.inference)
-                f.write(f"{key[0]}\t{_MODELS[key][2]}\t{os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n")
+                # bundle, the precision computed, the GPUs the task was given (genreclf.ml.inference), the
+                # worker's interpreter and where its numpy and tensorflow come from (a packed environment's?)
+                f.write("\t".join([key[0], _MODELS[key][2], os.environ.get("CUDA_VISIBLE_DEVICES", ""), sys.executable,
+                                   numpy.__file__, tensorflow.__file__]) + "\n")
     return _MODELS[key]
