@@ -48,7 +48,6 @@ install-gpu:
 # for the interpreter: nodes need this Python at the same path (docs/cluster.md). ~600 MB, ~70 s.
 PACK     := build/genreclf-env$(if $(filter 1,$(GPU)),-gpu).tar.gz
 PACK_ENV := build/pack-env
-SITE     := lib/python$(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)/site-packages
 pack: $(PACK)
 $(PACK): $(STAMP) $(shell git ls-files genreclf 2>/dev/null)
 	rm -rf $(PACK_ENV)
@@ -57,7 +56,7 @@ $(PACK): $(STAMP) $(shell git ls-files genreclf 2>/dev/null)
 	$(PACK_ENV)/bin/pip install -q --disable-pip-version-check --no-deps .
 	rm -rf build/lib build/bdist.*
 	$(VENV)/bin/venv-pack -q -p $(PACK_ENV) -o $@.partial --format tar.gz --compress-level 1 --force \
-	    --exclude '$(SITE)/pyspark/*' --exclude '$(SITE)/tensorflow/include/*'
+	    --exclude 'lib/python3.*/site-packages/pyspark/*' --exclude 'lib/python3.*/site-packages/tensorflow/include/*'
 	chmod 644 $@.partial && mv $@.partial $@
 	rm -rf $(PACK_ENV)
 
