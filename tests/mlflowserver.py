@@ -10,9 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
-from tests.standalone import free_port
+from tests.standalone import free_port, wait_until_answers
 
 
 class MlflowServer:
@@ -32,15 +31,8 @@ class MlflowServer:
                  "--artifacts-destination", os.path.join(self.workdir, "artifacts"), "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", "1"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=self.workdir)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {open(self.log).read()[-2000:]}")
-            try:
-                urllib.request.urlopen(self.uri + "/health", timeout=2)
-                return self
-            except OSError:
-                time.sleep(0.3)
+        if wait_until_answers(self.proc, self.uri + "/health", self.log, timeout, "mlflow server"):
+            return self
         self.stop()
         raise RuntimeError(f"mlflow server did not answer within {timeout} s: {open(self.log).read()[-2000:]}")
 

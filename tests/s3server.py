@@ -10,10 +10,8 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 
-from tests.standalone import free_port
+from tests.standalone import free_port, wait_until_answers
 
 #: Credentials moto accepts; set in the environment of the tests and shipped to Spark workers.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
@@ -35,15 +33,8 @@ class MotoServer:
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited: {open(self.log).read()[-2000:]}")
-            try:
-                urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=2)
-                return self
-            except OSError:
-                time.sleep(0.3)
+        if wait_until_answers(self.proc, self.endpoint + "/moto-api/", self.log, timeout, "moto_server"):
+            return self
         self.stop()
         raise RuntimeError(f"moto_server did not answer within {timeout} s")
 

@@ -18,6 +18,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_answers(proc: subprocess.Popen, url: str, log: str, timeout: float, name: str) -> bool:
+    """Poll ``url`` until a test server started as ``proc`` answers (True) or ``timeout`` passes
+    (False); a server that exits meanwhile is an error showing the end of its ``log``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited: {open(log).read()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return True
+        except OSError:
+            time.sleep(0.3)
+    return False
+
+
 class StandaloneCluster:
     def __init__(self, workdir, workers=2, cores=1, memory="1g", gpus=()):
         """``gpus``: GPU addresses each worker announces (a discovery script that prints them), so
