@@ -18,7 +18,6 @@ hostenv.pin_test_process()
 def spark(tmp_path_factory):
     """A real local[2] SparkSession with modest memory, stopped at the end of the run."""
     os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(tmp_path_factory.mktemp("numba")))
     from pyspark.sql import SparkSession
 
     from genreclf.io.spark import worker_environment

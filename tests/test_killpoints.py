@@ -77,14 +77,6 @@ def kill_points(trace: str) -> tuple:
     return points, len(steps)
 
 
-def run_points(points, each) -> None:
-    """``each(point)`` for every point, two at a time (a run is ~1 core: JVM, driver, one task)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(each, points))
-
-
 class Store:
     """Where the outputs of one store live, and how to copy and inspect them."""
 
@@ -150,9 +142,14 @@ def score(corpus, catalogue, out, *flags, env, point=None):
 
 @pytest.fixture(scope="module")
 def older(corpus):
-    """The older complete outputs the killed runs replace: featurize and score of the first two files."""
-    featurize(corpus, "first.csv", str(corpus / "features-first"), env={})
-    score(corpus, "first.csv", str(corpus / "scores-first"), env={})
+    """The older complete outputs the killed runs replace: featurize and score of the first two files
+    (the two runs at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(featurize, corpus, "first.csv", str(corpus / "features-first"), env={}),
+                pool.submit(score, corpus, "first.csv", str(corpus / "scores-first"), env={})]
+        [run.result() for run in runs]
     return corpus / "features-first", corpus / "scores-first"
 
 
@@ -206,31 +203,48 @@ def same_scores(a, b) -> bool:
 def killed_at_every_point(store, older_output, name, run, state, same):
     """The older output's copy is replaced by ``run`` killed at each distinct point of a traced,
     uninterrupted run; each time a reader sees the old run or the new one, whole, and the rerun
-    with --break-lock gives the uninterrupted run's output, leaving nothing behind."""
+    with --break-lock gives the uninterrupted run's output, leaving nothing behind.
+
+    Runs go two at a time (a run is ~1 core: JVM, driver, one task); "before:1" (always a point:
+    before the first step) is killed while the traced run finds the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
     old = state(str(older_output))
-    reference = store.copy(older_output, store.location(f"{name}-reference"))
-    points, n = kill_points(run(reference, point="trace"))
+
+    def each(point, last=False) -> dict:
+        """Kill at ``point``; what a reader sees then, and (unless the run had completed) after the rerun."""
+        out = store.copy(older_output, store.location(f"{name}-{point.replace(':', '')}"))
+        run(out, point=point)
+        seen = {"point": point, "killed": state(out), "last": last}
+        if not last:
+            run(out, "--break-lock")
+            seen["rerun"] = state(out)
+        seen["leftovers"] = store.leftovers(out)
+        return seen
+
+    def traced():
+        reference = store.copy(older_output, store.location(f"{name}-reference"))
+        return kill_points(run(reference, point="trace")), reference
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(each, "before:1")
+        (points, n), reference = traced()
+        assert points[0] == "before:1"
+        rest = [pool.submit(each, point, point == f"after:{n}") for point in points[1:]]
+        results = [first.result(), *(f.result() for f in rest)]
     new = state(reference)
     assert not same(new, old) and store.leftovers(reference) == []
     failures = []
-
-    def each(point):
-        out = store.copy(older_output, store.location(f"{name}-{point.replace(':', '')}"))
-        run(out, point=point)
-        seen = state(out)
-        if not (same(seen, old) or same(seen, new)):
+    for seen in results:
+        point = seen["point"]
+        if not (same(seen["killed"], old) or same(seen["killed"], new)):
             failures.append(f"killed {point}: a reader sees neither the old run nor the new one")
-        if point == f"after:{n}":  # the last step done: the run had completed
-            if not same(seen, new) or store.leftovers(out):
-                failures.append(f"killed {point}: not the complete run ({store.leftovers(out)})")
-            return
-        run(out, "--break-lock")
-        if not same(state(out), new):
+        if seen["last"] and not same(seen["killed"], new):  # the last step done: the run had completed
+            failures.append(f"killed {point}: not the complete run")
+        if not seen["last"] and not same(seen["rerun"], new):
             failures.append(f"killed {point}: the rerun differs from an uninterrupted run")
-        if store.leftovers(out):
-            failures.append(f"killed {point}: the rerun left {store.leftovers(out)}")
-
-    run_points(points, each)
+        if seen["leftovers"]:
+            failures.append(f"killed {point}: {'the run' if seen['last'] else 'the rerun'} left {seen['leftovers']}")
     assert not failures and len(points) >= n + 1, (points, failures)
 
 

@@ -37,6 +37,17 @@ def registered(labelled, mlflow_server, tmp_path_factory):
     return bundle, client.get_run(version.run_id), client
 
 
+@pytest.fixture(scope="module")
+def bundle_scores(spark, labelled, registered, mlflow_server, tmp_path_factory):
+    """The corpus scored by ``score --model BUNDLE`` (the registered model's directory), in float32."""
+    from genreclf.formats.scores import read_scores
+    from genreclf.score import run_score
+
+    out = tmp_path_factory.mktemp("bundle-scores") / "scores"
+    run_score(spark, str(registered[0]), str(out), inputs=[str(labelled.audio)], settings=_settings(mlflow_server.uri))
+    return read_scores(str(out))
+
+
 def test_training_logs_params_metrics_artifacts_and_a_registered_model(registered):
     bundle, run, client = registered
     info = json.loads((bundle / "bundle.json").read_text())
@@ -56,16 +67,14 @@ def test_training_logs_params_metrics_artifacts_and_a_registered_model(registere
     assert version.status == "READY" and version.run_id == run.info.run_id
 
 
-def test_score_of_a_registry_uri_equals_score_of_the_bundle(spark, labelled, registered, mlflow_server, tmp_path):
+def test_score_of_a_registry_uri_equals_score_of_the_bundle(spark, labelled, bundle_scores, mlflow_server, tmp_path):
     from genreclf.formats.scores import read_scores
     from genreclf.score import run_score
 
-    bundle, _, _ = registered
-    settings = _settings(mlflow_server.uri)
-    run_score(spark, f"models:/{NAME}/1", str(tmp_path / "reg"), inputs=[str(labelled.audio)], settings=settings)
-    run_score(spark, str(bundle), str(tmp_path / "dir"), inputs=[str(labelled.audio)], settings=settings)
+    run_score(spark, f"models:/{NAME}/1", str(tmp_path / "reg"), inputs=[str(labelled.audio)],
+              settings=_settings(mlflow_server.uri))
     reg = read_scores(str(tmp_path / "reg")).set_index("track_id").sort_index()
-    plain = read_scores(str(tmp_path / "dir")).set_index("track_id").sort_index()
+    plain = bundle_scores.set_index("track_id").sort_index()
     assert list(reg.index) == list(plain.index) and list(reg["status"]) == list(plain["status"])
     ok = reg.index[reg["status"] == "ok"]
     assert len(ok) == 9
@@ -73,18 +82,13 @@ def test_score_of_a_registry_uri_equals_score_of_the_bundle(spark, labelled, reg
                                np.stack(plain.loc[ok, "probability_vector"]), atol=1e-6)
 
 
-def test_mlflow_spark_udf_on_paths_gives_the_scores_of_score(spark, labelled, registered, mlflow_server, tmp_path):
+def test_mlflow_spark_udf_on_paths_gives_the_scores_of_score(spark, registered, bundle_scores, mlflow_server):
     """``mlflow.pyfunc.spark_udf`` on a DataFrame of paths: one row per file, the probabilities score
     gives (within 1e-5), and a damaged file a row with its reason, as score's."""
     import mlflow.pyfunc
 
-    from genreclf.formats.scores import read_scores
-    from genreclf.score import run_score
-
     bundle, _, _ = registered
-    run_score(spark, str(bundle), str(tmp_path / "s"), inputs=[str(labelled.audio)],
-              settings=_settings(mlflow_server.uri))
-    want = read_scores(str(tmp_path / "s")).set_index("path")
+    want = bundle_scores.set_index("path")
     mlflow.set_tracking_uri(mlflow_server.uri)
     udf = mlflow.pyfunc.spark_udf(spark, f"models:/{NAME}/1", env_manager="local",
                                   model_config={"precision": "float32"})

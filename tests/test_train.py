@@ -224,16 +224,25 @@ def test_overwrite_replaces_only_a_bundle(tiny_features):
     assert sorted(p.name for p in tiny_features.iterdir()) == before
 
 
-def _train_in_a_fresh_process(features, out, *flags):
+def _start_training(features, out, *flags) -> subprocess.Popen:
     """train as a user runs it, in a process of its own (logical devices are set before TensorFlow starts)."""
     from tests import hostenv
 
-    res = subprocess.run([sys.executable, "-m", "jobs.train", "--features", str(features), "--model", str(out),
-                          "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.34", "--seed", "1", *flags],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600, env=hostenv.launch_env())
-    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    return (json.loads((out / "bundle.json").read_text()), json.loads((out / "history.json").read_text()),
-            res.stdout + res.stderr)
+    return subprocess.Popen([sys.executable, "-m", "jobs.train", "--features", str(features), "--model", str(out),
+                             "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.34", "--seed", "1", *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env=hostenv.launch_env())
+
+
+def _finish_training(proc: subprocess.Popen, out) -> tuple:
+    """(bundle.json, history.json, the log) of a training started by :func:`_start_training`."""
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-3000:]
+    return json.loads((out / "bundle.json").read_text()), json.loads((out / "history.json").read_text()), log
+
+
+def _train_in_a_fresh_process(features, out, *flags) -> tuple:
+    return _finish_training(_start_training(features, out, *flags), out)
 
 
 def test_two_devices_train_with_every_window_once_into_a_single_device_bundle(tiny_features, tmp_path):
@@ -246,6 +255,7 @@ def test_two_devices_train_with_every_window_once_into_a_single_device_bundle(ti
     from genreclf.ml.network import build_model
 
     same = ("--epochs", "2", "--dropout", "0", "--reader-workers", "1")
+    one_run = _start_training(tiny_features, tmp_path / "one", "--batch-size", "8", *same)  # alongside: ~5 s
     two, history, log = _train_in_a_fresh_process(tiny_features, tmp_path / "two", "--devices", "2", *same)
     assert two["replicas"] == 2 and two["global_batch"] == 8 and "2 replicas" in log
     per_epoch = two["windows_per_replica"]
@@ -260,7 +270,7 @@ def test_two_devices_train_with_every_window_once_into_a_single_device_bundle(ti
     assert [type(layer).__name__ for layer in model.layers] == [type(layer).__name__ for layer in single.layers]
     assert [tuple(w.shape) for w in model.weights] == [tuple(w.shape) for w in single.weights]
 
-    one, one_history, _ = _train_in_a_fresh_process(tiny_features, tmp_path / "one", "--batch-size", "8", *same)
+    one, one_history, _ = _finish_training(one_run, tmp_path / "one")
     assert one["replicas"] == 1 and one["global_batch"] == 8
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert history[key] == pytest.approx(one_history[key], rel=1e-4, abs=1e-6), key
@@ -280,8 +290,8 @@ def test_a_run_killed_after_its_second_epoch_resumes_to_the_uninterrupted_runs_e
     args = [sys.executable, "-m", "jobs.train", "--features", str(tiny_features), "--epochs", "4", "--batch-size", "8",
             "--val-fraction", "0.34", "--seed", "1", "--reader-workers", "1", "--patience", "10"]
     env = hostenv.launch_env()
-    subprocess.run([*args, "--model", str(tmp_path / "whole")], check=True, capture_output=True, cwd=ROOT, env=env,
-                   timeout=600)
+    whole_run = subprocess.Popen([*args, "--model", str(tmp_path / "whole")], cwd=ROOT, env=env,  # alongside: ~8 s
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killed = subprocess.Popen([*args, "--model", str(tmp_path / "killed")], cwd=ROOT, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / ".killed.checkpoint" / "state.json"
@@ -297,6 +307,8 @@ def test_a_run_killed_after_its_second_epoch_resumes_to_the_uninterrupted_runs_e
     res = subprocess.run([*args, "--model", str(tmp_path / "killed"), "--resume", "--break-lock"],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert res.returncode == 0 and "resuming after epoch" in res.stdout + res.stderr, res.stderr[-3000:]
+    _, err = whole_run.communicate(timeout=600)
+    assert whole_run.returncode == 0, err[-3000:]
     whole, resumed = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("whole", "killed"))
     assert set(resumed) == set(whole) and len(resumed["loss"]) == len(whole["loss"]) == 4
     for key in whole:
