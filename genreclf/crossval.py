@@ -123,7 +123,9 @@ def _run_fold(i, fold_dir, features, windows_url, test_ids, settings, labels, ov
 def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings | None = None, seed: int | None = None,
                  batch_size: int | None = None, workers: int = 1, **overrides) -> dict:
     """Cross-validate the training recipe on ``features``; writes OUTPUT/cv.json, cv.csv, cv.md and
-    the pooled confusion matrix and reliability diagram. Returns the summary."""
+    the pooled confusion matrix and reliability diagram. Returns the summary. With MLflow tracking
+    on, one run holds the summary and a nested run per fold."""
+    from genreclf.ml.plots import confusion, reliability_diagram
     from genreclf.train import choose_labels
 
     settings = settings or load_settings()
@@ -147,65 +149,54 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
     started = time.time()
     with tracking.start(settings.mlflow, f"evaluate --cv {k} {storage.basename(output)}",
                         tags={"genreclf.job": "evaluate --cv"}) as tracker:
-        result = _folds(folds, usable, artist, output, features, windows_url, settings, labels, overrides, recipe,
-                        batch_size, workers, k, seed, cfg)
-        result["elapsed_s"] = round(time.time() - started, 1)
+        rows, pooled, pooled_y = [], {name: [] for name, _ in VARIANTS}, []
+        for i, (train_ids, test_ids) in enumerate(folds, 1):
+            counts = usable.set_index("track_id").loc[test_ids, "label"].value_counts().to_dict()
+            log.info("crossval: fold %d/%d: %d training tracks, %d test tracks %s", i, k, len(train_ids),
+                     len(test_ids), counts)
+            if artist is not None:
+                assert not set(artist.loc[test_ids].dropna()) & set(artist.loc[train_ids].dropna()), "artist leak"
+            with tracking.start(settings.mlflow, f"fold {i}", tags={"genreclf.job": "evaluate --cv"}) as fold_run:
+                fold_rows, fold_probs, y_tracks = _run_fold(i, os.path.join(output, f"fold-{i}"), features,
+                                                            windows_url, test_ids, settings, labels, overrides,
+                                                            recipe, batch_size, workers)
+                fold_run.params({"fold": i, "test_tracks": len(test_ids), "train_tracks": len(train_ids)})
+                fold_run.metrics({row["variant"]: {m: row[m] for m in METRICS} for row in fold_rows})
+            rows += fold_rows
+            pooled_y.append(y_tracks)
+            for name, probs in fold_probs.items():
+                pooled[name].append(probs)
+        table = pd.DataFrame(rows)
+        summary = table.groupby("variant", sort=False)[list(METRICS)].agg(["mean", "std"])
+        y_all = np.concatenate(pooled_y)
+        pooled_reports = {name: classification_report(y_all, np.concatenate(p), labels) for name, p in pooled.items()}
+        chosen = next(name for name, mode in VARIANTS if mode == cfg.calibration)
+        confusion(np.asarray(pooled_reports[chosen]["confusion_matrix"]), labels,
+                  os.path.join(output, "confusion_matrix.png"), title=f"pooled over {k} folds ({chosen})")
+        reliability_diagram({name: r["reliability"] for name, r in pooled_reports.items()},
+                            os.path.join(output, "reliability.png"), title=f"reliability, pooled over {k} folds")
+        table.to_csv(os.path.join(output, "cv.csv"), index=False)
+        mean_sd = {v: {m: [float(summary.loc[v, (m, "mean")]), float(summary.loc[v, (m, "std")])] for m in METRICS}
+                   for v in summary.index}
+        result = {
+            "features": storage.to_url(features), "k": k, "seed": seed, "labels": labels, "recipe": recipe.to_dict(),
+            "train": {**dataclasses.asdict(settings.train), **overrides}, "folds": [{"test": te} for _, te in folds],
+            "per_fold": rows, "pooled": pooled_reports, "mean_sd": mean_sd,
+            "elapsed_s": round(time.time() - started, 1),
+        }
         write_json(os.path.join(output, "cv.json"), result)
         markdown = format_table(result)
         storage.write_text(storage.join(storage.to_url(output), "cv.md"), markdown + "\n")
         tracker.params({"k": k, "seed": seed, "features": result["features"], "recipe": result["recipe"],
                         "train": result["train"]})
-        tracker.metrics({"mean": {v: {m: cells[m][0] for m in METRICS} for v, cells in result["mean_sd"].items()},
-                         "sd": {v: {m: cells[m][1] for m in METRICS} for v, cells in result["mean_sd"].items()}})
+        tracker.metrics({"mean": {v: {m: cells[m][0] for m in METRICS} for v, cells in mean_sd.items()},
+                         "sd": {v: {m: cells[m][1] for m in METRICS} for v, cells in mean_sd.items()}})
         tracker.artifacts([os.path.join(output, n) for n in ("cv.json", "cv.csv", "cv.md", "confusion_matrix.png",
                                                              "reliability.png")], "cv")
     for line in markdown.splitlines():
         log.info("crossval %s", line)
     log.info("crossval: %d folds in %.0f s; reports in %s", k, result["elapsed_s"], output)
     return result
-
-
-def _folds(folds, usable, artist, output, features, windows_url, settings, labels, overrides, recipe, batch_size,
-           workers, k, seed, cfg) -> dict:
-    """Each fold trained (or reused) and tested, in a nested MLflow run when tracking is on; the
-    pooled reports written. Returns the summary (cv.json without its time)."""
-    from genreclf.ml.plots import confusion, reliability_diagram
-
-    rows, pooled = [], {name: [] for name, _ in VARIANTS}
-    pooled_y = []
-    for i, (train_ids, test_ids) in enumerate(folds, 1):
-        counts = usable.set_index("track_id").loc[test_ids, "label"].value_counts().to_dict()
-        log.info("crossval: fold %d/%d: %d training tracks, %d test tracks %s", i, k, len(train_ids), len(test_ids),
-                 counts)
-        if artist is not None:
-            assert not set(artist.loc[test_ids].dropna()) & set(artist.loc[train_ids].dropna()), "artist leak"
-        with tracking.start(settings.mlflow, f"fold {i}", tags={"genreclf.job": "evaluate --cv"}) as tracker:
-            fold_rows, fold_probs, y_tracks = _run_fold(i, os.path.join(output, f"fold-{i}"), features, windows_url,
-                                                        test_ids, settings, labels, overrides, recipe, batch_size,
-                                                        workers)
-            tracker.params({"fold": i, "test_tracks": len(test_ids), "train_tracks": len(train_ids)})
-            tracker.metrics({row["variant"]: {m: row[m] for m in METRICS} for row in fold_rows})
-        rows += fold_rows
-        pooled_y.append(y_tracks)
-        for name, probs in fold_probs.items():
-            pooled[name].append(probs)
-    table = pd.DataFrame(rows)
-    summary = table.groupby("variant", sort=False)[list(METRICS)].agg(["mean", "std"])
-    y_all = np.concatenate(pooled_y)
-    pooled_reports = {name: classification_report(y_all, np.concatenate(p), labels) for name, p in pooled.items()}
-    chosen = next(name for name, mode in VARIANTS if mode == cfg.calibration)
-    confusion(np.asarray(pooled_reports[chosen]["confusion_matrix"]), labels,
-              os.path.join(output, "confusion_matrix.png"), title=f"pooled over {k} folds ({chosen})")
-    reliability_diagram({name: r["reliability"] for name, r in pooled_reports.items()},
-                        os.path.join(output, "reliability.png"), title=f"reliability, pooled over {k} folds")
-    table.to_csv(os.path.join(output, "cv.csv"), index=False)
-    return {
-        "features": storage.to_url(features), "k": k, "seed": seed, "labels": labels, "recipe": recipe.to_dict(),
-        "train": {**dataclasses.asdict(settings.train), **overrides}, "folds": [{"test": te} for _, te in folds],
-        "per_fold": rows, "pooled": pooled_reports,
-        "mean_sd": {v: {m: [float(summary.loc[v, (m, "mean")]), float(summary.loc[v, (m, "std")])] for m in METRICS}
-                    for v in summary.index},
-    }
 
 
 def format_table(result: dict) -> str:

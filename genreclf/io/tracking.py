@@ -118,10 +118,10 @@ class Tracker:
             with _said_once("logging metrics"):
                 self.mlflow.log_metrics(numbers, step=step)
 
-    def history(self, history: dict, first_epoch: int = 0) -> None:
+    def history(self, history: dict) -> None:
         """Per-epoch lists ``{name: [value per epoch]}`` as metrics with the epoch as step."""
         for i in range(max((len(v) for v in history.values()), default=0)):
-            self.metrics({k: v[i] for k, v in history.items() if i < len(v)}, step=first_epoch + i)
+            self.metrics({k: v[i] for k, v in history.items() if i < len(v)}, step=i)
 
     def artifacts(self, files: list, path: str | None = None) -> None:
         """Local ``files`` as the run's artifacts (under ``path``)."""
@@ -134,8 +134,6 @@ class Tracker:
                   register: str | None = None):
         """``bundle_dir`` as an MLflow pyfunc model of this run (the code file ``python_model`` applies it), registered
         as ``register`` when given; returns the registered version (or None)."""
-        if not self.active:
-            raise ConfigError("--register needs MLflow tracking: set [mlflow] tracking_uri or MLFLOW_TRACKING_URI")
         with _said_once("logging the model"), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input example", category=UserWarning)  # one needs audio
             info = self.mlflow.pyfunc.log_model(name="model", python_model=python_model,
