@@ -114,11 +114,10 @@ class StandaloneCluster:
 
     def stop(self):
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)  # the launcher's own process group only
-                except ProcessLookupError:
-                    pass
+            try:  # the launcher's own process group only, even when its leader has exited (seen once: a
+                os.killpg(proc.pid, signal.SIGTERM)  # master and two workers outlived a failed cluster start)
+            except ProcessLookupError:
+                pass
         for proc in self.procs:
             try:
                 proc.wait(timeout=30)
