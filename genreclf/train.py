@@ -78,14 +78,14 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
                                           and not storage.exists(storage.join(model_out, BUNDLE_FILE))):
             raise OutputExistsError(f"{model_out} is not a model bundle (no {BUNDLE_FILE}); --overwrite replaces "
                                     "only a bundle: choose another --model directory")
+    if register and not settings.mlflow.uri():
+        raise ConfigError("--register needs MLflow tracking: set [mlflow] tracking_uri or MLFLOW_TRACKING_URI")
     lock = OutputLock(storage.join(storage.parent(storage.to_location(model_out)),
                                    f".{storage.basename(model_out)}.lock"), uuid.uuid4().hex[:12], job="train",
                       break_lock=break_lock, stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
         with tracking.start(settings.mlflow, f"train {storage.basename(model_out)}", tags={"genreclf.job": "train"}
                             ) as tracker:
-            if register and not tracker.active:
-                raise ConfigError("--register needs MLflow tracking: set [mlflow] tracking_uri or MLFLOW_TRACKING_URI")
             _remove_dead_staging(model_out)
             report = _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels, resume)
             log_training(tracker, model_out, settings, cfg, register, model=not exclude_tracks)

@@ -76,11 +76,23 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def genre_candidates(labels: list, genre_labels: list | None = None) -> list:
+    """Indices of the labels a track's ``genre`` is chosen from: ``genre_labels`` (a tagger's genre
+    tags) or every label."""
+    return [i for i, label in enumerate(labels) if label in set(genre_labels)] if genre_labels else list(
+        range(len(labels)))
+
+
+def top_genre(probs, candidates: list) -> int:
+    """The most probable of ``candidates`` (the first of equal maxima, as argmax)."""
+    return max(candidates, key=lambda i: probs[i])
+
+
 def score_table(rows: list, labels: list, run: dict | None = None, genre_labels: list | None = None) -> pa.Table:
     """Rows (:func:`score_row` dicts) as a table of SCORES_SCHEMA, with ``run`` as its metadata;
     ``genre`` is the most probable of ``genre_labels`` (default: of every label)."""
     cols = {name: [] for name in SCORES_SCHEMA.names}
-    candidates = [i for i, label in enumerate(labels) if label in set(genre_labels)] if genre_labels else None
+    candidates = genre_candidates(labels, genre_labels)
     for row in rows:
         for key in ("track_id", "path", "status", "error", "n_windows", "size_bytes", "mtime", "precision"):
             cols[key].append(row[key])
@@ -90,7 +102,7 @@ def score_table(rows: list, labels: list, run: dict | None = None, genre_labels:
                 cols[key].append(None)
             continue
         probs = [float(p) for p in probs]
-        top = max(candidates or range(len(probs)), key=probs.__getitem__)  # the first of equal maxima, as argmax
+        top = top_genre(probs, candidates)
         cols["genre"].append(labels[top])
         cols["confidence"].append(probs[top])
         cols["probabilities"].append(list(zip(labels, probs)))

@@ -19,6 +19,7 @@ import pandas as pd
 from genreclf.config import Recipe, Settings
 from genreclf.formats.bundle import calibration_of
 from genreclf.formats.schema import STATUS_OK
+from genreclf.formats.scores import genre_candidates, top_genre
 
 #: Output columns before the per-label probabilities.
 FIXED_COLUMNS = ("path", "status", "error", "genre", "confidence")
@@ -53,9 +54,7 @@ class GenreclfModel(mlflow.pyfunc.PythonModel):
         self.info, self.model, self.computed = get_model(context.artifacts["bundle"], self.config["precision"])
         self.recipe = Recipe.from_dict(self.info["recipe"])
         self.calibration = calibration_of(self.info, True)
-        labels = self.info["labels"]
-        genre_labels = set(self.info.get("genre_labels") or labels)
-        self.candidates = [i for i, label in enumerate(labels) if label in genre_labels]
+        self.candidates = genre_candidates(self.info["labels"], self.info.get("genre_labels"))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from genreclf.audio.extract import featurize_file
@@ -72,7 +71,7 @@ class GenreclfModel(mlflow.pyfunc.PythonModel):
                 feats = result.features[excerpt(len(result.features), self.config["max_windows"])]
                 probs = mean_probabilities(predict(self.model, feats, self.config["batch_size"]),
                                            temperature=self.calibration[1], calibration=self.calibration[0])
-                top = max(self.candidates, key=lambda i: probs[i])
+                top = top_genre(probs, self.candidates)
                 row.update(genre=labels[top], confidence=float(probs[top]),
                            **{label: float(p) for label, p in zip(labels, probs)})
             rows.append(row)
