@@ -136,6 +136,9 @@ MAX_TRAIN_BATCH = 4096
 MAX_SHUFFLE_WINDOWS = 65536
 #: Files per featurize task: a task holds its file list and one status row per file (~1 KB): 100 MB.
 MAX_FILES_PER_TASK = 100_000
+#: Input bytes per task: a task holds one file's features at a time, so this bounds its duration
+#: (and what a crash loses), not its memory: 64 GB of mp3 is ~3 days of one core.
+MAX_TASK_MB = 65536
 #: Files decoded ahead per score task: each holds one decoded track, up to 318 MB (an hour, the
 #: default max_duration_s, at 22.05 kHz float32): 16 of them are 5 GB; a 5-minute track is 26 MB.
 MAX_DECODE_THREADS = 16
@@ -152,12 +155,14 @@ def _count_up_to(limit: int, what: str):
 class FeaturizeSettings:
     """Knobs of the featurize job; defaults in ``conf/genreclf.toml``."""
 
-    files_per_task: int = 64  # most files per Spark task (~0.25 s fixed cost each); fewer to use every core
+    task_mb: int = 256  # input bytes per Spark task (score from audio too): ~350 mp3s, ~1 min of one core
+    files_per_task: int = 1024  # most files per Spark task, whatever their size (many tiny files)
     row_group_size_mb: int = 32  # Parquet row group of the windows dataset (~250 windows); petastorm reads by row group
     max_duration_s: float = 3600.0  # longer files get an error row; bounds worker memory per file
 
     def __post_init__(self):
         check_fields(self, "featurize", {
+            "task_mb": _count_up_to(MAX_TASK_MB, "MB of input files"),
             "files_per_task": _count_up_to(MAX_FILES_PER_TASK, "files"),
             "row_group_size_mb": _count_up_to(MAX_ROW_GROUP_MB, "MB"),
             "max_duration_s": (lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),

@@ -1,13 +1,16 @@
 """The featurize job on Spark: catalogue -> petastorm windows dataset + one tracks row per file.
 
-Files are spread over Spark tasks; each task decodes and transforms its files in a ``mapInPandas``
-function, writes their window rows straight to one Parquet file of the windows dataset (named after
-the run and the partition, written to a hidden temporary name and renamed, so a retried attempt
-replaces it and never duplicates rows), and returns one status row per file to the driver. Under
-the output's lock, the driver checks that every input file has exactly one row and that the window
-rows match the ok tracks, writes petastorm's dataset metadata and commits (featureset.commit: one
-atomic replace of the tracks file, which names the window files). A killed run leaves the previous
-commit whole; its files are removed by the next run.
+The driver answers what the listing already shows (a missing path, a FIFO, an empty file: its row,
+no task) and cuts the other files into tasks by bytes (``[featurize] task_mb``). Each task decodes
+and transforms its files in a ``mapInPandas`` function, writes their window rows straight to one
+Parquet file of the windows dataset, then its record (the files' status rows) to ``_tasks/``, both
+named by the task's key and written under hidden names then moved (a retried attempt replaces
+them, never duplicates rows; :mod:`genreclf.formats.taskrecords`). Under the output's lock, the
+driver checks that every input file has exactly one row and that the window rows match the ok
+tracks, writes petastorm's dataset metadata and commits (:func:`genreclf.formats.features.commit`:
+one atomic replace of the tracks file, which names the window files). A killed run leaves the
+previous commit whole and its finished tasks' outputs: the same command run again keeps them and
+runs only the rest.
 
 Writing windows from the Python worker with pyarrow rather than handing ~130 KB rows to the JVM's
 Parquet writer removes a copy per row: measured 2.85 s -> 2.25 s for 44 tracks on local[2].
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import logging
 import time
@@ -29,13 +33,14 @@ from genreclf import __version__
 from genreclf.audio.extract import window_tables
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import GenreclfError, OutputExistsError, StorageError
+from genreclf.formats import taskrecords
 from genreclf.formats.features import (
     commit,
     committed,
-    count_windows,
     listed_window_files,
     read_recipe,
     read_tracks,
+    window_facts,
     window_files,
     without_tracks,
     write_dataset_metadata,
@@ -44,7 +49,7 @@ from genreclf.formats.features import (
 )
 from genreclf.formats.schema import (
     RECIPE_FILE,
-    STATUS_FATAL,
+    STATUS_ERROR,
     STATUS_OK,
     TRACKS_DIR,
     TRACKS_SCHEMA,
@@ -56,7 +61,7 @@ from genreclf.io import killpoints, storage
 from genreclf.io.catalog import apply_labels, expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
 from genreclf.io.progress import SparkProgress
-from genreclf.io.spark import entries_frame, task_count
+from genreclf.io.spark import catalog_records, entries_frame, group_by_work
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +71,43 @@ def _rows_per_group(recipe: Recipe, row_group_size_mb: int) -> int:
     return max(1, row_group_size_mb * 2**20 // row_bytes)
 
 
-def _partition_fn(batches, *, recipe_json: str, windows_url: str, run_id: str, row_group_size_mb: int,
-                  max_duration_s: float, storage_options: dict):
-    """Runs in a Spark task: featurize this partition's files into one Parquet file; yield status rows."""
+def _tracks_table(rows: list) -> pa.Table:
+    """Status rows (dicts of TRACKS_SCHEMA's keys; pandas nulls allowed) as a tracks table."""
+    frame = pd.DataFrame(rows, columns=TRACKS_SCHEMA.names).astype(
+        {"n_windows": "int32", "sample_rate": "Int32", "channels": "Int32", "size_bytes": "Int64"})
+    return pa.Table.from_pandas(frame, schema=TRACKS_SCHEMA, preserve_index=False)
+
+
+def _partition_fn(batches, *, recipe_json: str, out_url: str, row_group_size_mb: int, max_duration_s: float,
+                  storage_options: dict):
+    """Runs in a Spark task: featurize its files into one window file named by the task's key, then
+    write the task's record (its status rows: the task has finished); yield (task, rows, error)."""
     from pyspark import TaskContext
 
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        return
+    key = str(first["task"].iloc[0])
     storage.configure(storage_options)
     recipe = Recipe.from_dict(json.loads(recipe_json))
-    ctx = TaskContext.get()
-    rows = []
-    tables = window_tables(batches, recipe, window_schema(recipe), rows_per_table=_rows_per_group(recipe, row_group_size_mb),
-                           max_duration_s=max_duration_s, on_track=rows.append)
+    attempt = TaskContext.get().attemptNumber()
+    rows: list = []
+    tables = window_tables(itertools.chain([first], batches), recipe, window_schema(recipe), on_track=rows.append,
+                           rows_per_table=_rows_per_group(recipe, row_group_size_mb), max_duration_s=max_duration_s)
+    name, error = window_file_name(key), None
     try:
-        write_window_file(windows_url, f"part-{run_id}-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(), tables)
+        windows = write_window_file(storage.join(out_url, WINDOWS_DIR), name, attempt, tables)
+        taskrecords.write_record(out_url, key, _tracks_table(rows), attempt,
+                                 {"window_file": name if windows else "", "windows": windows})
     except StorageError as e:  # the run cannot go on: said once by the driver, not as a task traceback
-        rows = [{"path": "", "track_id": "", "status": STATUS_FATAL, "error": str(e), "n_windows": 0}]
-    yield pd.DataFrame(rows, columns=TRACKS_SCHEMA.names).astype(
-        {"n_windows": "int32", "sample_rate": "Int32", "channels": "Int32", "size_bytes": "Int64"})
+        error = str(e)
+    yield pd.DataFrame({"task": [key], "rows": [len(rows)], "error": [error]})
+
+
+def window_file_name(key: str) -> str:
+    """The window file of the task ``key``."""
+    return f"part-{key}.parquet"
 
 
 def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: bool):
@@ -113,8 +138,8 @@ def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: 
 
 
 def _remove_orphans(windows_url: str, keep: set) -> int:
-    """Delete window files no commit references and hidden partial files (a crashed or killed run's);
-    returns how many."""
+    """Delete window files that neither the commit nor a kept task record references, and hidden
+    partial files (a crashed or killed run's); returns how many."""
     orphans = [p for p in listed_window_files(windows_url) if p not in keep]
     out_url = storage.parent(storage.to_location(windows_url))
     for where in (windows_url, storage.join(out_url, TRACKS_DIR), out_url):  # a killed writer's hidden partial files
@@ -125,10 +150,9 @@ def _remove_orphans(windows_url: str, keep: set) -> int:
     return len(orphans)
 
 
-def _check_invariant(windows_url: str, new_files: list, new_rows: pd.DataFrame) -> None:
+def _check_invariant(counts: pd.Series, new_rows: pd.DataFrame) -> None:
     """Before the commit: every new ok track has exactly ``n_windows`` window rows in this run's
-    files, and no window row belongs to anything else."""
-    counts = count_windows(windows_url, new_files)
+    files (``counts``), and no window row belongs to anything else."""
     ok = new_rows[new_rows["status"] == STATUS_OK].set_index("track_id")["n_windows"].astype("int64")
     wrong = ok.index[ok.to_numpy() != counts.reindex(ok.index).fillna(0).to_numpy()]
     stray = counts.index.difference(ok.index)
@@ -172,31 +196,44 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     lock = OutputLock(storage.join(out_url, LOCK_FILE), run_id, break_lock=break_lock, job="featurize",
                       stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
-        summary = _featurize_locked(spark, table, out_url, run_id, settings, overwrite, incremental)
+        done = _featurize_locked(spark, table, out_url, run_id, settings, overwrite, incremental)
     finally:
         lock.release()
-    summary = {**summarize(summary.pop("new_rows"), time.time() - started, n_inputs=n_inputs,
-                           skipped=len(catalog.skipped), unchanged=n_inputs - summary["to_process"]),
-               "output": out_url, "unlabelled": unlabelled}
+    summary = {**summarize(done.pop("new_rows"), time.time() - started, n_inputs=n_inputs,
+                           skipped=len(catalog.skipped), unchanged=n_inputs - done["to_process"]),
+               "output": out_url, "unlabelled": unlabelled, **done}
     for line in format_summary(summary).splitlines():
         log.info(line)
     return summary
 
 
-def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, incremental) -> dict:
-    """The run, under the output's lock: clean up, process, check, commit, then drop what the commit
-    superseded. A kill before the commit leaves the previous commit whole (its files untouched)."""
-    from pyspark.sql.pandas.types import from_arrow_schema
+def _listing_rows(table: pd.DataFrame) -> pa.Table:
+    """The status rows of files the listing showed cannot be used (``problem``): made here, no task."""
+    rows = pd.DataFrame({name: None for name in TRACKS_SCHEMA.names}, index=table.index)
+    for name in ("track_id", "path", "label", "group", "size_bytes", "mtime"):
+        rows[name] = table[name]
+    rows["status"], rows["error"], rows["n_windows"] = STATUS_ERROR, table["problem"], 0
+    return _tracks_table(rows.to_dict("records")) if len(rows) else TRACKS_SCHEMA.empty_table()
 
+
+def _concat(*frames) -> pd.DataFrame:
+    """Tracks rows (tables or frames) as one frame of TRACKS_SCHEMA's types."""
+    tables = [f if isinstance(f, pa.Table) else pa.Table.from_pandas(f, schema=TRACKS_SCHEMA, preserve_index=False)
+              for f in frames]
+    return pa.concat_tables([TRACKS_SCHEMA.empty_table(), *tables]).to_pandas()
+
+
+def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, incremental) -> dict:
+    """The run, under the output's lock: plan the tasks, keep those an interrupted run of the same
+    plan finished, run the rest, check, commit, then drop what the commit superseded. A kill
+    before the commit leaves the previous commit whole (its files untouched), and the finished
+    tasks' outputs for the rerun."""
     recipe, fs_settings = settings.recipe, settings.featurize
     windows_url = storage.join(out_url, WINDOWS_DIR)
     state, prior = _prepare_output(out_url, recipe, overwrite, incremental)
     old_files = window_files(windows_url) if state is not None else []
-    _remove_orphans(windows_url, set(old_files))
-    killpoints.arm(storage.filesystem(out_url)[1])  # the crash tests' kill points: this run's own steps
     kept = pd.DataFrame(columns=TRACKS_SCHEMA.names)
-    files = list(old_files) if prior is not None else []  # --overwrite: the old files go after the commit
-    superseded = []
+    stale: list = []
     if prior is not None:
         unchanged = _unchanged_ok(table, prior)
         todo_paths = set(table.loc[~unchanged, "path"])
@@ -204,45 +241,98 @@ def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, increm
         stale = prior.loc[prior["path"].isin(todo_paths) & (prior["status"] == STATUS_OK), "track_id"].tolist()
         table = _unique_against(table[~unchanged], kept)
         log.info("featurize --incremental: %d files unchanged and ok, %d to process", int(unchanged.sum()), len(table))
-        if stale:
-            files, superseded, removed = without_tracks(windows_url, files, stale, run_id)
-            log.info("featurize --incremental: %d changed files: %d old windows left out", len(stale), removed)
+    listing_rows = _listing_rows(table[table["problem"].notna()])
+    live = table[table["problem"].isna()]
+    if len(listing_rows):
+        log.info("featurize: %d files answered at listing (missing, not a regular file, empty or unreadable): no task",
+                 len(listing_rows))
+    groups, keys = _plan_tasks(live, state, settings, spark.sparkContext.defaultParallelism)
+    finished = taskrecords.finished(out_url) & set(keys)
+    taskrecords.remove_others(out_url, finished)
+    present = set(listed_window_files(windows_url))
+    resumed_files = {f"{storage.filesystem(windows_url)[1]}/{window_file_name(k)}" for k in finished}
+    _remove_orphans(windows_url, set(old_files) | (resumed_files & present))
+    if finished:
+        log.info("featurize: resuming: %d of %d tasks' outputs kept (an interrupted run of the same plan)",
+                 len(finished), len(keys))
+    killpoints.arm(storage.filesystem(out_url)[1])  # the crash tests' kill points: this run's own steps
+    files = list(old_files) if prior is not None else []  # --overwrite: the old files go after the commit
+    superseded = []
+    if stale:
+        files, superseded, removed = without_tracks(windows_url, files, stale, run_id)
+        log.info("featurize --incremental: %d changed files: %d old windows left out", len(stale), removed)
 
-    sc = spark.sparkContext
-    n_parts = task_count(len(table), fs_settings.files_per_task, sc.defaultParallelism)
-    fn = functools.partial(_partition_fn, recipe_json=json.dumps(recipe.to_dict()), windows_url=windows_url,
-                           run_id=run_id, row_group_size_mb=fs_settings.row_group_size_mb,
-                           max_duration_s=fs_settings.max_duration_s, storage_options=storage.options())
-    statuses = entries_frame(spark, table, n_parts).mapInPandas(fn, schema=from_arrow_schema(TRACKS_SCHEMA))
-
-    killpoints.note("tasks", storage.filesystem(windows_url)[1])  # they write window files
-    sc.setJobDescription(f"genreclf featurize: {len(table)} files in {n_parts} tasks")
-    with SparkProgress(sc, "featurize"):
-        new_rows = statuses.toPandas() if len(table) else TRACKS_SCHEMA.empty_table().to_pandas()
-    sc.setJobDescription(None)
-
-    fatal = new_rows.loc[new_rows["status"] == STATUS_FATAL, "error"]
-    if len(fatal):
-        raise StorageError(f"{fatal.iloc[0]} (nothing was committed)")
-    missing = set(table["path"]) - set(new_rows["path"])
-    if missing or len(new_rows) != len(table):
-        raise GenreclfError(f"internal error: {len(table)} files sent to Spark but {len(new_rows)} status rows "
-                            f"came back (missing e.g. {sorted(missing)[:3]}); nothing was committed")
-    prefix = f"part-{run_id}-"
-    new_files = [p for p in listed_window_files(windows_url)
-                 if storage.basename(p).startswith(prefix) and "-rewrite-" not in storage.basename(p)]
-    _check_invariant(windows_url, new_files, new_rows)
+    todo = [(g, k) for g, k in zip(groups, keys) if k not in finished]
+    if todo:
+        _run_tasks(spark, live, todo, out_url, settings, len(keys))
+    new_rows, new_files = _read_records(out_url, windows_url, keys, listing_rows)
+    if set(new_rows["path"]) != set(table["path"]) or len(new_rows) != len(table):
+        missing = set(table["path"]) - set(new_rows["path"])
+        raise GenreclfError(f"internal error: {len(table)} files to featurize but {len(new_rows)} status rows "
+                            f"(missing e.g. {sorted(missing)[:3]}); nothing was committed")
+    counts, row_groups = window_facts(windows_url, new_files)
+    _check_invariant(counts, new_rows)
     files = sorted(set(files) | set(new_files))
     if not files:  # no file had audio: an empty dataset still has a schema
         files = [write_empty(windows_url, run_id)]
-    tracks = pd.concat([kept, new_rows], ignore_index=True) if len(kept) else new_rows
-    write_dataset_metadata(windows_url, recipe, files)
+    tracks = _concat(kept, new_rows) if len(kept) else new_rows
+    write_dataset_metadata(windows_url, recipe, files, row_groups)
     log.info("featurize: committing %d tracks and %d window files", len(tracks), len(files))
     commit(out_url, tracks, [storage.basename(p) for p in files], recipe, run_id)
-    # After the commit: what it no longer references (--overwrite's old files, rewritten files).
+    # After the commit: what it no longer references (--overwrite's old files, rewritten files), the task records.
     storage.delete_files(windows_url, sorted((set(old_files) | set(superseded)) - set(files)))
     _write_recipe_copy(out_url, recipe)
-    return {"new_rows": new_rows, "to_process": len(table)}
+    taskrecords.remove_all(out_url)
+    return {"new_rows": new_rows, "to_process": len(table), "answered_at_listing": len(listing_rows),
+            "tasks": len(keys), "tasks_kept": len(finished)}
+
+
+def _plan_tasks(live: pd.DataFrame, state, settings: Settings, parallelism: int) -> tuple:
+    """(row ranges, task keys) of the files to open: tasks cut by bytes, each named by what decides
+    its output (:func:`genreclf.formats.taskrecords.task_key`)."""
+    fs_settings = settings.featurize
+    groups = group_by_work(live["size_bytes"].tolist(), target_bytes=fs_settings.task_mb << 20,
+                           max_files=fs_settings.files_per_task, parallelism=parallelism)
+    records = catalog_records(live)
+    base = state["run_id"] if state is not None else ""
+    decides = {"job": "featurize", "version": __version__, "recipe": settings.recipe.to_dict(),
+               "max_duration_s": fs_settings.max_duration_s, "row_group_size_mb": fs_settings.row_group_size_mb}
+    return groups, [taskrecords.task_key(base, decides, records[a:b]) for a, b in groups]
+
+
+def _run_tasks(spark, live: pd.DataFrame, todo: list, out_url: str, settings: Settings, n_tasks: int) -> None:
+    """Run the tasks ``todo`` [((start, stop), key)] over the rows of ``live``; a task's storage
+    failure stops the run as one error."""
+    from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+    fs_settings = settings.featurize
+    fn = functools.partial(_partition_fn, recipe_json=json.dumps(settings.recipe.to_dict()), out_url=out_url,
+                           row_group_size_mb=fs_settings.row_group_size_mb, max_duration_s=fs_settings.max_duration_s,
+                           storage_options=storage.options())
+    frame = entries_frame(spark, live, [g for g, _ in todo], [k for _, k in todo])
+    schema = StructType([StructField("task", StringType()), StructField("rows", LongType()),
+                         StructField("error", StringType())])
+    sc = spark.sparkContext
+    killpoints.note("tasks", storage.filesystem(out_url)[1])  # they write window files and task records
+    n_files = sum(b - a for (a, b), _ in todo)
+    sc.setJobDescription(f"genreclf featurize: {n_files} files in {len(todo)} tasks (of {n_tasks})")
+    with SparkProgress(sc, "featurize"):
+        returned = frame.mapInPandas(fn, schema=schema).collect()
+    sc.setJobDescription(None)
+    failed = [r.error for r in returned if r.error]
+    if failed:
+        raise StorageError(f"{failed[0]} (nothing was committed)")
+
+
+def _read_records(out_url: str, windows_url: str, keys: list, listing_rows: pd.DataFrame) -> tuple:
+    """(the run's status rows, its window files): the listing's rows and every task's record."""
+    base = storage.filesystem(windows_url)[1]
+    tables, files = [listing_rows], []
+    for key, table, wrote in taskrecords.read_records(out_url, keys, TRACKS_SCHEMA):
+        tables.append(table)
+        if wrote.get("window_file"):
+            files.append(f"{base}/{wrote['window_file']}")
+    return _concat(*tables), files
 
 
 def _write_recipe_copy(out_url: str, recipe: Recipe) -> None:
@@ -274,6 +364,11 @@ def format_summary(s: dict) -> str:
               f"{s['errors']} errors, {s['windows_written']} windows written\n")
     if s["unchanged_skipped"]:
         buf.write(f"  {s['unchanged_skipped']} files unchanged since the last run (kept)\n")
+    if s.get("answered_at_listing"):
+        buf.write(f"  {s['answered_at_listing']} files answered at listing (missing, not a regular file, empty): "
+                  "no task\n")
+    if s.get("tasks_kept"):
+        buf.write(f"  resumed: {s['tasks_kept']} of {s['tasks']} tasks' outputs kept from an interrupted run\n")
     if s.get("unlabelled"):
         buf.write(f"  {s['unlabelled']} files have no label in the labels CSV\n")
     if s["sidecar_files_passed_over"]:

@@ -144,15 +144,6 @@ def test_all_files_bad_still_writes_rows(spark, tmp_path):
     assert len(read_tracks(str(out))) == 2
 
 
-@pytest.mark.parametrize("n_files, per_task, cores, expected", [
-    (0, 64, 2, 1), (1, 64, 2, 1), (44, 64, 2, 2), (44, 16, 2, 3), (1000, 64, 8, 16), (3, 64, 8, 3),
-])
-def test_task_count_uses_every_core_and_bounds_files_per_task(n_files, per_task, cores, expected):
-    from genreclf.io.spark import task_count
-
-    assert task_count(n_files, per_task, cores) == expected
-
-
 def test_a_crashed_runs_window_files_are_never_read_and_removed_by_the_next_run(spark, tmp_path, make_audio):
     """A killed --incremental run left window files whose tracks were never committed; the rerun
     wrote those tracks again and they had 2x their windows. A task killed while writing leaves a
@@ -192,7 +183,8 @@ def test_incremental_with_a_second_root_keeps_track_ids_unique(spark, tmp_path, 
     assert sorted(tracks["track_id"]) == sorted(["a.mp3", str(second / "a.mp3")])
 
 
-def test_a_held_lock_refuses_a_second_writer_and_a_stale_one_needs_break_lock(spark, tmp_path, make_audio):
+def test_a_held_lock_refuses_a_second_writer_a_gone_holder_here_is_taken_over_and_another_hosts_needs_break_lock(
+        spark, tmp_path, make_audio, caplog):
     import json
     import socket
     import time
@@ -209,13 +201,19 @@ def test_a_held_lock_refuses_a_second_writer_and_a_stale_one_needs_break_lock(sp
     lock.write_text(json.dumps(holder))
     with pytest.raises(LockedError, match=f"pid {os.getpid()}.*one writer per output"):
         run_featurize(spark, [str(audio)], str(out), break_lock=True)  # never breaks a live holder
+    elsewhere = {**holder, "host": "another-host", "started": time.time() - 2 * 86400}  # stale, maybe alive there
+    lock.write_text(json.dumps(elsewhere))
+    with pytest.raises(LockedError, match="another-host.*--break-lock"):
+        run_featurize(spark, [str(audio)], str(out))
     dead = subprocess.Popen(["true"])
     dead.wait()
-    lock.write_text(json.dumps({**holder, "pid": dead.pid}))
-    with pytest.raises(LockedError, match="--break-lock"):
-        run_featurize(spark, [str(audio)], str(out))
-    run_featurize(spark, [str(audio)], str(out), break_lock=True)
+    lock.write_text(json.dumps({**holder, "pid": dead.pid}))  # a killed run of this host: the rerun takes over
+    run_featurize(spark, [str(audio)], str(out))
+    assert f"taking over the lock of run r1 (x) on host {socket.gethostname()}, pid {dead.pid}" in caplog.text
     assert not lock.exists() and len(read_tracks(str(out))) == 1
+    lock.write_text(json.dumps(elsewhere))
+    run_featurize(spark, [str(audio)], str(out), overwrite=True, break_lock=True)
+    assert not lock.exists()
 
 
 def test_an_output_of_another_kind_is_refused_even_with_overwrite(spark, tmp_path, make_audio):

@@ -135,11 +135,12 @@ def test_scoring_from_features_plans_no_shuffle(spark, trained, tmp_path):
     """Each task averages the tracks of the window files it reads: the plan has no Exchange."""
     from genreclf.config import Settings
     from genreclf.formats.features import read_tracks
-    from genreclf.score.driver import _from_features, _task_options
+    from genreclf.score.driver import _plan_features, _task_options
 
     features, _ = trained
-    options = _task_options(Recipe(), Settings(), ("none", 1.0), str(tmp_path / "staging"), {})
-    frame = _from_features(spark, "unused", str(features), read_tracks(str(features)), options)
+    options = _task_options(Recipe(), Settings(), ("none", 1.0), str(tmp_path / "out"), {})
+    tasks = _plan_features(str(features), read_tracks(str(features)), "", {}, 2)
+    frame = tasks.frame(spark, "unused", options, range(len(tasks.keys)))
     plan = frame._jdf.queryExecution().executedPlan().toString()
     assert "MapInPandas" in plan and "Exchange" not in plan, plan
 

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,8 @@ from genreclf.io import storage
 FILES_KEY = b"genreclf.window_files"
 RECIPE_KEY = b"genreclf.recipe"
 RUN_KEY = b"genreclf.run_id"
+#: Window files whose footers are read at once (object stores: a GET each, overlapped).
+FOOTER_THREADS = 16
 
 log = logging.getLogger(__name__)
 
@@ -92,28 +95,66 @@ def committed(output: str) -> dict | None:
     return {"files": files, "recipe": recipe, "run_id": meta.get(RUN_KEY, b"").decode()}
 
 
-def write_dataset_metadata(windows_url: str, recipe: Recipe, files: list) -> None:
+def write_dataset_metadata(windows_url: str, recipe: Recipe, files: list, row_groups: dict | None = None) -> None:
     """petastorm's dataset metadata (``_common_metadata``: the pickled Unischema and the row groups
     per file), written with pyarrow so that any store works (petastorm's ``materialize_dataset``
-    needs a legacy filesystem and a Spark job); ``make_reader``/``make_batch_reader`` read it."""
+    needs a legacy filesystem and a Spark job); ``make_reader``/``make_batch_reader`` read it.
+
+    Row groups per file come from ``row_groups`` ({path: count}, what the run just read), then from
+    the previous ``_common_metadata`` (files carried over), and only else from the files' footers,
+    read ``FOOTER_THREADS`` at a time: a commit of tens of thousands of files reads only its new ones.
+    """
     import pickle
-    from concurrent.futures import ThreadPoolExecutor
 
     from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
 
     fs, base = storage.filesystem(windows_url)
+    known = {f"{base}/{name}": n for name, n in _previous_row_groups(windows_url, ROW_GROUPS_PER_FILE_KEY).items()}
+    known.update(row_groups or {})
 
-    def row_groups(path):
+    def count(path):
+        if path in known:
+            return path, known[path]
         with fs.open_input_file(path) as f:
-            return path[len(base):].lstrip("/"), pq.read_metadata(f).num_row_groups
+            return path, pq.read_metadata(f).num_row_groups
 
-    with ThreadPoolExecutor(16) as pool:
-        counts = dict(pool.map(row_groups, files))
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        counts = {path[len(base):].lstrip("/"): n for path, n in pool.map(count, files)}
     schema = window_arrow_schema().with_metadata({
         UNISCHEMA_KEY: pickle.dumps(window_schema(recipe)),
         ROW_GROUPS_PER_FILE_KEY: json.dumps(counts).encode()})
     with storage.atomic_output(storage.join(windows_url, "_common_metadata")) as out:
         pq.write_metadata(schema, out)
+
+
+def _previous_row_groups(windows_url: str, key: bytes) -> dict:
+    """{file name: row groups} of the last ``_common_metadata`` ({} when there is none or it is unreadable)."""
+    try:
+        with storage.open_input(storage.join(windows_url, "_common_metadata")) as f:
+            meta = pq.read_schema(f).metadata or {}
+        return json.loads(meta.get(key, b"{}"))
+    except (OSError, ValueError, pa.ArrowInvalid):
+        return {}
+
+
+def window_facts(windows_url: str, files: list) -> tuple:
+    """(window rows per track_id, {path: row groups}) of window files, read ``FOOTER_THREADS`` at a
+    time (the track_id column and the footer only): the commit's check and petastorm's metadata."""
+    fs, _ = storage.filesystem(windows_url)
+
+    def read(path):
+        with fs.open_input_file(path) as f:
+            parquet = pq.ParquetFile(f)
+            return path, parquet.metadata.num_row_groups, parquet.read(columns=["track_id"])["track_id"]
+
+    counts: dict = {}
+    groups = {}
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        for path, n_groups, ids in pool.map(read, files):
+            groups[path] = n_groups
+            for item in ids.value_counts().to_pylist():
+                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    return pd.Series(counts, dtype="int64"), groups
 
 
 def read_tracks(output: str, *, check: bool = False) -> pd.DataFrame:
@@ -141,8 +182,6 @@ def check_output(output: str, tracks: pd.DataFrame) -> None:
     """Refuse a damaged featurize output before any work: a track id twice in the tracks table, a
     window file its commit names missing or unreadable (Parquet footers only: one small read per
     file), or window rows that are not as many as the ok tracks' ``n_windows``."""
-    from concurrent.futures import ThreadPoolExecutor
-
     twice = tracks["track_id"][tracks["track_id"].duplicated()]
     if len(twice):
         raise _damaged(output, f"its tracks table names {twice.nunique()} track id(s) twice (e.g. {twice.iloc[0]!r})")
@@ -160,7 +199,7 @@ def check_output(output: str, tracks: pd.DataFrame) -> None:
             raise _damaged(output, f"window file {storage.located(windows_url, path)} is truncated or not Parquet "
                                    f"({storage.describe(e)[:80]})") from None
 
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
         found = sum(pool.map(rows, window_files(windows_url)))
     expected = int(tracks.loc[tracks["status"] == "ok", "n_windows"].sum())
     if found != expected:
@@ -242,14 +281,8 @@ def without_tracks(windows_url: str, files: list, track_ids, run_id: str) -> tup
 
 
 def count_windows(windows_url: str, files: list) -> pd.Series:
-    """Window rows per track_id in ``files`` (the commit's invariant check reads only that column)."""
-    fs, _ = storage.filesystem(windows_url)
-    counts: dict = {}
-    for path in files:
-        with fs.open_input_file(path) as f:
-            for item in pq.read_table(f, columns=["track_id"])["track_id"].value_counts().to_pylist():
-                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
-    return pd.Series(counts, dtype="int64")
+    """Window rows per track_id in ``files``."""
+    return window_facts(windows_url, files)[0]
 
 
 def write_empty(windows_url: str, run_id: str) -> str:

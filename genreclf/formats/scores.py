@@ -12,6 +12,7 @@ that never committed by the next run, under the output's lock. See :func:`commit
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -73,7 +74,7 @@ def score_row(track_id, path, status, error=None, n_windows=0, probs=None, *, si
 
 
 def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def genre_candidates(labels: list, genre_labels: list | None = None) -> list:
@@ -140,21 +141,94 @@ def run_dir(output: str, run_id: str) -> str:
     return storage.join(storage.to_url(output), RUN_PREFIX + run_id)
 
 
-def write_part(staging: str, name: str, attempt: int, table: pa.Table) -> int:
-    """One task's rows as ``staging/name``, moved into place when complete; returns its row count."""
-    with storage.atomic_output(storage.join(staging, name), tag=f"attempt-{attempt}") as out:
-        pq.write_table(table, out)
-    return table.num_rows
+#: A committed run's scores are cut into files of at most this much Arrow data (~400,000 rows of 16
+#: genres; a 50-tag tagger's rows are ~3x larger), whatever the number of tasks: a million tracks
+#: are a handful of files, not one per task (was ~15,600 files of ~64 rows).
+MAX_SCORE_FILE_MB = 256
+#: Rows gathered into one row group of a compacted file.
+ROW_GROUP_ROWS = 65536
+#: The columns the driver keeps of every row it compacts: the commit's check and the summary.
+SUMMARY_COLUMNS = ["track_id", "path", "status", "error", "n_windows", "genre", "precision"]
 
 
-def read_dir(location: str) -> pd.DataFrame:
-    """The parts of a scores directory (committed or staged; none: no rows) as pandas, ``probabilities`` as dicts."""
+class CompactWriter:
+    """Writes a run's score rows (tables of SCORES_SCHEMA: task records, the driver's rows) into
+    ``staging/part-NNNNN.parquet`` files of at most MAX_SCORE_FILE_MB, each written whole under a
+    hidden name; keeps only SUMMARY_COLUMNS in memory (:meth:`close` returns them)."""
+
+    def __init__(self, staging: str, run: dict):
+        self.staging, self.run = staging, run
+        self.files = 0
+        self._pending: list = []
+        self._rows = 0
+        self._file_bytes = 0
+        self._out = self._writer = None
+        self._summary: list = []
+
+    def add(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        table = table.cast(SCORES_SCHEMA)
+        self._summary.append(table.select(SUMMARY_COLUMNS))
+        self._pending.append(table)
+        self._rows += table.num_rows
+        if self._rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self, *, last: bool = False) -> None:
+        if not self._pending and not (last and self.files == 0):  # a run of no rows still has one file
+            return
+        table = pa.concat_tables([SCORES_SCHEMA.empty_table(), *self._pending]).combine_chunks()
+        self._pending, self._rows = [], 0
+        if self._writer is not None and self._file_bytes + table.nbytes > MAX_SCORE_FILE_MB << 20:
+            self._close_file()
+        if self._writer is None:
+            location = storage.join(self.staging, f"part-{self.files:05d}.parquet")
+            self._context = storage.atomic_output(location)
+            self._out = self._context.__enter__()
+            self._writer = pq.ParquetWriter(self._out, SCORES_SCHEMA.with_metadata(
+                {RUN_KEY: json.dumps(self.run, sort_keys=True)}))
+            self._file_bytes = 0
+            self.files += 1
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self._file_bytes += table.nbytes
+
+    def _close_file(self) -> None:
+        self._writer.close()
+        self._writer = None
+        self._context.__exit__(None, None, None)
+
+    def rows(self) -> pd.DataFrame:
+        """SUMMARY_COLUMNS of every row added so far."""
+        empty = SCORES_SCHEMA.empty_table().select(SUMMARY_COLUMNS)
+        return pa.concat_tables([empty, *self._summary]).to_pandas()
+
+    def close(self) -> pd.DataFrame:
+        """Write what is pending and finish the last file; the rows' SUMMARY_COLUMNS."""
+        self._flush(last=True)
+        if self._writer is not None:
+            self._close_file()
+        return self.rows()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._context.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            self._writer = None
+
+
+def read_dir(location: str, columns: list | None = None) -> pd.DataFrame:
+    """The parts of a scores directory (committed or staged; none: no rows) as pandas, ``probabilities``
+    as dicts; only ``columns`` when given."""
     fs, path = storage.filesystem(location)
+    schema = SCORES_SCHEMA if columns is None else pa.schema([SCORES_SCHEMA.field(c) for c in columns])
     if fs.get_file_info(path).type == pa.fs.FileType.NotFound:
-        table = SCORES_SCHEMA.empty_table().to_pandas()
+        table = schema.empty_table().to_pandas()
     else:
-        table = pq.read_table(path, filesystem=fs, schema=SCORES_SCHEMA).to_pandas()
-    table["probabilities"] = table["probabilities"].map(lambda m: dict(m) if m is not None else None)
+        table = pq.read_table(path, filesystem=fs, schema=SCORES_SCHEMA, columns=columns).to_pandas()
+    if "probabilities" in table.columns:
+        table["probabilities"] = table["probabilities"].map(lambda m: dict(m) if m is not None else None)
     return table.sort_values("track_id", kind="stable").reset_index(drop=True)
 
 
@@ -292,6 +366,10 @@ class IncrementalPlan:
     to_score: pd.DataFrame
     retried: int = 0
     dropped: int = 0
+    answered: int = 0  # of to_score: rows the driver gave from the listing (missing, empty...), no task
+    tasks: int = 0  # tasks planned for the rest
+    tasks_kept: int = 0  # of them, finished by an interrupted run and kept
+    files: int = 0  # Parquet files the committed scores are in
 
     @property
     def n_kept(self) -> int:

@@ -2,7 +2,9 @@
 
 A catalogue row is one input file: ``path`` (absolute), ``track_id``, ``label`` (or null),
 ``group`` (artist or album when the catalogue names one, for leak-free splits), ``size_bytes`` and
-``mtime`` (for incremental reruns). Labels come from the catalogue CSV's
+``mtime`` (for incremental reruns), and ``problem``: the error row of a file the listing already
+shows cannot be used (missing, not a regular file, empty, unreadable), which the driver gives
+itself, with no task; null for a file to open. Labels come from the catalogue CSV's
 ``genre`` column, a ``--labels`` CSV (``path`` or ``track_id`` to ``genre``) or FMA's ``tracks.csv``
 (``track.genre_top``, matched by the track id in the file name, e.g. ``000/000002.mp3``).
 """
@@ -22,7 +24,7 @@ from genreclf.io import storage
 
 log = logging.getLogger(__name__)
 
-CATALOG_COLUMNS = ["path", "track_id", "label", "group", "size_bytes", "mtime"]
+CATALOG_COLUMNS = ["path", "track_id", "label", "group", "size_bytes", "mtime", "problem"]
 
 #: Catalogue columns that name a track's group (artist first): a training split keeps groups whole.
 GROUP_COLUMNS = ("artist", "artist_id", "album", "album_id")
@@ -54,17 +56,18 @@ def _is_sidecar(name: str) -> bool:
 def _listed(root: str, skipped: list) -> pd.DataFrame:
     """A directory's files (recursive, hidden directories and sidecar files passed over)."""
     rows = []
-    for location, size, mtime in storage.walk_files(root):
-        if _is_sidecar(storage.basename(location)):
-            skipped.append(location)
+    for entry in storage.walk_files(root):
+        if _is_sidecar(storage.basename(entry[0])):
+            skipped.append(entry[0])
         else:
-            rows.append((location, size, mtime))
+            rows.append(entry)
     return _frame(rows, root)
 
 
 def _frame(rows: list, root: str) -> pd.DataFrame:
     return pd.DataFrame({"path": [r[0] for r in rows], "track_id": None, "label": None, "group": None,
-                         "size_bytes": [r[1] for r in rows], "mtime": [r[2] for r in rows], "_root": root})
+                         "size_bytes": [r[1] for r in rows], "mtime": [r[2] for r in rows],
+                         "problem": [r[3] for r in rows], "_root": root})
 
 
 def _read_csv(location: str, **kwargs) -> pd.DataFrame:
@@ -114,11 +117,12 @@ def _read_catalog_csv(location: str) -> pd.DataFrame:
     out["label"] = table["genre"] if "genre" in table.columns else None
     out["group"] = _group_of(table)
     # A listed file's size and mtime cost one stat each (a HEAD request on object stores); a file
-    # that cannot be reached keeps nulls here and gets its error row from the task that opens it.
+    # that cannot be reached keeps nulls here and gets its error row from the driver, with no task.
     with ThreadPoolExecutor(32) as pool:  # round trips overlap: ~32x fewer seconds for a remote catalogue
-        stats = list(pool.map(storage.stat_of, out["path"]))
+        stats = list(pool.map(storage.probe, out["path"]))
     out["size_bytes"] = [s[0] for s in stats]
     out["mtime"] = [s[1] for s in stats]
+    out["problem"] = [s[2] for s in stats]
     out["_root"] = base
     out["_catalog"] = True
     return out
@@ -152,7 +156,7 @@ def expand_inputs(inputs: list) -> Catalog:
         elif kind == pafs.FileType.File and _looks_like_catalog(item):
             frames.append(_read_catalog_csv(item))
         elif kind == pafs.FileType.File:
-            frames.append(_frame([(item, *storage.stat_of(item))], storage.parent(item)))
+            frames.append(_frame([(item, *storage.probe(item))], storage.parent(item)))
         elif storage.has_magic(raw):
             root, found = storage.glob(raw)
             if not found:

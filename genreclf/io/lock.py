@@ -1,9 +1,11 @@
 """One writer per output: a lock file in (or beside) the output naming its holder.
 
 Taken before a job changes anything in its output and released after its commit. A second writer
-is refused with the holder's run id, host, pid and start time. A lock whose holder is gone (a dead
-pid on this host, or older than ``[storage] lock_stale_after_s``) is stale; ``--break-lock``
-breaks a stale lock, never a live one.
+is refused with the holder's run id, host, pid and start time. A lock whose holder is provably
+gone (this host, and its process is not running: a killed or crashed run) is taken over with a
+warning, so that rerunning the same command resumes; a lock of another host (or older than
+``[storage] lock_stale_after_s``) may be a live run elsewhere: ``--break-lock`` breaks it once
+it is stale, and nothing breaks a live one.
 
 Local disks create the lock exclusively (``O_EXCL``: two writers cannot both get it). Object stores
 here have no conditional create, so there the lock is check-then-write: it stops a second writer
@@ -40,9 +42,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, /proc), so that a pid reused by another
+    process is not taken for the holder; "" where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def gone_here(holder: dict) -> bool:
+    """Whether the holder ran on this host and its process is no longer running."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = int(holder.get("pid", -1))
+    if not _pid_alive(pid):
+        return True
+    started = holder.get("pid_start", "")
+    return bool(started) and _process_start(pid) not in ("", started)  # the pid is another process now
+
+
 def stale_reason(holder: dict, stale_after_s: float) -> str | None:
     """Why a lock's holder is gone, or None while it may still be running."""
-    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+    if gone_here(holder):
         return f"pid {holder.get('pid')} is not running on this host"
     age = time.time() - float(holder.get("started", 0))
     if age > stale_after_s:
@@ -57,7 +80,7 @@ class OutputLock:
                  job: str = ""):
         self.location = location
         self.holder = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                       "started": time.time(), "job": job}
+                       "pid_start": _process_start(os.getpid()), "started": time.time(), "job": job}
         self.break_lock = break_lock
         self.stale_after_s = stale_after_s
         self.held = False
@@ -83,7 +106,9 @@ class OutputLock:
             if stale is None:
                 raise LockedError(f"{self.location} is held by {who}: one writer per output; wait for it to finish "
                                   "or write elsewhere")
-            if not self.break_lock:
+            if gone_here(other):
+                log.warning("taking over the lock of %s: %s (a killed or crashed run; this run resumes it)", who, stale)
+            elif not self.break_lock:
                 raise LockedError(f"{self.location} is held by {who}, which looks gone ({stale}); "
                                   "rerun with --break-lock to take it over")
             storage.delete(self.location)

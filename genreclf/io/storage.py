@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from genreclf.errors import ConfigError, StorageError, check_fields
+from genreclf.errors import ConfigError, Reason, StorageError, check_fields
 from genreclf.io import killpoints
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,8 @@ def list_dir(location: str) -> list:
 # --- listing -------------------------------------------------------------------------------------
 
 def walk_files(root: str, *, skip_dir=lambda name: name.startswith(".")) -> list:
-    """Every file under ``root`` as (location, size, mtime seconds), sorted by location.
+    """Every file under ``root`` as (location, size, mtime seconds, problem), sorted by location;
+    ``problem`` is the error row the driver can give without opening the file (:func:`problem_of`), or None.
 
     Breadth-first, one listing call per directory (sizes and mtimes come with it: no per-file stat),
     with a progress line every ``list_progress_s`` seconds; directories ``skip_dir`` names are not
@@ -305,16 +306,14 @@ def walk_files(root: str, *, skip_dir=lambda name: name.startswith(".")) -> list
                 raise
             # The directory gets a row of its own (its reason comes from opening it): never silent.
             log.warning("listing: cannot read directory %s%s: %s", prefix, current, describe(e))
-            found.append((prefix + current, None, None))
+            found.append((prefix + current, None, None, f"{Reason.UNREADABLE_DIRECTORY}: {describe(e)}"))
             continue
         for entry in entries:
             if entry.type == pafs.FileType.Directory:
                 if not skip_dir(entry.base_name):
                     pending.append(entry.path)
-            elif entry.type == pafs.FileType.File:
-                found.append((prefix + entry.path, entry.size, entry.mtime_ns / 1e9 if entry.mtime_ns else None))
-            elif entry.type == pafs.FileType.Unknown:  # a FIFO, socket or device: a row saying so, never read
-                found.append((prefix + entry.path, None, None))
+            elif entry.type in (pafs.FileType.File, pafs.FileType.Unknown):  # a FIFO, socket, device: a row, never read
+                found.append((prefix + entry.path, *_facts(fs, entry)))
         now = time.monotonic()
         if now - last >= _OPTIONS["list_progress_s"]:
             log.info("listing %s: %d files in %d directories so far (%.0f s)", root, len(found), dirs, now - started)
@@ -333,21 +332,44 @@ def glob(pattern: str) -> tuple:
         root = _glob_root(os.path.expanduser(pattern), os.sep)
         files = sorted(os.path.abspath(p) for p in _glob.glob(os.path.expanduser(pattern), recursive=True)
                        if os.path.isfile(p))
-        return os.path.abspath(root), [(p, *stat_of(p)) for p in files]
+        return os.path.abspath(root), [(p, *probe(p)) for p in files]
     root = _glob_root(pattern, "/")
     regex = re.compile(_glob_regex(pattern))
     return root, [entry for entry in walk_files(root, skip_dir=lambda name: False) if regex.match(entry[0])]
 
 
-def stat_of(location: str) -> tuple:
-    """(size, mtime seconds) of one file, or (None, None) when it cannot be reached."""
+def probe(location: str) -> tuple:
+    """(size, mtime seconds, problem) of one input file, from one stat (a HEAD request on object
+    stores): ``problem`` is the row's error when the file cannot be featurized, as the task that
+    opened it would say it (missing, not a regular file, empty, unreadable), else None."""
+    fs, path = filesystem(location)
     try:
-        entry = info(location)
-    except OSError:
-        return None, None
+        entry = fs.get_file_info(path)
+    except OSError as e:
+        return None, None, f"{Reason.UNREADABLE_FILE}: {describe(e)}"
+    return _facts(fs, entry)
+
+
+def _facts(fs, entry: pafs.FileInfo) -> tuple:
+    """(size, mtime, problem) of a FileInfo: what the driver knows of an input without opening it."""
+    if entry.type == pafs.FileType.NotFound:
+        return None, None, f"{Reason.UNREADABLE_FILE}: not found"
     if entry.type != pafs.FileType.File:
-        return None, None
-    return entry.size, (entry.mtime_ns / 1e9 if entry.mtime_ns else None)
+        if isinstance(fs, pafs.LocalFileSystem):
+            try:
+                kind = NotARegularFile(entry.path)
+            except OSError as e:  # gone since the listing
+                return None, None, f"{Reason.UNREADABLE_FILE}: {describe(e)}"
+            if kind.unreadable:
+                return None, None, f"{Reason.UNREADABLE_DIRECTORY}: {kind.unreadable}"
+            return None, None, f"{Reason.NOT_A_REGULAR_FILE}: a {kind.kind}"
+        return None, None, f"{Reason.NOT_A_REGULAR_FILE}: a {'directory' if entry.type == pafs.FileType.Directory else 'special file'}"
+    mtime = entry.mtime_ns / 1e9 if entry.mtime_ns else None
+    if entry.size == 0:
+        return 0, mtime, f"{Reason.EMPTY_FILE}: 0 bytes"
+    if isinstance(fs, pafs.LocalFileSystem) and not os.access(entry.path, os.R_OK):
+        return entry.size, mtime, f"{Reason.UNREADABLE_FILE}: permission denied"
+    return entry.size, mtime, None
 
 
 def _glob_root(pattern: str, sep: str) -> str:

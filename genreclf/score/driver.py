@@ -24,15 +24,21 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import pandas as pd
+
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import ConfigError, GenreclfError, OutputExistsError, Reason, StorageError
 from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, calibration_of, check_recipe, load_bundle_info
+from genreclf.formats import taskrecords
 from genreclf.formats.features import read_recipe, read_tracks, window_files
 from genreclf.formats.schema import STATUS_ERROR, STATUS_OK, WINDOWS_DIR, summarize
 from genreclf.formats.scores import (
     SCORES_DIR,
+    SCORES_SCHEMA,
     SUBMISSION_FILE,
+    CompactWriter,
     commit,
+    committed,
     committed_location,
     plan_incremental,
     read_dir,
@@ -43,24 +49,24 @@ from genreclf.formats.scores import (
     score_row,
     score_table,
     write_labels,
-    write_part,
     write_submission,
 )
 from genreclf.io import killpoints, storage, tracking
 from genreclf.io.catalog import expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
 from genreclf.io.progress import SparkProgress
-from genreclf.io.spark import entries_frame, task_count
+from genreclf.io.spark import catalog_records, entries_frame, group_by_work
 from genreclf.ml import pretrained
 from genreclf.score.tasks import score_audio_partition, score_window_files_partition
 
 log = logging.getLogger(__name__)
 
-#: Window files per score-from-features task (each ~250 windows a row group, often one per file).
-FILES_PER_SCORE_TASK = 8
-#: What each score task returns to the driver: its part's row count (the rows themselves are written),
-#: or the error that stops the run (a full disk, a bucket gone: StorageError).
-TASK_SCHEMA = "partition int, rows long, error string"
+#: Window bytes per score-from-features task: ~400 30-s tracks of the reference recipe (2.5 MB each),
+#: ~20 s of the model on one core; a window file is never split (a track's windows are in one file).
+FEATURES_TASK_BYTES = 1 << 30
+#: What each score task returns to the driver: its record's row count (the rows themselves are
+#: written), or the error that stops the run (a full disk, a bucket gone: StorageError).
+TASK_SCHEMA = "task string, rows long, error string"
 
 
 def bundle_digest(bundle_dir: str) -> str:
@@ -94,37 +100,66 @@ def ship_bundle(sc, bundle_dir: str, digest: str) -> tuple:
     return name, staged_dir
 
 
-def _task_options(recipe, settings, calibration, staging, run) -> dict:
+def _task_options(recipe, settings, calibration, out_url, run) -> dict:
     """What every score task is given besides its inputs."""
     return dict(recipe_json=json.dumps(recipe.to_dict()), batch_size=settings.score.batch_size,
                 max_windows=settings.score.max_windows, precision=settings.score.precision,
-                calibration=calibration[0], temperature=calibration[1], staging=staging,
+                calibration=calibration[0], temperature=calibration[1], out_url=out_url,
                 storage_options=storage.options(), run=run)
 
 
-def _from_audio(spark, bundle_name, settings, entries, options):
-    """One task per group of audio files (the catalogue entries to score)."""
-    n_parts = task_count(len(entries), settings.featurize.files_per_task, spark.sparkContext.defaultParallelism)
-    fn = functools.partial(score_audio_partition, bundle=bundle_name, max_duration_s=settings.featurize.max_duration_s,
-                           decode_threads=settings.score.decode_threads, **options)
-    return entries_frame(spark, entries, n_parts).mapInPandas(fn, schema=TASK_SCHEMA)
+@dataclass
+class _Tasks:
+    """The tasks a run plans: their keys, and how to run a subset of them (``todo``: indices)."""
+
+    keys: list
+    frame: object  # (spark, bundle name, options, todo) -> the Spark DataFrame of their task rows
 
 
-def _from_features(spark, bundle_name, features, to_score, options):
-    """One task per group of window files; each averages the tracks of its files that are in
-    ``to_score`` (ok tracks of the tracks table), no shuffle."""
-    from pyspark.sql.types import StringType, StructField, StructType
+def _plan_audio(entries, settings: Settings, base: str, run: dict, parallelism: int) -> _Tasks:
+    """Audio files cut into tasks by bytes, as featurize cuts them; each task named by its inputs."""
+    groups = group_by_work(entries["size_bytes"].tolist(), target_bytes=settings.featurize.task_mb << 20,
+                           max_files=settings.featurize.files_per_task, parallelism=parallelism)
+    records = catalog_records(entries)
+    keys = [taskrecords.task_key(base, {"job": "score", "run": run}, records[a:b]) for a, b in groups]
 
+    def frame(spark, bundle_name, options, todo):
+        fn = functools.partial(score_audio_partition, bundle=bundle_name,
+                               max_duration_s=settings.featurize.max_duration_s,
+                               decode_threads=settings.score.decode_threads, **options)
+        return entries_frame(spark, entries, [groups[i] for i in todo], [keys[i] for i in todo]).mapInPandas(
+            fn, schema=TASK_SCHEMA)
+
+    return _Tasks(keys, frame)
+
+
+def _plan_features(features: str, to_score, base: str, run: dict, parallelism: int) -> _Tasks:
+    """Window files cut into tasks by bytes (FEATURES_TASK_BYTES); each averages the tracks of its
+    files that are in ``to_score`` (ok tracks of the tracks table), no shuffle."""
     windows_url = storage.join(storage.to_url(features), WINDOWS_DIR)
-    files = [storage.located(windows_url, p) for p in window_files(windows_url)]
-    wanted = spark.sparkContext.broadcast({t.track_id: (t.path, t.size_bytes, t.mtime)
-                                           for t in to_score.itertuples(index=False)})
-    n_parts = max(1, min(len(files), max(spark.sparkContext.defaultParallelism,
-                                         -(-len(files) // FILES_PER_SCORE_TASK))))
-    fn = functools.partial(score_window_files_partition, bundle=bundle_name, tracks=wanted, **options)
-    frame = spark.createDataFrame(spark.sparkContext.parallelize([(f,) for f in files], n_parts),
-                                  StructType([StructField("location", StringType())]))
-    return frame.mapInPandas(fn, schema=TASK_SCHEMA)
+    paths = window_files(windows_url)
+    sizes = {e.path: e.size for e in storage.list_dir(windows_url)}
+    groups = group_by_work([sizes.get(p) for p in paths], target_bytes=FEATURES_TASK_BYTES,
+                           max_files=len(paths) or 1, parallelism=parallelism)
+    files = [storage.located(windows_url, p) for p in paths]
+    wanted = {t.track_id: (t.path, None if pd.isna(t.size_bytes) else int(t.size_bytes),
+                           None if pd.isna(t.mtime) else float(t.mtime)) for t in to_score.itertuples(index=False)}
+    scope = taskrecords.task_key("", {}, sorted((k, *v) for k, v in wanted.items()))  # the tracks asked for
+    keys = [taskrecords.task_key(base, {"job": "score", "run": run, "tracks": scope}, [storage.basename(f)
+                                                                                   for f in files[a:b]])
+            for a, b in groups]
+
+    def frame(spark, bundle_name, options, todo):
+        from pyspark.sql.types import StringType, StructField, StructType
+
+        shared = spark.sparkContext.broadcast(wanted)
+        fn = functools.partial(score_window_files_partition, bundle=bundle_name, tracks=shared, **options)
+        parts = [[(f, keys[i]) for f in files[slice(*groups[i])]] for i in todo]
+        rdd = spark.sparkContext.parallelize(parts, max(1, len(parts))).flatMap(lambda part: part)
+        schema = StructType([StructField("location", StringType()), StructField("task", StringType())])
+        return spark.createDataFrame(rdd, schema).mapInPandas(fn, schema=TASK_SCHEMA)
+
+    return _Tasks(keys, frame)
 
 
 def _rest_of_tracks(tracks) -> list:
@@ -208,7 +243,9 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
                    output=storage.to_location(run_dir(output, run_id)),
                    calibration={"mode": job.calibration[0], "temperature": job.calibration[1]},
                    precision=sorted(rows["precision"].dropna().unique().tolist()), kept=plan.n_kept, csv=csv,
-                   scored=len(plan.to_score) - plan.retried, retried=plan.retried, dropped=plan.dropped)
+                   scored=len(plan.to_score) - plan.answered, answered_at_listing=plan.answered,
+                   retried=plan.retried, dropped=plan.dropped, tasks=plan.tasks, tasks_kept=plan.tasks_kept,
+                   files=plan.files)
     for line in format_summary(summary, incremental).splitlines():
         log.info(line)
     return summary
@@ -249,14 +286,18 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
 
 
 def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, incremental, csv, settings) -> tuple:
-    """The run, under the output's lock: plan, score in tasks into the run's directory, add the
-    driver's rows, check one row per input, write labels (and the submission), commit. Returns
-    (the committed rows, the number of inputs, the plan)."""
+    """The run, under the output's lock: plan the tasks, keep those an interrupted run of the same
+    plan finished, score the rest (each task writes its record), compact every row (kept, the
+    driver's, the records') into the run's directory, check one row per input, write labels (and
+    the submission), commit. Returns (the committed rows' summary columns, the number of inputs,
+    the plan)."""
     directory, shipped, done = run_dir(output, run_id), None, False
     staging = storage.join(directory, SCORES_DIR)
+    writer = CompactWriter(staging, job.run)
     try:
         remove_uncommitted(output)
-        killpoints.arm(storage.filesystem(job.out_url)[1])  # the crash tests' kill points: this run's own steps
+        record = committed(output)
+        base = (record or {}).get("run_id", "")
         if features:
             tracks = read_tracks(features, check=True)
             candidates, listed = tracks[tracks["status"] == STATUS_OK], tracks["path"]
@@ -271,38 +312,58 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
             log.info("score --incremental: the existing scores were made with another bundle or settings "
                      "(%s now): every file is scored", job.run)
         plan = plan_incremental(existing, candidates, listed, same_run)
-        if plan.n_kept:
-            write_part(staging, "part-kept.parquet", 0, score_table(rows_of(plan.kept), job.labels, job.run,
-                                                                        job.genre_labels))
-        if len(plan.to_score):
+        to_score = plan.to_score
+        driver_rows = rows_of(plan.kept) if plan.n_kept else []
+        if features:  # featurize's error rows: no model runs for them
+            driver_rows += _rest_of_tracks(tracks[tracks["status"] != STATUS_OK])
+        else:  # files the listing showed cannot be used: their rows here, no task
+            dead = to_score["problem"].notna()
+            driver_rows += [score_row(t.track_id, t.path, STATUS_ERROR, t.problem, size_bytes=t.size_bytes,
+                                      mtime=t.mtime) for t in to_score[dead].itertuples(index=False)]
+            plan.answered = int(dead.sum())
+            to_score = to_score[~dead]
+        parallelism = spark.sparkContext.defaultParallelism
+        tasks = (_plan_features(features, to_score, base, job.run, parallelism) if features
+                 else _plan_audio(to_score, settings, base, job.run, parallelism)) if len(to_score) else _Tasks([], None)
+        finished = taskrecords.finished(job.out_url) & set(tasks.keys)
+        taskrecords.remove_others(job.out_url, finished)
+        if finished:
+            log.info("score: resuming: %d of %d tasks' outputs kept (an interrupted run of the same plan)",
+                     len(finished), len(tasks.keys))
+        plan.tasks, plan.tasks_kept = len(tasks.keys), len(finished)
+        killpoints.arm(storage.filesystem(job.out_url)[1])  # the crash tests' kill points: this run's own steps
+        todo = [i for i, k in enumerate(tasks.keys) if k not in finished]
+        if todo:
             _check_model(job.local_bundle, bundle, len(job.labels), job.digest)  # only when tasks run
             name, shipped = ship_bundle(spark.sparkContext, job.local_bundle, job.digest)
-            options = _task_options(job.recipe, settings, job.calibration, staging, job.run)
-            if features:
-                tasks = _from_features(spark, name, features, plan.to_score, options)
-            else:
-                tasks = _from_audio(spark, name, settings, plan.to_score, options)
-            killpoints.note("tasks", storage.filesystem(staging)[1])  # they write the run's parts
-            _run_tasks(spark.sparkContext, tasks, f"genreclf score: {len(plan.to_score)} of {n_inputs} files")
-        written = read_dir(staging)
-        if features:  # featurize's error rows, and ok tracks no task found windows for, written by the driver
-            rest = _rest_of_tracks(tracks[tracks["status"] != STATUS_OK]) + _unscored(
-                plan.to_score, set(written["track_id"]))
-            if rest:
-                write_part(staging, "part-driver.parquet", 0, score_table(rest, job.labels, job.run, job.genre_labels))
-                written = read_dir(staging)
+            options = _task_options(job.recipe, settings, job.calibration, job.out_url, job.run)
+            killpoints.note("tasks", storage.filesystem(job.out_url)[1])  # they write task records
+            _run_tasks(spark.sparkContext, tasks.frame(spark, name, options, todo),
+                       f"genreclf score: {len(to_score)} of {n_inputs} files in {len(todo)} tasks (of {len(tasks.keys)})")
+        writer.add(score_table(driver_rows, job.labels, job.run, job.genre_labels))
+        for _, table, _ in taskrecords.read_records(job.out_url, tasks.keys, SCORES_SCHEMA):
+            writer.add(table)
+        if features:  # ok tracks no task found windows for
+            writer.add(score_table(_unscored(to_score, set(writer.rows()["track_id"])), job.labels, job.run,
+                                   job.genre_labels))
+        written = writer.close()
         if len(written) != n_inputs or written["track_id"].nunique() != n_inputs:
             raise GenreclfError(f"internal error: {n_inputs} inputs but {len(written)} score rows "
                                 f"({written['track_id'].nunique()} distinct); nothing was replaced")
         write_labels(directory, job.labels)
         if csv:
-            write_submission(written, job.labels, storage.join(directory, SUBMISSION_FILE))
+            write_submission(read_dir(staging, columns=["track_id", "path", "status", "probability_vector"]),
+                             job.labels, storage.join(directory, SUBMISSION_FILE))
         commit(output, run_id, job.labels, len(written), csv)
         done = True
+        taskrecords.remove_all(job.out_url)
+        plan.files = writer.files
         return written, n_inputs, plan
     finally:
-        if not done and storage.exists(directory):  # a failed run: its directory was never committed
-            storage.delete(directory)
+        if not done:
+            writer.abort()
+            if storage.exists(directory):  # a failed run: its directory was never committed
+                storage.delete(directory)
         if shipped:
             shutil.rmtree(shipped, ignore_errors=True)
 
@@ -324,8 +385,13 @@ def format_summary(s: dict, incremental: bool = False) -> str:
     if incremental:
         lines.append(f"  incremental: {s['kept']} kept unchanged, {s['scored']} scored (new or changed), "
                      f"{s['retried']} retried (an error that may not recur), {s['dropped']} dropped (no longer listed)")
+    if s.get("answered_at_listing"):
+        lines.append(f"  {s['answered_at_listing']} files answered at listing (missing, not a regular file, empty): "
+                     "no task")
+    if s.get("tasks_kept"):
+        lines.append(f"  resumed: {s['tasks_kept']} of {s['tasks']} tasks' outputs kept from an interrupted run")
     lines += [f"  error  {n:6d}  {reason}" for reason, n in s["errors_by_reason"].items()]
     lines.append("  top genres: " + ", ".join(f"{g} {n}" for g, n in list(s["genres"].items())[:8]))
-    lines.append(f"  committed {s['output']} (scores/, labels.json{', submission.csv' if s.get('csv') else ''}; "
-                 "current.json names it)")
+    lines.append(f"  committed {s['output']} (scores/ in {s.get('files', 0)} files, labels.json"
+                 f"{', submission.csv' if s.get('csv') else ''}; current.json names it)")
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """What each score task runs in its Python worker (mapInPandas): decode or read windows, predict with
 the model of :mod:`genreclf.ml.model_cache`, average each track, and write the task's rows itself
-(:mod:`genreclf.formats.scores`) as its part of the staged output."""
+as its record (:mod:`genreclf.formats.taskrecords`, named by the task's key): a rerun after a crash
+keeps it. The driver compacts the records into the committed run."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -13,8 +15,9 @@ import pyarrow as pa
 
 from genreclf.config import Recipe
 from genreclf.errors import StorageError
+from genreclf.formats import taskrecords
 from genreclf.formats.schema import STATUS_OK
-from genreclf.formats.scores import score_row, score_table, write_part
+from genreclf.formats.scores import score_row, score_table
 from genreclf.ml.inference import TrackBatcher, excerpt, mean_probabilities, predict, prefetch
 
 
@@ -41,24 +44,24 @@ def _maybe_inject_fault():
         os._exit(17)
 
 
-def _write_task_rows(rows: list, info: dict, staging: str, run: dict):
-    """Write a task's score rows as its part of the staged output; the task's one returned row."""
+def _write_task_rows(rows: list, info: dict, out_url: str, key: str, run: dict):
+    """Write a task's score rows as its record; the task's one returned row."""
     from pyspark import TaskContext
 
-    ctx = TaskContext.get()
     try:
-        n, error = write_part(staging, f"part-{ctx.partitionId():05d}.parquet", ctx.attemptNumber(),
-                              score_table(rows, info["labels"], run, info.get("genre_labels"))), None
+        taskrecords.write_record(out_url, key, score_table(rows, info["labels"], run, info.get("genre_labels")),
+                                 TaskContext.get().attemptNumber())
+        n, error = len(rows), None
     except StorageError as e:  # the run cannot go on: said once by the driver, not as a task traceback
         n, error = -1, str(e)
-    return pd.DataFrame({"partition": [ctx.partitionId()], "rows": [n], "error": [error]})
+    return pd.DataFrame({"task": [key], "rows": [n], "error": [error]})
 
 
 def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duration_s: float, max_windows: int,
-                          batch_size: int, precision: str, decode_threads: int, staging: str,
+                          batch_size: int, precision: str, decode_threads: int, out_url: str,
                           storage_options: dict, run: dict, temperature: float = 1.0, calibration: str = "none"):
     """mapInPandas: catalogue rows -> one score row per file (decode, windows and STFT as featurize),
-    written by the task to its part of the staged output.
+    written by the task as its record.
 
     Files are decoded ``decode_threads`` ahead while the model predicts, and windows of consecutive
     tracks share model calls (:class:`TrackBatcher`).
@@ -70,8 +73,13 @@ def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duratio
     _maybe_inject_fault()
     storage.configure(storage_options)
     recipe = Recipe.from_dict(json.loads(recipe_json))
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        return
+    key = str(first["task"].iloc[0])
     info, model, computed = get_model(_bundle_dir(bundle), precision)
-    entries = (entry for batch in batches for entry in batch.itertuples(index=False))
+    entries = (entry for batch in itertools.chain([first], batches) for entry in batch.itertuples(index=False))
 
     def decode(entry):
         return featurize_file(entry.path, recipe, track_id=entry.track_id, max_duration_s=max_duration_s)
@@ -93,11 +101,11 @@ def score_audio_partition(batches, *, bundle: str, recipe_json: str, max_duratio
             rows.append(score_row(row["track_id"], row["path"], row["status"], row["error"],
                                   size_bytes=entry.size_bytes, mtime=entry.mtime))
     finish(batcher.flush())
-    yield _write_task_rows(rows, info, staging, run)
+    yield _write_task_rows(rows, info, out_url, key, run)
 
 
 def score_window_files_partition(batches, *, bundle: str, recipe_json: str, batch_size: int, max_windows: int,
-                                 precision: str, staging: str, storage_options: dict, tracks, run: dict,
+                                 precision: str, out_url: str, storage_options: dict, tracks, run: dict,
                                  temperature: float = 1.0, calibration: str = "none"):
     """mapInPandas: window files (``location``) -> one score row per track they hold.
 
@@ -119,8 +127,9 @@ def score_window_files_partition(batches, *, bundle: str, recipe_json: str, batc
     info, model, computed = get_model(_bundle_dir(bundle), precision)
     wanted = tracks.value
     wanted_ids = pa.array(list(wanted), pa.string())
-    rows = []
+    rows, key = [], None
     for batch in batches:
+        key = key or str(batch["task"].iloc[0])
         for location in batch["location"]:
             per_track: dict = {}
             fs, path = storage.filesystem(location)
@@ -143,4 +152,5 @@ def score_window_files_partition(batches, *, bundle: str, recipe_json: str, batc
                 path_, size, mtime = wanted[tid]
                 rows.append(score_row(tid, path_, STATUS_OK, None, len(chosen), mean.tolist(), size_bytes=size,
                                       mtime=mtime, precision=computed))
-    yield _write_task_rows(rows, info, staging, run)
+    if key is not None:
+        yield _write_task_rows(rows, info, out_url, key, run)
