@@ -114,7 +114,7 @@ def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: 
     """What the last commit of an existing output holds, and whether this run may change it:
     returns (state or None, prior tracks for --incremental or None)."""
     state = committed(out_url)
-    ours = {WINDOWS_DIR, TRACKS_DIR, RECIPE_FILE, LOCK_FILE}
+    ours = {WINDOWS_DIR, TRACKS_DIR, RECIPE_FILE, LOCK_FILE, taskrecords.TASKS_DIR}
     foreign = [e.base_name for e in storage.list_dir(out_url) if e.base_name not in ours and not e.base_name.startswith(".")]
     if state is None and foreign:
         raise OutputExistsError(f"{out_url} is a non-empty directory that is not a featurize output (it holds "
@@ -247,6 +247,8 @@ def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, increm
         log.info("featurize: %d files answered at listing (missing, not a regular file, empty or unreadable): no task",
                  len(listing_rows))
     groups, keys = _plan_tasks(live, state, settings, spark.sparkContext.defaultParallelism)
+    log.info("featurize: %d files to open in %d tasks ([featurize] task_mb = %d, files_per_task = %d)", len(live),
+             len(keys), settings.featurize.task_mb, settings.featurize.files_per_task)
     finished = taskrecords.finished(out_url) & set(keys)
     taskrecords.remove_others(out_url, finished)
     present = set(listed_window_files(windows_url))
@@ -315,7 +317,9 @@ def _run_tasks(spark, live: pd.DataFrame, todo: list, out_url: str, settings: Se
     sc = spark.sparkContext
     killpoints.note("tasks", storage.filesystem(out_url)[1])  # they write window files and task records
     n_files = sum(b - a for (a, b), _ in todo)
-    sc.setJobDescription(f"genreclf featurize: {n_files} files in {len(todo)} tasks (of {n_tasks})")
+    description = f"featurize: {n_files} files in {len(todo)} tasks (of {n_tasks})"
+    log.info(description)
+    sc.setJobDescription("genreclf " + description)
     with SparkProgress(sc, "featurize"):
         returned = frame.mapInPandas(fn, schema=schema).collect()
     sc.setJobDescription(None)

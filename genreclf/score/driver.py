@@ -325,6 +325,7 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
         parallelism = spark.sparkContext.defaultParallelism
         tasks = (_plan_features(features, to_score, base, job.run, parallelism) if features
                  else _plan_audio(to_score, settings, base, job.run, parallelism)) if len(to_score) else _Tasks([], None)
+        log.info("score: %d files to score in %d tasks", len(to_score), len(tasks.keys))
         finished = taskrecords.finished(job.out_url) & set(tasks.keys)
         taskrecords.remove_others(job.out_url, finished)
         if finished:
@@ -339,7 +340,7 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
             options = _task_options(job.recipe, settings, job.calibration, job.out_url, job.run)
             killpoints.note("tasks", storage.filesystem(job.out_url)[1])  # they write task records
             _run_tasks(spark.sparkContext, tasks.frame(spark, name, options, todo),
-                       f"genreclf score: {len(to_score)} of {n_inputs} files in {len(todo)} tasks (of {len(tasks.keys)})")
+                       f"score: {len(to_score)} of {n_inputs} files in {len(todo)} tasks (of {len(tasks.keys)})")
         writer.add(score_table(driver_rows, job.labels, job.run, job.genre_labels))
         for _, table, _ in taskrecords.read_records(job.out_url, tasks.keys, SCORES_SCHEMA):
             writer.add(table)
@@ -369,7 +370,8 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
 
 
 def _run_tasks(sc, tasks, description: str) -> None:
-    sc.setJobDescription(description)
+    log.info(description)
+    sc.setJobDescription("genreclf " + description)
     with SparkProgress(sc, "score"):
         returned = tasks.collect()
     sc.setJobDescription(None)

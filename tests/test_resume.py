@@ -1,0 +1,186 @@
+"""A run killed mid-way resumes: featurize's and score's process group (spark-submit, its JVM and
+Python workers) is SIGKILLed once ~60 % of its tasks have written their records, the same command
+is run again (no --break-lock: the lock's holder is provably gone on this host), and the rerun keeps
+every finished task, runs only the rest, and gives exactly the uninterrupted run's output. On local
+disk and on the S3 test server (smaller).
+
+Runs in the ``faults`` pytest invocation (one Spark application at a time, two runs at once here).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+
+from genreclf.formats.scores import read_scores
+from genreclf.formats.taskrecords import TASKS_DIR
+from genreclf.io import storage
+from tests import submit
+from tests.test_killpoints import features_state, same_features
+
+pytestmark = pytest.mark.faults
+
+BUCKET = "resume"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, make_audio):
+    """28 short tracks (and two dead paths) in a catalogue; tasks of two files (14 tasks); a seeded,
+    untrained reference bundle; float32 scores (the same numbers on every CPU)."""
+    import keras
+
+    from genreclf.config import Recipe
+    from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, bundle_info, write_json
+    from genreclf.ml.network import build_model
+
+    root = tmp_path_factory.mktemp("resume")
+    (root / "audio").mkdir()
+    styles = ("rock", "jazz", "techno")
+    rows = ["path,genre"]
+    for i in range(28):
+        make_audio(root / "audio" / f"t{i:02d}.mp3", 3.2, style=styles[i % 3], seed=i)
+        rows.append(f"audio/t{i:02d}.mp3,{styles[i % 3]}")
+    rows += ["audio/gone-1.mp3,rock", "audio/gone-2.mp3,jazz"]
+    (root / "catalogue.csv").write_text("\n".join(rows) + "\n")
+    (root / "bundle").mkdir()
+    keras.utils.set_random_seed(0)
+    build_model((Recipe().frames, Recipe().bands, 1), 3).save(str(root / "bundle" / MODEL_FILE))
+    write_json(str(root / "bundle" / BUNDLE_FILE), bundle_info(["jazz", "rock", "techno"], Recipe()))
+    (root / "conf.toml").write_text('[featurize]\nfiles_per_task = 2\n[score]\nprecision = "float32"\n')
+    return root
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def place(request, tmp_path_factory):
+    """(output root, extra environment, files in the catalogue to use): local disk, or a bucket of the
+    S3 test server with a smaller catalogue (the inputs stay local)."""
+    if request.param == "local":
+        yield str(tmp_path_factory.mktemp("resume-out")), {}, None
+        return
+    s3 = request.getfixturevalue("s3")
+    previous = storage.options()["endpoint_url"]
+    storage.configure({"endpoint_url": s3.endpoint})
+    fs = pafs.S3FileSystem(endpoint_override=s3.endpoint.split("://")[1], scheme="http", allow_bucket_creation=True)
+    fs.create_dir(BUCKET)
+    yield f"s3://{BUCKET}/out", {"AWS_ENDPOINT_URL": s3.endpoint}, 12
+    storage.configure({"endpoint_url": previous})
+
+
+def _catalogue(corpus, files) -> str:
+    if files is None:
+        return str(corpus / "catalogue.csv")
+    lines = (corpus / "catalogue.csv").read_text().splitlines()
+    small = corpus / f"catalogue-{files}.csv"
+    small.write_text("\n".join(lines[:1 + files] + lines[-2:]) + "\n")
+    return str(small)
+
+
+def _records(out: str) -> int:
+    try:
+        return sum(1 for e in storage.list_dir(storage.join(storage.to_url(out), TASKS_DIR))
+                   if e.base_name.endswith(".parquet") and not e.base_name.startswith("."))
+    except OSError:
+        return 0
+
+
+PLAN = re.compile(r"to (?:open|score) in (\d+) tasks")
+
+
+def run(args: list, env: dict, *, kill_share: float | None = None) -> tuple:
+    """Run a job in its own process group; with ``kill_share``, SIGKILL the group once that share of
+    the tasks its log plans have written their records under its output (``--output`` in ``args``).
+    Returns (output, (records seen at the kill, tasks planned))."""
+    import threading
+
+    out = args[args.index("--output") + 1]
+    proc = subprocess.Popen(submit.command("--master", "local[1]", *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=submit.env(**env), start_new_session=True)
+    lines: list = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    seen = None
+    try:
+        deadline = time.monotonic() + 300
+        while kill_share is not None and proc.poll() is None and time.monotonic() < deadline:
+            planned = next((int(m.group(1)) for m in map(PLAN.search, list(lines)) if m), None)
+            if planned and _records(out) >= max(1, round(kill_share * planned)):
+                os.killpg(proc.pid, signal.SIGKILL)
+                seen = (_records(out), planned)
+                break
+            time.sleep(0.05)
+        proc.wait(timeout=600)
+        reader.join(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    output = "".join(lines)
+    if kill_share is None:
+        assert proc.returncode == 0, output[-3000:]
+    else:
+        assert seen is not None and proc.returncode == -signal.SIGKILL, ("the run was not killed", output[-3000:])
+    return output, seen
+
+
+def killed_then_rerun(job_args, out_of, state, same, env):
+    """The uninterrupted run alongside a run killed at ~60 % of its tasks; then the same command again."""
+    reference, killed = out_of("reference"), out_of("killed")
+    with ThreadPoolExecutor(1) as pool:
+        ref = pool.submit(run, job_args(reference), env)
+        _, (seen, n) = run(job_args(killed), env, kill_share=0.6)
+    assert 0 < seen < n
+    rerun, _ = run(job_args(killed), env)
+    ref.result()
+    kept = int(re.search(rf"resuming: (\d+) of {n} tasks' outputs kept", rerun).group(1))
+    assert kept >= seen, (kept, seen, rerun[-3000:])
+    assert "taking over the lock" in rerun  # no --break-lock: the holder is gone on this host
+    ran = int(re.search(r"in (\d+) tasks \(of (\d+)\)", rerun).group(1)) if kept < n else 0
+    assert ran == n - kept, rerun[-3000:]
+    assert same(state(killed), state(reference))
+    fs, base = storage.filesystem(killed)
+    left = [e.path for e in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+            if TASKS_DIR in e.path or "/." in e.path or e.path.endswith("_genreclf.lock")]
+    assert left == [], left
+
+
+def test_a_killed_featurize_resumes_and_equals_the_uninterrupted_run(corpus, place):
+    root, env, files = place
+    catalogue = _catalogue(corpus, files)
+
+    def args(out):
+        return ["featurize", "--input", catalogue, "--output", out, "--conf", str(corpus / "conf.toml")]
+
+    killed_then_rerun(args, lambda name: storage.join(root, f"features-{name}"), features_state, same_features, env)
+
+
+def _scores(out: str):
+    return read_scores(out).drop(columns=["probabilities"])
+
+
+def _same_scores(a, b) -> bool:
+    probs = np.allclose(np.stack(a.loc[a.status == "ok", "probability_vector"]),
+                        np.stack(b.loc[b.status == "ok", "probability_vector"]), atol=1e-5)
+    rest = a.drop(columns=["probability_vector", "confidence"]).equals(b.drop(columns=["probability_vector",
+                                                                                      "confidence"]))
+    return probs and rest and len(a) == len(b)
+
+
+def test_a_killed_score_resumes_and_equals_the_uninterrupted_run(corpus, place):
+    root, env, files = place
+    catalogue = _catalogue(corpus, files)
+
+    def args(out):
+        return ["score", "--model", str(corpus / "bundle"), "--input", catalogue, "--output", out, "--conf",
+                str(corpus / "conf.toml")]
+
+    killed_then_rerun(args, lambda name: storage.join(root, f"scores-{name}"), _scores, _same_scores, env)
