@@ -32,7 +32,7 @@ import pyarrow as pa
 from genreclf import __version__
 from genreclf.audio.extract import window_tables
 from genreclf.config import Recipe, Settings, load_settings
-from genreclf.errors import GenreclfError, OutputExistsError, StorageError
+from genreclf.errors import DamagedInputError, GenreclfError, OutputExistsError, StorageError
 from genreclf.formats import taskrecords
 from genreclf.formats.features import (
     commit,
@@ -61,7 +61,7 @@ from genreclf.io import killpoints, storage
 from genreclf.io.catalog import apply_labels, expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
 from genreclf.io.progress import SparkProgress
-from genreclf.io.spark import catalog_records, entries_frame, group_by_work
+from genreclf.io.spark import catalog_records, entries_frame, group_by_work, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
         lock.release()
     summary = {**summarize(done.pop("new_rows"), time.time() - started, n_inputs=n_inputs,
                            skipped=len(catalog.skipped), unchanged=n_inputs - done["to_process"]),
-               "output": out_url, "unlabelled": unlabelled, **done}
+               "output": out_url, "unlabelled": unlabelled, "driver_peak_rss_mb": round(peak_rss_mb()), **done}
     for line in format_summary(summary).splitlines():
         log.info(line)
     return summary
@@ -331,11 +331,17 @@ def _run_tasks(spark, live: pd.DataFrame, todo: list, out_url: str, settings: Se
 def _read_records(out_url: str, windows_url: str, keys: list, listing_rows: pd.DataFrame) -> tuple:
     """(the run's status rows, its window files): the listing's rows and every task's record."""
     base = storage.filesystem(windows_url)[1]
+    present = set(listed_window_files(windows_url))
     tables, files = [listing_rows], []
     for key, table, wrote in taskrecords.read_records(out_url, keys, TRACKS_SCHEMA):
         tables.append(table)
         if wrote.get("window_file"):
             files.append(f"{base}/{wrote['window_file']}")
+            if files[-1] not in present:  # removed by hand since its task finished: redo that task
+                taskrecords.remove_others(out_url, set(keys) - {key})
+                raise DamagedInputError(f"{storage.located(windows_url, files[-1])}, written by a finished task, is "
+                                        "missing (nothing was committed; that task's record was removed): rerun the "
+                                        "same command to redo it")
     return _concat(*tables), files
 
 
@@ -381,5 +387,6 @@ def format_summary(s: dict) -> str:
         buf.write(f"  error  {n:6d}  {reason}\n")
     if s["warnings"]:
         buf.write(f"  {s['warnings']} ok files needed repair (see the 'warning' column)\n")
+    buf.write(f"  {s.get('tasks', 0)} tasks; driver peak RSS {s.get('driver_peak_rss_mb', 0)} MB\n")
     buf.write(f"  elapsed {s['elapsed_s']:.1f} s, {s['tracks_per_s']} tracks/s")
     return buf.getvalue()

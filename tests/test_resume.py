@@ -2,7 +2,7 @@
 Python workers) is SIGKILLed once ~60 % of its tasks have written their records, the same command
 is run again (no --break-lock: the lock's holder is provably gone on this host), and the rerun keeps
 every finished task, runs only the rest, and gives exactly the uninterrupted run's output. On local
-disk and on the S3 test server (smaller).
+disk and on the S3 test server; the uninterrupted runs (local disk) are the reference for both.
 
 Runs in the ``faults`` pytest invocation (one Spark application at a time, two runs at once here).
 """
@@ -33,7 +33,7 @@ BUCKET = "resume"
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, make_audio):
-    """28 short tracks (and two dead paths) in a catalogue; tasks of two files (14 tasks); a seeded,
+    """20 short tracks (and two dead paths) in a catalogue; tasks of two files (10 tasks); a seeded,
     untrained reference bundle; float32 scores (the same numbers on every CPU)."""
     import keras
 
@@ -45,7 +45,7 @@ def corpus(tmp_path_factory, make_audio):
     (root / "audio").mkdir()
     styles = ("rock", "jazz", "techno")
     rows = ["path,genre"]
-    for i in range(28):
+    for i in range(20):
         make_audio(root / "audio" / f"t{i:02d}.mp3", 3.2, style=styles[i % 3], seed=i)
         rows.append(f"audio/t{i:02d}.mp3,{styles[i % 3]}")
     rows += ["audio/gone-1.mp3,rock", "audio/gone-2.mp3,jazz"]
@@ -60,27 +60,37 @@ def corpus(tmp_path_factory, make_audio):
 
 @pytest.fixture(scope="module", params=["local", "s3"])
 def place(request, tmp_path_factory):
-    """(output root, extra environment, files in the catalogue to use): local disk, or a bucket of the
-    S3 test server with a smaller catalogue (the inputs stay local)."""
+    """(output root, extra environment): local disk, or a bucket of the S3 test server (the inputs stay local)."""
     if request.param == "local":
-        yield str(tmp_path_factory.mktemp("resume-out")), {}, None
+        yield str(tmp_path_factory.mktemp("resume-out")), {}
         return
     s3 = request.getfixturevalue("s3")
     previous = storage.options()["endpoint_url"]
     storage.configure({"endpoint_url": s3.endpoint})
     fs = pafs.S3FileSystem(endpoint_override=s3.endpoint.split("://")[1], scheme="http", allow_bucket_creation=True)
     fs.create_dir(BUCKET)
-    yield f"s3://{BUCKET}/out", {"AWS_ENDPOINT_URL": s3.endpoint}, 12
+    yield f"s3://{BUCKET}/out", {"AWS_ENDPOINT_URL": s3.endpoint}
     storage.configure({"endpoint_url": previous})
 
 
-def _catalogue(corpus, files) -> str:
-    if files is None:
-        return str(corpus / "catalogue.csv")
-    lines = (corpus / "catalogue.csv").read_text().splitlines()
-    small = corpus / f"catalogue-{files}.csv"
-    small.write_text("\n".join(lines[:1 + files] + lines[-2:]) + "\n")
-    return str(small)
+def featurize_args(corpus, out):
+    return ["featurize", "--input", str(corpus / "catalogue.csv"), "--output", out, "--conf", str(corpus / "conf.toml")]
+
+
+def score_args(corpus, out):
+    return ["score", "--model", str(corpus / "bundle"), "--input", str(corpus / "catalogue.csv"), "--output", out,
+            "--conf", str(corpus / "conf.toml")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tmp_path_factory):
+    """What uninterrupted runs of the two commands give (local disk; the two at once)."""
+    root = tmp_path_factory.mktemp("resume-reference")
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(run, featurize_args(corpus, str(root / "features")), {}),
+                pool.submit(run, score_args(corpus, str(root / "scores")), {})]
+        [r.result() for r in runs]
+    return features_state(str(root / "features")), _scores(str(root / "scores"))
 
 
 def _records(out: str) -> int:
@@ -132,35 +142,23 @@ def run(args: list, env: dict, *, kill_share: float | None = None) -> tuple:
     return output, seen
 
 
-def killed_then_rerun(job_args, out_of, state, same, env):
-    """The uninterrupted run alongside a run killed at ~60 % of its tasks; then the same command again."""
-    reference, killed = out_of("reference"), out_of("killed")
-    with ThreadPoolExecutor(1) as pool:
-        ref = pool.submit(run, job_args(reference), env)
-        _, (seen, n) = run(job_args(killed), env, kill_share=0.6)
+def killed_then_rerun(args: list, env: dict) -> tuple:
+    """A run killed at ~60 % of its tasks, then the same command again: checks the rerun kept every
+    finished task, ran only the rest and left nothing behind; returns the output location."""
+    out = args[args.index("--output") + 1]
+    _, (seen, n) = run(args, env, kill_share=0.6)
     assert 0 < seen < n
-    rerun, _ = run(job_args(killed), env)
-    ref.result()
+    rerun, _ = run(args, env)
     kept = int(re.search(rf"resuming: (\d+) of {n} tasks' outputs kept", rerun).group(1))
     assert kept >= seen, (kept, seen, rerun[-3000:])
     assert "taking over the lock" in rerun  # no --break-lock: the holder is gone on this host
     ran = int(re.search(r"in (\d+) tasks \(of (\d+)\)", rerun).group(1)) if kept < n else 0
     assert ran == n - kept, rerun[-3000:]
-    assert same(state(killed), state(reference))
-    fs, base = storage.filesystem(killed)
+    fs, base = storage.filesystem(out)
     left = [e.path for e in fs.get_file_info(pafs.FileSelector(base, recursive=True))
             if TASKS_DIR in e.path or "/." in e.path or e.path.endswith("_genreclf.lock")]
     assert left == [], left
-
-
-def test_a_killed_featurize_resumes_and_equals_the_uninterrupted_run(corpus, place):
-    root, env, files = place
-    catalogue = _catalogue(corpus, files)
-
-    def args(out):
-        return ["featurize", "--input", catalogue, "--output", out, "--conf", str(corpus / "conf.toml")]
-
-    killed_then_rerun(args, lambda name: storage.join(root, f"features-{name}"), features_state, same_features, env)
+    return out
 
 
 def _scores(out: str):
@@ -168,19 +166,17 @@ def _scores(out: str):
 
 
 def _same_scores(a, b) -> bool:
-    probs = np.allclose(np.stack(a.loc[a.status == "ok", "probability_vector"]),
-                        np.stack(b.loc[b.status == "ok", "probability_vector"]), atol=1e-5)
-    rest = a.drop(columns=["probability_vector", "confidence"]).equals(b.drop(columns=["probability_vector",
-                                                                                      "confidence"]))
-    return probs and rest and len(a) == len(b)
+    ok = a.status == "ok"
+    probs = np.allclose(np.stack(a.loc[ok, "probability_vector"]), np.stack(b.loc[ok, "probability_vector"]), atol=1e-5)
+    rest = ["probability_vector", "confidence"]
+    return len(a) == len(b) and probs and a.drop(columns=rest).equals(b.drop(columns=rest))
 
 
-def test_a_killed_score_resumes_and_equals_the_uninterrupted_run(corpus, place):
-    root, env, files = place
-    catalogue = _catalogue(corpus, files)
-
-    def args(out):
-        return ["score", "--model", str(corpus / "bundle"), "--input", catalogue, "--output", out, "--conf",
-                str(corpus / "conf.toml")]
-
-    killed_then_rerun(args, lambda name: storage.join(root, f"scores-{name}"), _scores, _same_scores, env)
+def test_a_killed_featurize_and_score_resume_and_equal_the_uninterrupted_runs(corpus, place, uninterrupted):
+    root, env = place
+    with ThreadPoolExecutor(2) as pool:  # the two jobs at once
+        features = pool.submit(killed_then_rerun, featurize_args(corpus, storage.join(root, "features")), env)
+        scores = pool.submit(killed_then_rerun, score_args(corpus, storage.join(root, "scores")), env)
+        features, scores = features.result(), scores.result()
+    assert same_features(features_state(features), uninterrupted[0])
+    assert _same_scores(_scores(scores), uninterrupted[1])

@@ -439,3 +439,48 @@ def test_a_taggers_genre_is_the_most_probable_of_its_genre_tags():
     assert plain["genre"] == "00s" and plain["top_tags"] == tagged["top_tags"]
     error = score_table([score_row("e", "/m/e.mp3", "error", "not audio")], labels).to_pylist()[0]
     assert error["genre"] is None and error["top_tags"] is None
+
+
+def test_paths_the_listing_shows_dead_get_their_rows_on_the_driver_and_a_task_once_present(spark, trained, tmp_path,
+                                                                                          make_audio):
+    """2,000 missing paths and an empty file beside one real file: featurize and score give every row,
+    with one task (the real file); a catalogue of dead paths alone starts no Spark job. Once a path
+    exists, --incremental sends that file, and only it, to a task."""
+    from genreclf.formats.features import read_tracks
+    from genreclf.formats.scores import committed
+
+    _, bundle = trained
+    (tmp_path / "music").mkdir()
+    make_audio(tmp_path / "music" / "real.mp3", 3.5)
+    (tmp_path / "music" / "empty.mp3").write_bytes(b"")
+    dead = [f"music/gone-{i:04d}.mp3" for i in range(2000)]
+    catalogue = tmp_path / "catalogue.csv"
+    catalogue.write_text("path\n" + "\n".join(["music/real.mp3", "music/empty.mp3", *dead]) + "\n")
+    features, scores = tmp_path / "features", tmp_path / "scores"
+
+    made = run_featurize(spark, [str(catalogue)], str(features))
+    scored = run_score(spark, str(bundle), str(scores), inputs=[str(catalogue)], settings=FLOAT32)
+    for summary in (made, scored):
+        assert (summary["tasks"], summary["answered_at_listing"], summary["files_in"]) == (1, 2001, 2002), summary
+    tracks = read_tracks(str(features)).set_index("track_id")
+    rows = read_scores(str(scores)).set_index("track_id")
+    for table in (tracks, rows):
+        assert len(table) == 2002 and table.loc["music/real.mp3", "status"] == "ok"
+        assert (table.loc[dead, "error"] == "unreadable file: not found").all()
+        assert table.loc["music/empty.mp3", "error"] == "empty file: 0 bytes"
+    assert scored["files"] == 1 and len(os.listdir(scores / committed(str(scores))["run"] / "scores")) == 1
+
+    jobs = len(spark.sparkContext.statusTracker().getJobIdsForGroup())
+    only_dead = tmp_path / "dead.csv"
+    only_dead.write_text("path\n" + "\n".join(dead) + "\n")
+    alone = run_score(spark, str(bundle), str(tmp_path / "dead-scores"), inputs=[str(only_dead)], settings=FLOAT32)
+    assert alone["tasks"] == 0 and alone["errors"] == 2000
+    assert len(spark.sparkContext.statusTracker().getJobIdsForGroup()) == jobs  # no Spark job ran
+
+    make_audio(tmp_path / dead[7], 3.5, style="jazz")  # now present
+    again = run_featurize(spark, [str(catalogue)], str(features), incremental=True)
+    rescored = _incremental(spark, bundle, scores, catalogue, settings=FLOAT32)
+    assert (again["tasks"], again["answered_at_listing"], again["unchanged_skipped"]) == (1, 2000, 1)
+    assert (rescored["tasks"], rescored["answered_at_listing"], rescored["scored"]) == (1, 2000, 1)
+    assert read_tracks(str(features)).set_index("track_id").loc[dead[7], "status"] == "ok"
+    assert read_scores(str(scores)).set_index("track_id").loc[dead[7], "status"] == "ok"

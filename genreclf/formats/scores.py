@@ -153,8 +153,9 @@ SUMMARY_COLUMNS = ["track_id", "path", "status", "error", "n_windows", "genre", 
 
 class CompactWriter:
     """Writes a run's score rows (tables of SCORES_SCHEMA: task records, the driver's rows) into
-    ``staging/part-NNNNN.parquet`` files of at most MAX_SCORE_FILE_MB, each written whole under a
-    hidden name; keeps only SUMMARY_COLUMNS in memory (:meth:`close` returns them)."""
+    ``staging/part-NNNNN.parquet`` files of at most MAX_SCORE_FILE_MB, in place (the run directory
+    is invisible until its commit, and removed whole if the run fails); keeps only SUMMARY_COLUMNS
+    in memory (:meth:`close` returns them)."""
 
     def __init__(self, staging: str, run: dict):
         self.staging, self.run = staging, run
@@ -184,7 +185,7 @@ class CompactWriter:
             self._close_file()
         if self._writer is None:
             location = storage.join(self.staging, f"part-{self.files:05d}.parquet")
-            self._context = storage.atomic_output(location)
+            self._context = storage.direct_output(location)
             self._out = self._context.__enter__()
             self._writer = pq.ParquetWriter(self._out, SCORES_SCHEMA.with_metadata(
                 {RUN_KEY: json.dumps(self.run, sort_keys=True)}))

@@ -18,6 +18,13 @@ def setup_logging(level: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (the driver's Python, without its JVM), in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker_environment() -> None:
     """Defaults for the Python workers a SparkContext will start (set before creating it)."""
     # Workers run this interpreter unless told otherwise (spark.pyspark.python, PYSPARK_PYTHON).

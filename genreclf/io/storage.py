@@ -639,12 +639,19 @@ def write_text(location: str, text: str) -> None:
 def write_direct(location: str, data: bytes) -> None:
     """Write a file in place, no hidden name: only inside a directory no reader looks at yet (a run
     directory before its commit), where a partial file is removed with the directory."""
+    with direct_output(location) as out:
+        out.write(data)
+
+
+@contextlib.contextmanager
+def direct_output(location: str):
+    """An output stream to ``location`` itself, as :func:`write_direct` writes (no hidden name, no move)."""
     fs, path = filesystem(location)
     with writing(location):
         _make_parent(fs, path)
         killpoints.note("write", path)
         with fs.open_output_stream(path) as out:
-            out.write(data)
+            yield out
 
 
 def create_exclusive(location: str, data: bytes) -> bool:

@@ -55,7 +55,7 @@ from genreclf.io import killpoints, storage, tracking
 from genreclf.io.catalog import expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
 from genreclf.io.progress import SparkProgress
-from genreclf.io.spark import catalog_records, entries_frame, group_by_work
+from genreclf.io.spark import catalog_records, entries_frame, group_by_work, peak_rss_mb
 from genreclf.ml import pretrained
 from genreclf.score.tasks import score_audio_partition, score_window_files_partition
 
@@ -245,7 +245,7 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
                    precision=sorted(rows["precision"].dropna().unique().tolist()), kept=plan.n_kept, csv=csv,
                    scored=len(plan.to_score) - plan.answered, answered_at_listing=plan.answered,
                    retried=plan.retried, dropped=plan.dropped, tasks=plan.tasks, tasks_kept=plan.tasks_kept,
-                   files=plan.files)
+                   files=plan.files, driver_peak_rss_mb=round(peak_rss_mb()))
     for line in format_summary(summary, incremental).splitlines():
         log.info(line)
     return summary
@@ -393,6 +393,7 @@ def format_summary(s: dict, incremental: bool = False) -> str:
     if s.get("tasks_kept"):
         lines.append(f"  resumed: {s['tasks_kept']} of {s['tasks']} tasks' outputs kept from an interrupted run")
     lines += [f"  error  {n:6d}  {reason}" for reason, n in s["errors_by_reason"].items()]
+    lines.append(f"  {s.get('tasks', 0)} tasks; driver peak RSS {s.get('driver_peak_rss_mb', 0)} MB")
     lines.append("  top genres: " + ", ".join(f"{g} {n}" for g, n in list(s["genres"].items())[:8]))
     lines.append(f"  committed {s['output']} (scores/ in {s.get('files', 0)} files, labels.json"
                  f"{', submission.csv' if s.get('csv') else ''}; current.json names it)")
