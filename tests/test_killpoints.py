@@ -93,6 +93,17 @@ class Store:
             shutil.copytree(local_dir, dst)
         return dst
 
+    def snapshot(self, out: str, local_dir) -> None:
+        """A local copy of an output as it is now (for the runs that start from it)."""
+        fs, base = storage.filesystem(out)
+        shutil.rmtree(local_dir, ignore_errors=True)
+        for entry in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+            if entry.type == pafs.FileType.File:
+                target = os.path.join(str(local_dir), entry.path[len(base):].lstrip("/"))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with fs.open_input_stream(entry.path) as src, open(target, "wb") as dst:
+                    dst.write(src.read())
+
     def leftovers(self, out: str) -> list:
         """What a finished run must not leave: its lock, hidden partial files, uncommitted run directories."""
         fs, base = storage.filesystem(out)
@@ -200,22 +211,27 @@ def same_scores(a, b) -> bool:
     return a is not None and b is not None and a[0].equals(b[0]) and a[1:] == b[1:]
 
 
-def killed_at_every_point(store, older_output, name, run, state, same):
+def killed_at_every_point(store, older_output, name, run, state, same, scratch):
     """The older output's copy is replaced by ``run`` killed at each distinct point of a traced,
     uninterrupted run; each time a reader sees the old run or the new one, whole, and the rerun
     with --break-lock gives the uninterrupted run's output, leaving nothing behind.
 
-    Runs go two at a time (a run is ~1 core: JVM, driver, one task); "before:1" (always a point:
-    before the first step) is killed while the traced run finds the others."""
+    The first kill ("before:1", always a point: before the first step, after the tasks) is of a
+    fresh run, while the traced run finds the others; what it leaves (its finished tasks' outputs)
+    is where the runs killed at the other points start: they resume those tasks (no Spark job) and
+    go through the same steps. Runs go two at a time (a run is ~1 core)."""
     from concurrent.futures import ThreadPoolExecutor
 
     old = state(str(older_output))
+    snapshot = scratch / f"{name}-tasks-done"
 
-    def each(point, last=False) -> dict:
+    def each(point, last=False, start=older_output) -> dict:
         """Kill at ``point``; what a reader sees then, and (unless the run had completed) after the rerun."""
-        out = store.copy(older_output, store.location(f"{name}-{point.replace(':', '')}"))
+        out = store.copy(start, store.location(f"{name}-{point.replace(':', '')}"))
         run(out, point=point)
         seen = {"point": point, "killed": state(out), "last": last}
+        if start == older_output:
+            store.snapshot(out, snapshot)
         if not last:
             run(out, "--break-lock")
             seen["rerun"] = state(out)
@@ -230,8 +246,9 @@ def killed_at_every_point(store, older_output, name, run, state, same):
         first = pool.submit(each, "before:1")
         (points, n), reference = traced()
         assert points[0] == "before:1"
-        rest = [pool.submit(each, point, point == f"after:{n}") for point in points[1:]]
-        results = [first.result(), *(f.result() for f in rest)]
+        first = first.result()
+        rest = [pool.submit(each, point, point == f"after:{n}", snapshot) for point in points[1:]]
+        results = [first, *(f.result() for f in rest)]
     new = state(reference)
     assert not same(new, old) and store.leftovers(reference) == []
     failures = []
@@ -252,11 +269,11 @@ def test_featurize_incremental_killed_before_and_after_every_step(store, corpus,
     def run(out, *flags, point=None):
         return featurize(corpus, "all.csv", out, "--incremental", *flags, env=store.env, point=point)
 
-    killed_at_every_point(store, older[0], "features", run, features_state, same_features)
+    killed_at_every_point(store, older[0], "features", run, features_state, same_features, corpus)
 
 
 def test_score_overwrite_csv_killed_before_and_after_every_step(store, corpus, older):
     def run(out, *flags, point=None):
         return score(corpus, "all.csv", out, "--overwrite", *flags, env=store.env, point=point)
 
-    killed_at_every_point(store, older[1], "scores", run, scores_state, same_scores)
+    killed_at_every_point(store, older[1], "scores", run, scores_state, same_scores, corpus)
