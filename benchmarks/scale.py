@@ -31,7 +31,20 @@ import sys
 import threading
 import time
 
-from benchmarks.scoring import cpu_name
+from benchmarks.scoring import cpu_name as _model_name
+
+
+def cpu_name() -> str:
+    """The CPU as /proc/cpuinfo names it, with its family/model and the flags our figures depend on."""
+    facts = {}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            facts.setdefault(key.strip(), value.strip())
+            if not line.strip():
+                break
+    flags = [x for x in ("avx512_bf16", "amx_bf16", "avx2") if x in facts.get("flags", "").split()]
+    return f"{_model_name()} (family {facts.get('cpu family')} model {facts.get('model')}; {', '.join(flags)})"
 
 log = logging.getLogger("genreclf.bench.scale")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,14 +169,17 @@ def same_outputs(a: str, b: str, kind: str) -> bool:
                         atol=1e-5))
 
 
-def real_audio(out: str, bundle: str, copies: int) -> dict:
+def real_audio(out: str, bundle: str, copies: int, task_mb: int) -> dict:
     catalogue, n_real = linked_corpus(out, copies)
-    result = {"real_files": n_real, "dead_files": 10_000}
+    conf = os.path.join(out, "scale.toml")
+    with open(conf, "w") as f:
+        f.write(f"[featurize]\ntask_mb = {task_mb}\n")
+    result = {"real_files": n_real, "dead_files": 10_000, "task_mb": task_mb}
     for kind in ("featurize", "score"):
         full, resumed = os.path.join(out, f"{kind}-full"), os.path.join(out, f"{kind}-resumed")
         for d in (full, resumed):
             shutil.rmtree(d, ignore_errors=True)
-        head = ["featurize"] if kind == "featurize" else ["score", "--model", bundle]
+        head = ["featurize", "--conf", conf] if kind == "featurize" else ["score", "--model", bundle, "--conf", conf]
         uninterrupted = job(*head, "--input", catalogue, "--output", full)
         killed = job(*head, "--input", catalogue, "--output", resumed, kill_share=0.6,
                      tasks_dir=os.path.join(resumed, "_tasks"))
@@ -176,8 +192,8 @@ def real_audio(out: str, bundle: str, copies: int) -> dict:
                         "core_s_per_track": round(uninterrupted["wall_s"] * 2 / n_real, 4)}
         log.info("%s %s", kind, result[kind])
     catalogue, n_more = linked_corpus(out, copies, extra=53)
-    inc = job("score", "--model", bundle, "--input", catalogue, "--output", os.path.join(out, "score-full"),
-              "--incremental")
+    inc = job("score", "--model", bundle, "--conf", conf, "--input", catalogue, "--output",
+              os.path.join(out, "score-full"), "--incremental")
     result["score_incremental"] = {"new_files": n_more - n_real, "wall_s": inc["wall_s"],
                                    "over_full_run": round(inc["wall_s"] / result["score"]["uninterrupted_s"], 3)}
     log.info("score --incremental %s", result["score_incremental"])
@@ -229,7 +245,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench-output/scale")
     p.add_argument("--sizes", default="10000,100000,1000000", help="dead-path catalogue sizes")
     p.add_argument("--copies", type=int, default=16, help="times the 110 shared clips are linked (16: 1,760 files)")
-    p.add_argument("--s3-files", type=int, default=5000, help="window files on the S3 test server")
+    p.add_argument("--task-mb", type=int, default=64, help="[featurize] task_mb of the real-audio runs (64: 16 tasks "
+                   "for 1,760 files; the default 256 makes 4, too few to kill at 60 %%)")
+    p.add_argument("--s3-files", type=int, default=2000, help="window files on the S3 test server")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: dead,real,s3")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -244,7 +262,7 @@ def main(argv=None) -> int:
     if "dead" not in skip:
         results["dead_paths"] = dead_paths(out, bundle, [int(x) for x in args.sizes.split(",")])
     if "real" not in skip:
-        results["real"] = real_audio(out, bundle, args.copies)
+        results["real"] = real_audio(out, bundle, args.copies, args.task_mb)
     if "s3" not in skip:
         results["s3_commit_record"] = s3_commit_record(out, args.s3_files)
     with open(os.path.join(out, "scale.json"), "w") as f:
@@ -255,6 +273,8 @@ def main(argv=None) -> int:
 
 def report(r: dict) -> str:
     lines = [f"scale benchmark, {r['cpu']}, {r['cores']} cores, {r['date']} (spark-submit --master local[2])"]
+    if r.get("real"):
+        lines.append(f"  real-audio runs with [featurize] task_mb = {r['real']['task_mb']}")
     for d in r.get("dead_paths", []):
         n = d["rows"]
         lines.append(f"  dead paths {n:>9,}: featurize {d['featurize_s']:7.1f} s ({1000 * d['featurize_s'] / n:6.3f} s"

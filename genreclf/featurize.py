@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -208,12 +209,15 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
 
 
 def _listing_rows(table: pd.DataFrame) -> pa.Table:
-    """The status rows of files the listing showed cannot be used (``problem``): made here, no task."""
-    rows = pd.DataFrame({name: None for name in TRACKS_SCHEMA.names}, index=table.index)
-    for name in ("track_id", "path", "label", "group", "size_bytes", "mtime"):
-        rows[name] = table[name]
-    rows["status"], rows["error"], rows["n_windows"] = STATUS_ERROR, table["problem"], 0
-    return _tracks_table(rows.to_dict("records")) if len(rows) else TRACKS_SCHEMA.empty_table()
+    """The status rows of files the listing showed cannot be used (``problem``): made here, no task
+    (column by column: a million dead paths are a million rows)."""
+    given = ("track_id", "path", "label", "group", "mtime")
+    frame = pd.DataFrame({name: table[name].to_numpy() if name in given else None for name in TRACKS_SCHEMA.names},
+                         index=range(len(table)))
+    frame["status"], frame["error"] = STATUS_ERROR, table["problem"].to_numpy()
+    frame["n_windows"] = np.zeros(len(table), np.int32)
+    frame["size_bytes"] = pd.array(table["size_bytes"].to_numpy(), dtype="Int64")
+    return pa.Table.from_pandas(frame, schema=TRACKS_SCHEMA, preserve_index=False)
 
 
 def _concat(*frames) -> pd.DataFrame:
