@@ -13,11 +13,12 @@ CORPUS  ?= ../shared/corpus-train
 CONF    ?= conf/genreclf.toml
 CV_OUT  ?= cv-output/$(basename $(notdir $(CONF)))
 
-.PHONY: install install-gpu demo test bench crossval pack clean help
+.PHONY: install install-gpu demo test bench bench-scale crossval pack clean help
 help:
 	@echo "make demo   - set up .venv and run the pipeline end to end on a generated corpus (local mode)"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks"
+	@echo "make bench-scale - catalogues of 10 k to 1 M rows, a killed and resumed run, 1 M tracks extrapolated (~30 min)"
 	@echo "make crossval [CONF=conf/quality.toml] - 5-fold artist-grouped cross-validation on $(CORPUS) (~30-45 min)"
 	@echo "make pack   - build/genreclf-env.tar.gz: the runtime environment for executors (--archives ...#env)"
 	@echo "make install-gpu - a GPU training node's environment (.venv-gpu; then make test GPU=1 ...)"
@@ -96,6 +97,10 @@ bench: install
 	$(PY) -m benchmarks.run --out bench-output
 	$(PY) -m benchmarks.scoring --out bench-output
 	$(PY) -m benchmarks.object_store --out bench-output
+
+# Scale (docs/performance.md, "Scale"): its own target, ~30 min on 2 cores.
+bench-scale: install
+	$(PY) -m benchmarks.scale --out bench-output/scale
 
 clean:
 	rm -rf build $(DEMO) bench-output cv-output .pytest_cache

@@ -232,7 +232,7 @@ def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, increm
     plan finished, run the rest, check, commit, then drop what the commit superseded. A kill
     before the commit leaves the previous commit whole (its files untouched), and the finished
     tasks' outputs for the rerun."""
-    recipe, fs_settings = settings.recipe, settings.featurize
+    recipe = settings.recipe
     windows_url = storage.join(out_url, WINDOWS_DIR)
     state, prior = _prepare_output(out_url, recipe, overwrite, incremental)
     old_files = window_files(windows_url) if state is not None else []

@@ -3,6 +3,7 @@ proxy in front of it whose connections the tests can cut, to play a store that d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -128,3 +129,21 @@ class CuttableProxy:
         self.cut()
         self._server.close()
         self._thread.join(5)
+
+
+@contextlib.contextmanager
+def bucket_outputs(server: MotoServer, bucket: str):
+    """A new bucket of ``server`` for a test's outputs, this process's storage pointed at the server
+    meanwhile: yields (the outputs' root URL, the environment a spark-submit run needs to reach it)."""
+    import pyarrow.fs as pafs
+
+    from genreclf.io import storage
+
+    previous = storage.options()["endpoint_url"]
+    storage.configure({"endpoint_url": server.endpoint})
+    fs = pafs.S3FileSystem(endpoint_override=server.endpoint.split("://")[1], scheme="http", allow_bucket_creation=True)
+    fs.create_dir(bucket)
+    try:
+        yield f"s3://{bucket}/out", {"AWS_ENDPOINT_URL": server.endpoint}
+    finally:
+        storage.configure({"endpoint_url": previous})

@@ -30,6 +30,7 @@ from genreclf.io import storage
 from genreclf.io.killpoints import VARIABLE
 from genreclf.io.lock import LOCK_FILE
 from tests import submit
+from tests.s3server import bucket_outputs
 
 pytestmark = pytest.mark.faults
 
@@ -170,13 +171,8 @@ def store(request, tmp_path_factory):
     if request.param == "local":
         yield Store(str(tmp_path_factory.mktemp("kill-outputs")), {})
         return
-    s3 = request.getfixturevalue("s3")
-    previous = storage.options()["endpoint_url"]
-    storage.configure({"endpoint_url": s3.endpoint})
-    fs = pafs.S3FileSystem(endpoint_override=s3.endpoint.split("://")[1], scheme="http", allow_bucket_creation=True)
-    fs.create_dir(BUCKET)
-    yield Store(f"s3://{BUCKET}/out", {"AWS_ENDPOINT_URL": s3.endpoint})
-    storage.configure({"endpoint_url": previous})
+    with bucket_outputs(request.getfixturevalue("s3"), BUCKET) as (root, env):
+        yield Store(root, env)
 
 
 def features_state(out: str):

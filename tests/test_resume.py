@@ -24,6 +24,7 @@ from genreclf.formats.scores import read_scores
 from genreclf.formats.taskrecords import TASKS_DIR
 from genreclf.io import storage
 from tests import submit
+from tests.s3server import bucket_outputs
 from tests.test_killpoints import features_state, same_features
 
 pytestmark = pytest.mark.faults
@@ -64,13 +65,8 @@ def place(request, tmp_path_factory):
     if request.param == "local":
         yield str(tmp_path_factory.mktemp("resume-out")), {}
         return
-    s3 = request.getfixturevalue("s3")
-    previous = storage.options()["endpoint_url"]
-    storage.configure({"endpoint_url": s3.endpoint})
-    fs = pafs.S3FileSystem(endpoint_override=s3.endpoint.split("://")[1], scheme="http", allow_bucket_creation=True)
-    fs.create_dir(BUCKET)
-    yield f"s3://{BUCKET}/out", {"AWS_ENDPOINT_URL": s3.endpoint}
-    storage.configure({"endpoint_url": previous})
+    with bucket_outputs(request.getfixturevalue("s3"), BUCKET) as (root, env):
+        yield root, env
 
 
 def featurize_args(corpus, out):
