@@ -86,12 +86,12 @@ def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str
     """Parse arguments, set up logging and settings, run ``body(args, settings[, spark])``.
 
     The locations named by the ``writes`` arguments are checked writable first, and with
-    ``spark_app`` a SparkSession is started (and always stopped) for the body. A
+    ``spark_app`` the body gets a SparkSession started on its first use (and always stopped). A
     :class:`GenreclfError` is logged as one line and gives exit code 2.
     """
     from genreclf.config import load_settings
     from genreclf.errors import GenreclfError
-    from genreclf.io.spark import get_spark, setup_logging
+    from genreclf.io.spark import LazySpark, setup_logging
 
     parser.add_argument("--verbose", action="store_true",
                         help="debug logs, and the native start-up lines of TensorFlow in every process")
@@ -111,7 +111,7 @@ def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str
         if spark_app is None:
             body(args, settings)
             return 0
-        spark = get_spark(spark_app)
+        spark = LazySpark(spark_app)  # started when the body first needs it: tasks to run
         try:
             body(args, settings, spark)
         finally:

@@ -62,7 +62,7 @@ from genreclf.io import killpoints, storage
 from genreclf.io.catalog import apply_labels, expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
 from genreclf.io.progress import SparkProgress
-from genreclf.io.spark import catalog_records, entries_frame, group_by_work, peak_rss_mb
+from genreclf.io.spark import catalog_records, default_parallelism, entries_frame, group_by_work, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, increm
     if len(listing_rows):
         log.info("featurize: %d files answered at listing (missing, not a regular file, empty or unreadable): no task",
                  len(listing_rows))
-    groups, keys = _plan_tasks(live, state, settings, spark.sparkContext.defaultParallelism)
+    groups, keys = _plan_tasks(live, state, settings, default_parallelism(spark) if len(live) else 1)
     log.info("featurize: %d files to open in %d tasks ([featurize] task_mb = %d, files_per_task = %d)", len(live),
              len(keys), settings.featurize.task_mb, settings.featurize.files_per_task)
     finished = taskrecords.finished(out_url) & set(keys)

@@ -36,6 +36,53 @@ def worker_environment() -> None:
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
 
 
+class LazySpark:
+    """The application's SparkSession, started on first use. A run whose driver answers everything
+    itself (dead paths, a rerun whose tasks all finished, an unchanged ``--incremental``) never
+    starts a SparkContext: ~2.5-4 s of a job's ~5 s of fixed cost here (measured under spark-submit)."""
+
+    def __init__(self, app_name: str):
+        self._app, self._session = app_name, None
+
+    @property
+    def started(self) -> bool:
+        return self._session is not None
+
+    def __getattr__(self, name):  # anything of a SparkSession: start it
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._session is None:
+            self._session = get_spark(self._app)
+        return getattr(self._session, name)
+
+    def stop(self) -> None:
+        if self._session is not None:
+            self._session.stop()
+
+
+def default_parallelism(spark) -> int:
+    """The cores tasks are planned for: ``spark.default.parallelism`` or a local master's count
+    (local[N], local[*]: this process's CPUs), read from the conf without starting Spark, so a rerun
+    plans the same tasks whether or not it starts Spark; else the started context's."""
+    import re
+
+    if isinstance(spark, LazySpark) and not spark.started:
+        from pyspark import SparkConf
+
+        conf = SparkConf()
+    else:
+        conf = spark.sparkContext.getConf()
+    explicit = conf.get("spark.default.parallelism", None)
+    if explicit:
+        return int(explicit)
+    master = conf.get("spark.master", "") or ""
+    local = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\s*\d+)?\])?", master.strip())
+    if local:
+        cores = local.group(1)
+        return 1 if cores is None else len(os.sched_getaffinity(0)) if cores == "*" else int(cores)
+    return spark.sparkContext.defaultParallelism
+
+
 def get_spark(app_name: str):
     """The SparkSession of this application (spark-submit decides master and resources)."""
     from pyspark.sql import SparkSession

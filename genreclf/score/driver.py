@@ -55,7 +55,7 @@ from genreclf.io import killpoints, storage, tracking
 from genreclf.io.catalog import expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
 from genreclf.io.progress import SparkProgress
-from genreclf.io.spark import catalog_records, entries_frame, group_by_work, peak_rss_mb
+from genreclf.io.spark import catalog_records, default_parallelism, entries_frame, group_by_work, peak_rss_mb
 from genreclf.ml import pretrained
 from genreclf.score.tasks import score_audio_partition, score_window_files_partition
 
@@ -322,7 +322,7 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
                                       mtime=t.mtime) for t in to_score[dead].itertuples(index=False)]
             plan.answered = int(dead.sum())
             to_score = to_score[~dead]
-        parallelism = spark.sparkContext.defaultParallelism
+        parallelism = default_parallelism(spark) if len(to_score) else 1
         tasks = (_plan_features(features, to_score, base, job.run, parallelism) if features
                  else _plan_audio(to_score, settings, base, job.run, parallelism)) if len(to_score) else _Tasks([], None)
         log.info("score: %d files to score in %d tasks", len(to_score), len(tasks.keys))
