@@ -53,6 +53,8 @@ fi
 # Local mode talks to itself only: bind to the loopback (Spark otherwise warns that the hostname
 # resolves to it and picks another interface). A cluster's driver keeps Spark's own choice.
 case "$MASTER" in local*) export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}" ;; esac
+# The driver plans its tasks for a local master's cores without starting Spark (genreclf/io/spark.py).
+export GENRECLF_SPARK_MASTER="$MASTER"
 
 if [ -n "${SPARK_HOME:-}" ]; then
   SUBMIT="$SPARK_HOME/bin/spark-submit"

@@ -147,7 +147,7 @@ def _remove_orphans(windows_url: str, keep: set) -> int:
         orphans += storage.partial_files(where)
     storage.delete_files(windows_url, orphans)
     if orphans:
-        log.info("featurize: removed %d window files of an interrupted run (never committed)", len(orphans))
+        log.info("featurize: removed %d files of an interrupted run (never committed)", len(orphans))
     return len(orphans)
 
 

@@ -90,3 +90,14 @@ def test_the_listing_answers_missing_empty_and_special_files_without_opening_the
     assert probe(str(tmp_path / "empty.mp3"))[::2] == (0, "empty file: 0 bytes")
     assert probe(str(tmp_path / "pipe.mp3"))[2] == "not a regular file: a FIFO"
     assert probe(str(tmp_path / "dir.mp3"))[2] == "not a regular file: a directory"
+
+
+@pytest.mark.parametrize("master, cores", [("local", 1), ("local[3]", 3), ("local[2,4]", 2),
+                                           ("local[*]", len(os.sched_getaffinity(0)))])
+def test_a_local_masters_cores_are_known_without_starting_spark(monkeypatch, master, cores):
+    """What tasks are planned for comes from the master spark-submit.sh names: no SparkContext (~2.5 s)."""
+    from genreclf.io.spark import LazySpark, default_parallelism
+
+    monkeypatch.setenv("GENRECLF_SPARK_MASTER", master)
+    spark = LazySpark("never-started")
+    assert default_parallelism(spark) == cores and not spark.started

@@ -61,21 +61,16 @@ class LazySpark:
 
 
 def default_parallelism(spark) -> int:
-    """The cores tasks are planned for: ``spark.default.parallelism`` or a local master's count
-    (local[N], local[*]: this process's CPUs), read from the conf without starting Spark, so a rerun
-    plans the same tasks whether or not it starts Spark; else the started context's."""
+    """The cores tasks are planned for: a local master's (local[N]; local[*]: this process's CPUs),
+    known without starting Spark (spark-submit.sh names the master in ``GENRECLF_SPARK_MASTER``:
+    reading Spark's conf costs ~2 s of JVM start-up), so that a rerun plans the same tasks whether
+    or not it starts Spark; any other master's from the started context."""
     import re
 
-    if isinstance(spark, LazySpark) and not spark.started:
-        from pyspark import SparkConf
-
-        conf = SparkConf()
+    if isinstance(spark, LazySpark) and not spark.started and os.environ.get("GENRECLF_SPARK_MASTER"):
+        master = os.environ["GENRECLF_SPARK_MASTER"]
     else:
-        conf = spark.sparkContext.getConf()
-    explicit = conf.get("spark.default.parallelism", None)
-    if explicit:
-        return int(explicit)
-    master = conf.get("spark.master", "") or ""
+        master = spark.sparkContext.master
     local = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\s*\d+)?\])?", master.strip())
     if local:
         cores = local.group(1)
