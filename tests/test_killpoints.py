@@ -215,7 +215,8 @@ def killed_at_every_point(store, older_output, name, run, state, same, scratch):
     The first kill ("before:1", always a point: before the first step, after the tasks) is of a
     fresh run, while the traced run finds the others; what it leaves (its finished tasks' outputs)
     is where the runs killed at the other points start: they resume those tasks (no Spark job) and
-    go through the same steps. Runs go two at a time (a run is ~1 core)."""
+    go through the same steps. The second store's test starts every run, the traced one too, from
+    the first store's snapshot (task records name files, not locations). Runs go two at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
     old = state(str(older_output))
@@ -234,12 +235,14 @@ def killed_at_every_point(store, older_output, name, run, state, same, scratch):
         seen["leftovers"] = store.leftovers(out)
         return seen
 
+    made = snapshot.exists()  # by the other store's test: what the tasks leave does not depend on the store
+
     def traced():
-        reference = store.copy(older_output, store.location(f"{name}-reference"))
+        reference = store.copy(snapshot if made else older_output, store.location(f"{name}-reference"))
         return kill_points(run(reference, point="trace")), reference
 
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(each, "before:1")
+        first = pool.submit(each, "before:1", False, snapshot if made else older_output)
         (points, n), reference = traced()
         assert points[0] == "before:1"
         first = first.result()

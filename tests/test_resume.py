@@ -34,7 +34,7 @@ BUCKET = "resume"
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, make_audio):
-    """20 short tracks (and two dead paths) in a catalogue; tasks of two files (10 tasks); a seeded,
+    """12 short tracks (and two dead paths) in a catalogue; tasks of two files (6 tasks); a seeded,
     untrained reference bundle; float32 scores (the same numbers on every CPU)."""
     import keras
 
@@ -46,7 +46,7 @@ def corpus(tmp_path_factory, make_audio):
     (root / "audio").mkdir()
     styles = ("rock", "jazz", "techno")
     rows = ["path,genre"]
-    for i in range(20):
+    for i in range(12):
         make_audio(root / "audio" / f"t{i:02d}.mp3", 3.2, style=styles[i % 3], seed=i)
         rows.append(f"audio/t{i:02d}.mp3,{styles[i % 3]}")
     rows += ["audio/gone-1.mp3,rock", "audio/gone-2.mp3,jazz"]
