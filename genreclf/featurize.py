@@ -61,8 +61,14 @@ from genreclf.formats.schema import (
 from genreclf.io import killpoints, storage
 from genreclf.io.catalog import apply_labels, expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
-from genreclf.io.progress import SparkProgress
-from genreclf.io.spark import catalog_records, default_parallelism, entries_frame, group_by_work, peak_rss_mb
+from genreclf.io.spark import (
+    catalog_records,
+    default_parallelism,
+    entries_frame,
+    group_by_work,
+    peak_rss_mb,
+    run_tasks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -318,18 +324,10 @@ def _run_tasks(spark, live: pd.DataFrame, todo: list, out_url: str, settings: Se
     frame = entries_frame(spark, live, [g for g, _ in todo], [k for _, k in todo])
     schema = StructType([StructField("task", StringType()), StructField("rows", LongType()),
                          StructField("error", StringType())])
-    sc = spark.sparkContext
     killpoints.note("tasks", storage.filesystem(out_url)[1])  # they write window files and task records
     n_files = sum(b - a for (a, b), _ in todo)
-    description = f"featurize: {n_files} files in {len(todo)} tasks (of {n_tasks})"
-    log.info(description)
-    sc.setJobDescription("genreclf " + description)
-    with SparkProgress(sc, "featurize"):
-        returned = frame.mapInPandas(fn, schema=schema).collect()
-    sc.setJobDescription(None)
-    failed = [r.error for r in returned if r.error]
-    if failed:
-        raise StorageError(f"{failed[0]} (nothing was committed)")
+    run_tasks(frame.mapInPandas(fn, schema=schema), f"featurize: {n_files} files in {len(todo)} tasks (of {n_tasks})",
+              "featurize")
 
 
 def _read_records(out_url: str, windows_url: str, keys: list, listing_rows: pd.DataFrame) -> tuple:

@@ -141,10 +141,32 @@ def entries_frame(spark, table: pd.DataFrame, groups: list, keys: list):
                          StructField("size_bytes", LongType()), StructField("mtime", DoubleType()),
                          StructField("task", StringType())])
     records = catalog_records(table)
-    parts = [[(*records[i], key) for i in range(a, b)] for (a, b), key in zip(groups, keys)]
-    # One element per slice: each task gets exactly its group, the same on a retry or a rerun.
+    return task_frame(spark, [[(*records[i], key) for i in range(a, b)] for (a, b), key in zip(groups, keys)],
+                      schema)
+
+
+def task_frame(spark, parts: list, schema):
+    """A DataFrame of one partition per task: ``parts`` holds each task's rows (tuples of ``schema``).
+    One element per slice: each task gets exactly its rows, the same on a retry or a rerun."""
     rdd = spark.sparkContext.parallelize(parts, max(1, len(parts))).flatMap(lambda part: part)
     return spark.createDataFrame(rdd, schema)
+
+
+def run_tasks(frame, description: str, label: str) -> None:
+    """Collect a frame of task rows (``task, rows, error``), logging progress; a task's error (a
+    full disk, a bucket gone) stops the run as one StorageError."""
+    from genreclf.errors import StorageError
+    from genreclf.io.progress import SparkProgress
+
+    sc = frame.sparkSession.sparkContext
+    logging.getLogger(f"genreclf.{label}").info(description)
+    sc.setJobDescription("genreclf " + description)
+    with SparkProgress(sc, label):
+        returned = frame.collect()
+    sc.setJobDescription(None)
+    failed = [r.error for r in returned if r.error]
+    if failed:
+        raise StorageError(f"{failed[0]} (nothing was committed)")
 
 
 def catalog_records(table: pd.DataFrame) -> list:

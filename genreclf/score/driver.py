@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from genreclf.config import Recipe, Settings, load_settings
-from genreclf.errors import ConfigError, GenreclfError, OutputExistsError, Reason, StorageError
+from genreclf.errors import ConfigError, GenreclfError, OutputExistsError, Reason
 from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, calibration_of, check_recipe, load_bundle_info
 from genreclf.formats import taskrecords
 from genreclf.formats.features import read_recipe, read_tracks, window_files
@@ -54,8 +54,15 @@ from genreclf.formats.scores import (
 from genreclf.io import killpoints, storage, tracking
 from genreclf.io.catalog import expand_inputs
 from genreclf.io.lock import LOCK_FILE, OutputLock
-from genreclf.io.progress import SparkProgress
-from genreclf.io.spark import catalog_records, default_parallelism, entries_frame, group_by_work, peak_rss_mb
+from genreclf.io.spark import (
+    catalog_records,
+    default_parallelism,
+    entries_frame,
+    group_by_work,
+    peak_rss_mb,
+    run_tasks,
+    task_frame,
+)
 from genreclf.ml import pretrained
 from genreclf.score.tasks import score_audio_partition, score_window_files_partition
 
@@ -154,10 +161,9 @@ def _plan_features(features: str, to_score, base: str, run: dict, parallelism: i
 
         shared = spark.sparkContext.broadcast(wanted)
         fn = functools.partial(score_window_files_partition, bundle=bundle_name, tracks=shared, **options)
-        parts = [[(f, keys[i]) for f in files[slice(*groups[i])]] for i in todo]
-        rdd = spark.sparkContext.parallelize(parts, max(1, len(parts))).flatMap(lambda part: part)
         schema = StructType([StructField("location", StringType()), StructField("task", StringType())])
-        return spark.createDataFrame(rdd, schema).mapInPandas(fn, schema=TASK_SCHEMA)
+        return task_frame(spark, [[(f, keys[i]) for f in files[slice(*groups[i])]] for i in todo],
+                          schema).mapInPandas(fn, schema=TASK_SCHEMA)
 
     return _Tasks(keys, frame)
 
@@ -339,8 +345,8 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
             name, shipped = ship_bundle(spark.sparkContext, job.local_bundle, job.digest)
             options = _task_options(job.recipe, settings, job.calibration, job.out_url, job.run)
             killpoints.note("tasks", storage.filesystem(job.out_url)[1])  # they write task records
-            _run_tasks(spark.sparkContext, tasks.frame(spark, name, options, todo),
-                       f"score: {len(to_score)} of {n_inputs} files in {len(todo)} tasks (of {len(tasks.keys)})")
+            run_tasks(tasks.frame(spark, name, options, todo),
+                      f"score: {len(to_score)} of {n_inputs} files in {len(todo)} tasks (of {len(tasks.keys)})", "score")
         writer.add(score_table(driver_rows, job.labels, job.run, job.genre_labels))
         for _, table, _ in taskrecords.read_records(job.out_url, tasks.keys, SCORES_SCHEMA):
             writer.add(table)
@@ -367,17 +373,6 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
                 storage.delete(directory)
         if shipped:
             shutil.rmtree(shipped, ignore_errors=True)
-
-
-def _run_tasks(sc, tasks, description: str) -> None:
-    log.info(description)
-    sc.setJobDescription("genreclf " + description)
-    with SparkProgress(sc, "score"):
-        returned = tasks.collect()
-    sc.setJobDescription(None)
-    failed = [r.error for r in returned if r.error]
-    if failed:
-        raise StorageError(f"{failed[0]} (nothing was committed)")
 
 
 def format_summary(s: dict, incremental: bool = False) -> str:
