@@ -129,3 +129,34 @@ def test_a_fifo_or_a_directory_is_never_read(tmp_path):
     assert featurize_file(str(tmp_path / "pipe.mp3"), R).row["error"] == "not a regular file: a FIFO"
     (tmp_path / "dir.mp3").mkdir()
     assert featurize_file(str(tmp_path / "dir.mp3"), R).row["error"] == "not a regular file: a directory"
+
+
+def _png() -> bytes:
+    """A valid 8x8 RGB PNG, made here (the bytes an image renamed .mp3 holds)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pixels = zlib.compress(b"".join(b"\x00" + bytes(24) for _ in range(8)))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def test_files_that_are_not_audio_say_what_they_are(tmp_path):
+    """An image renamed .mp3 and random bytes behind audio magic numbers: 'not audio' naming what the
+    probe found, never an exception's text (an image was 'decode failed: AttributeError ...')."""
+    (tmp_path / "cover.mp3").write_bytes(_png())
+    row = featurize_file(str(tmp_path / "cover.mp3"), R).row
+    assert row["error"] == "not audio: an image (png_pipe), no audio stream", row
+    rng = np.random.default_rng(0)
+    heads = [b"", b"ID3\x03\x00\x00\x00\x00\x00\x10", b"RIFF\x00\x01\x00\x00WAVEfmt ", b"fLaC", b"OggS\x00\x02",
+             b"\x00\x00\x00\x18ftypM4A ", b"\xff\xfb\x90\x00", b"GIF89a", b"\xff\xd8\xff\xe0", b"\x1aE\xdf\xa3"]
+    for i in range(200):
+        path = tmp_path / f"junk{i}.mp3"
+        path.write_bytes(heads[i % len(heads)] + rng.bytes(int(rng.choice([10, 1000, 20000]))))
+        error = featurize_file(str(path), R).row["error"] or ""
+        assert error.split(":")[0] in ("not audio", "no audio frames", "no audio decoded", "truncated",
+                                        "shorter than one 3 s window"), (i, error)
+        assert "Error" not in error, (i, error)

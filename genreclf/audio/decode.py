@@ -138,8 +138,7 @@ class AudioReader:
                 raise TrackError(Reason.NO_AUDIO_FRAMES, "an ID3 tag and no audio after it") from None
             raise TrackError(Reason.NOT_AUDIO, "FFmpeg recognises no audio format in its content") from None
         if not self._container.streams.audio:
-            self.close()
-            raise TrackError(Reason.NOT_AUDIO, f"the {self._container.format.name} container has no audio stream")
+            raise self._fail(TrackError(Reason.NOT_AUDIO, self._without_audio()))
         stream = self._container.streams.audio[0]
         announced = None
         if self._container.format.name not in _ESTIMATED_FORMATS or counted:
@@ -157,6 +156,21 @@ class AudioReader:
         )
         self._stream = stream
         return self
+
+    def _without_audio(self) -> str:
+        """What FFmpeg found instead of audio, from the probe (e.g. "a png_pipe image, no audio stream")."""
+        name = self._container.format.name or "unknown"
+        kinds = sorted({s.type for s in self._container.streams if s.type})
+        if not kinds:
+            return f"the {name} container holds no stream"
+        if "video" in kinds and ("pipe" in name or name in ("image2", "gif", "webp")):
+            return f"an image ({name}), no audio stream"
+        return f"the {name} container has {' and '.join(kinds)} streams but no audio stream"
+
+    def _fail(self, error: Exception) -> Exception:
+        """Close the file, then hand back ``error`` to raise: its message is built before closing."""
+        self.close()
+        return error
 
     def __exit__(self, *exc):
         self.close()
