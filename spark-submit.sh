@@ -121,4 +121,9 @@ fi
 if [ -f "$CDS" ] && [ "${GENRECLF_SPARK_CDS:-}" != off ]; then
   export SPARK_SUBMIT_OPTS="${SPARK_SUBMIT_OPTS:+$SPARK_SUBMIT_OPTS }-XX:SharedArchiveFile=$CDS -Xlog:cds=off -Xlog:cds+dynamic=off"
 fi
-exec "$SUBMIT" "${ARGS[@]}" "${EXTRA[@]}" "$SCRIPT" "$@"
+# The Python driver is this process (its exit code is the job's) and starts Spark's JVM itself, with
+# these arguments, when it first needs it (genreclf/io/spark.py): refusals come before any JVM, and
+# Ctrl-C or SIGTERM reach the driver alone, which stops Spark, releases its lock and says so.
+printf -v PYSPARK_SUBMIT_ARGS '%q ' "${ARGS[@]}" "${EXTRA[@]}"
+export PYSPARK_SUBMIT_ARGS="${PYSPARK_SUBMIT_ARGS}pyspark-shell"
+exec env PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m "jobs.$JOB" "$@"

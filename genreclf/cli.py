@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 
 from genreclf.config import SCORE_PRECISIONS
 
@@ -81,16 +83,35 @@ def add_conf(p: argparse.ArgumentParser) -> None:
                         "of your own, listing only what it changes; python -m genreclf.config shows the result")
 
 
+#: What a rerun after an interrupt does, by default (train says how to resume from its checkpoint).
+RERUN_HINT = "rerun the same command to resume: what finished tasks wrote is kept"
+
+
+def _interrupted(log, signum: int, hint: str) -> int:
+    from genreclf.io.interrupts import name
+
+    log.error("interrupted by %s: stopped, the lock released, the previous output is whole; %s", name(signum), hint)
+    return 128 + signum
+
+
 def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str | None = None,
-             writes: tuple = ()) -> int:
+             writes: tuple = (), rerun_hint: str = RERUN_HINT) -> int:
     """Parse arguments, set up logging and settings, run ``body(args, settings[, spark])``.
 
     The locations named by the ``writes`` arguments are checked writable first, and with
     ``spark_app`` the body gets a SparkSession started on its first use (and always stopped). A
-    :class:`GenreclfError` is logged as one line and gives exit code 2.
+    :class:`GenreclfError` is logged as one line and gives exit code 2; SIGINT and SIGTERM stop the
+    job in order (its ``finally`` blocks run) and give one line and 130 / 143.
     """
+    from genreclf.io.interrupts import interrupts
+
+    with interrupts():
+        return _run_main(parser, body, argv, spark_app, writes, rerun_hint)
+
+
+def _run_main(parser, body, argv, spark_app, writes, rerun_hint) -> int:
     from genreclf.config import load_settings
-    from genreclf.errors import GenreclfError
+    from genreclf.errors import GenreclfError, Interrupted
     from genreclf.io.spark import LazySpark, setup_logging
 
     parser.add_argument("--verbose", action="store_true",
@@ -114,9 +135,16 @@ def run_main(parser: argparse.ArgumentParser, body, argv=None, *, spark_app: str
         spark = LazySpark(spark_app)  # started when the body first needs it: tasks to run
         try:
             body(args, settings, spark)
-        finally:
-            spark.stop()
+        except BaseException as e:
+            with contextlib.suppress(Exception):  # what stopped the body is what is reported
+                spark.stop(interrupted=isinstance(e, (Interrupted, KeyboardInterrupt)))
+            raise
+        spark.stop()
         return 0
+    except Interrupted as e:
+        return _interrupted(log, e.signum, rerun_hint)
+    except KeyboardInterrupt:  # raised by a handler other than ours (a library's)
+        return _interrupted(log, signal.SIGINT, rerun_hint)
     except GenreclfError as e:
         log.error("%s", e)
         return 2

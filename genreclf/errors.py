@@ -22,6 +22,15 @@ class StorageError(GenreclfError):
     """The store refused a write or lost data mid-run (a full disk, a bucket or directory removed)."""
 
 
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM reached the job. A BaseException, as KeyboardInterrupt: no ``except
+    Exception`` swallows it, and every ``finally`` on the way out runs (locks released, staging removed)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signum)
+
+
 class Reason:
     """Why an input file has no windows: the first words of its ``error`` column (``"reason: detail"``),
     each written once here (README's table lists exactly these; tests/test_layout.py checks)."""

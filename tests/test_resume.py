@@ -100,15 +100,17 @@ def _records(out: str) -> int:
 PLAN = re.compile(r"to (?:open|score) in (\d+) tasks")
 
 
-def run(args: list, env: dict, *, kill_share: float | None = None) -> tuple:
-    """Run a job in its own process group; with ``kill_share``, SIGKILL the group once that share of
-    the tasks its log plans have written their records under its output (``--output`` in ``args``).
-    Returns (output, (records seen at the kill, tasks planned))."""
+def run(args: list, env: dict, *, kill_share: float | None = None, signum: int = signal.SIGKILL) -> tuple:
+    """Run a job in its own process group (SIGINT at its default disposition, as a terminal's
+    foreground job); with ``kill_share``, send ``signum`` to the group once that share of the tasks
+    its log plans have written their records under its output (``--output`` in ``args``).
+    Returns (output, (records seen at the signal, tasks planned))."""
     import threading
 
     out = args[args.index("--output") + 1]
     proc = subprocess.Popen(submit.command("--master", "local[1]", *args), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=submit.env(**env), start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, env=submit.env(**env), start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
@@ -118,7 +120,7 @@ def run(args: list, env: dict, *, kill_share: float | None = None) -> tuple:
         while kill_share is not None and proc.poll() is None and time.monotonic() < deadline:
             planned = next((int(m.group(1)) for m in map(PLAN.search, list(lines)) if m), None)
             if planned and _records(out) >= max(1, round(kill_share * planned)):
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signum)
                 seen = (_records(out), planned)
                 break
             time.sleep(0.05)
@@ -134,7 +136,8 @@ def run(args: list, env: dict, *, kill_share: float | None = None) -> tuple:
     if kill_share is None:
         assert proc.returncode == 0, output[-3000:]
     else:
-        assert seen is not None and proc.returncode == -signal.SIGKILL, ("the run was not killed", output[-3000:])
+        expected = -signal.SIGKILL if signum == signal.SIGKILL else 128 + signum
+        assert seen is not None and proc.returncode == expected, ("the run was not stopped", output[-3000:])
     return output, seen
 
 
@@ -173,6 +176,31 @@ def test_a_killed_featurize_and_score_resume_and_equal_the_uninterrupted_runs(co
     with ThreadPoolExecutor(2) as pool:  # the two jobs at once
         features = pool.submit(killed_then_rerun, featurize_args(corpus, storage.join(root, "features")), env)
         scores = pool.submit(killed_then_rerun, score_args(corpus, storage.join(root, "scores")), env)
+        features, scores = features.result(), scores.result()
+    assert same_features(features_state(features), uninterrupted[0])
+    assert _same_scores(_scores(scores), uninterrupted[1])
+
+
+def interrupted_then_rerun(args: list, signum: int) -> str:
+    """A run sent ``signum`` (SIGINT as Ctrl-C, SIGTERM) at ~30 % of its tasks: exit 128 + signum with
+    one line and no traceback, its lock released; the same command then resumes (no --break-lock)."""
+    out = args[args.index("--output") + 1]
+    stopped, (seen, n) = run(args, {}, kill_share=0.3, signum=signum)
+    assert seen < n, "the run ended before the signal"
+    lines = [line for line in stopped.splitlines() if "interrupted by" in line]
+    assert len(lines) == 1 and "rerun the same command" in lines[0], stopped[-3000:]
+    for bad in ("Traceback", "internal error", "Exception", "\tat "):
+        assert bad not in stopped, (bad, stopped[-3000:])
+    assert not os.path.exists(os.path.join(out, "_genreclf.lock"))
+    rerun, _ = run(args, {})
+    assert "taking over the lock" not in rerun and re.search(r"resuming: \d+ of \d+ tasks", rerun), rerun[-3000:]
+    return out
+
+
+def test_ctrl_c_and_sigterm_stop_in_order_and_the_rerun_resumes(corpus, tmp_path, uninterrupted):
+    with ThreadPoolExecutor(2) as pool:
+        features = pool.submit(interrupted_then_rerun, featurize_args(corpus, str(tmp_path / "f")), signal.SIGINT)
+        scores = pool.submit(interrupted_then_rerun, score_args(corpus, str(tmp_path / "s")), signal.SIGTERM)
         features, scores = features.result(), scores.result()
     assert same_features(features_state(features), uninterrupted[0])
     assert _same_scores(_scores(scores), uninterrupted[1])

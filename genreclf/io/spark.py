@@ -11,9 +11,18 @@ import pandas as pd
 
 def setup_logging(level: str | None = None) -> None:
     """Python logging to stderr, one line per record; ``GENRECLF_LOG_LEVEL`` overrides the level."""
+    from genreclf.io.storage import redact
+
+    class Redacting(logging.Formatter):
+        """Every line, traceback included, without the credentials of URLs in it."""
+
+        def format(self, record):
+            return redact(super().format(record))
+
     level = (level or os.environ.get("GENRECLF_LOG_LEVEL") or "INFO").upper()
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(level=level, stream=sys.stderr, force=True)
+    logging.getLogger().handlers[0].setFormatter(
+        Redacting("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
     for noisy in ("py4j", "numba", "petastorm", "libav"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -52,12 +61,35 @@ class LazySpark:
         if name.startswith("_"):
             raise AttributeError(name)
         if self._session is None:
-            self._session = get_spark(self._app)
+            from genreclf.io import interrupts
+
+            with interrupts.deferred():  # cut mid-start, the JVM logs Java tracebacks or outlives the driver
+                self._session = get_spark(self._app)
+            interrupts.reinstall()  # SparkContext installs its own SIGINT handler
         return getattr(self._session, name)
 
-    def stop(self) -> None:
-        if self._session is not None:
-            self._session.stop()
+    def stop(self, interrupted: bool = False) -> None:
+        """Stop the session; ``interrupted``: cancel its jobs first (running tasks end within
+        ``spark.python.task.killTimeout``, not when done), from a thread of its own (the signal cut
+        the main thread's py4j call short, so that connection is unusable), and never raise."""
+        if self._session is None:
+            return
+        session, self._session = self._session, None
+        if not interrupted:
+            session.stop()
+            return
+        import threading
+
+        def cancel_and_stop():
+            try:
+                session.sparkContext.cancelAllJobs()
+                session.stop()
+            except Exception as e:  # the JVM already gone: nothing left to stop
+                logging.getLogger(__name__).debug("stopping Spark after an interrupt: %s", e)
+
+        worker = threading.Thread(target=cancel_and_stop, name="genreclf-stop", daemon=True)
+        worker.start()
+        worker.join(60)
 
 
 def default_parallelism(spark) -> int:
@@ -78,11 +110,24 @@ def default_parallelism(spark) -> int:
     return spark.sparkContext.defaultParallelism
 
 
+def _launch_jvm() -> None:
+    """Start Spark's JVM (spark-submit.sh's PYSPARK_SUBMIT_ARGS) in a session of its own, so that a
+    terminal's Ctrl-C and a SIGTERM to the job's process group reach the driver alone, which stops
+    Spark in order (PySpark's JVM ignores SIGINT, but its Python workers would die of it mid-task,
+    each with a traceback). The JVM still ends with the driver: it exits when its stdin closes."""
+    from pyspark import SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        SparkContext._ensure_initialized(gateway=launch_gateway(popen_kwargs={"start_new_session": True}))
+
+
 def get_spark(app_name: str):
     """The SparkSession of this application (spark-submit decides master and resources)."""
     from pyspark.sql import SparkSession
 
     worker_environment()
+    _launch_jvm()
     builder = SparkSession.builder.appName(app_name)
     if os.environ.get("GENRECLF_VERBOSE") == "1":  # --verbose: the workers' native start-up lines too
         builder = builder.config("spark.executorEnv.GENRECLF_VERBOSE", "1")
@@ -160,13 +205,36 @@ def run_tasks(frame, description: str, label: str) -> None:
 
     sc = frame.sparkSession.sparkContext
     logging.getLogger(f"genreclf.{label}").info(description)
-    sc.setJobDescription("genreclf " + description)
     with SparkProgress(sc, label):
-        returned = frame.collect()
-    sc.setJobDescription(None)
+        returned = _collect(frame, "genreclf " + description)
     failed = [r.error for r in returned if r.error]
     if failed:
         raise StorageError(f"{failed[0]} (nothing was committed)")
+
+
+def _collect(frame, description: str) -> list:
+    """``frame.collect()`` in a thread of its own while the main thread waits in short steps. A
+    signal lands on any thread of the process, and Python runs its handler only when the main
+    thread next runs Python code: blocked in the collect's socket read, a Ctrl-C would wait for
+    the whole job. Waiting so, it stops the job within a quarter second."""
+    import threading
+
+    out: dict = {}
+
+    def work():
+        try:
+            frame.sparkSession.sparkContext.setJobDescription(description)  # a thread's own property
+            out["rows"] = frame.collect()
+        except BaseException as e:  # re-raised in the caller's thread
+            out["error"] = e
+
+    worker = threading.Thread(target=work, name="genreclf-tasks", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.25)
+    if "error" in out:
+        raise out["error"]
+    return out["rows"]
 
 
 def catalog_records(table: pd.DataFrame) -> list:
