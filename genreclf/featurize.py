@@ -186,7 +186,7 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     started = time.time()
     out_url = storage.to_url(output)
 
-    catalog = expand_inputs(inputs)
+    catalog = expand_inputs(inputs, exclude=(output,))
     table = catalog.entries
     unlabelled = 0
     if labels:

@@ -213,3 +213,39 @@ def test_labels_are_stripped_of_surrounding_whitespace(tmp_path):
     (tmp_path / "labels.csv").write_text('path,genre\na.mp3," rock"\n')
     labelled = apply_labels(expand_inputs([str(tmp_path / "a.mp3")]).entries, str(tmp_path / "labels.csv"))
     assert labelled["label"].tolist() == ["rock"]
+
+
+def test_catalogues_as_spreadsheets_save_them(tmp_path):
+    """A UTF-8 BOM (spreadsheets' 'CSV UTF-8') and UTF-16 with its BOM are read; latin-1 is refused
+    naming the byte; a .csv without 'path', an empty one or one of a header alone are refused, never
+    taken for audio (a BOM once made the catalogue an audio file, 'not audio', labels dropped)."""
+    touch(str(tmp_path / "a" / "é.mp3"))
+    text = "path,genre\na/é.mp3,rock\n"
+    for name, data in (("bom.csv", b"\xef\xbb\xbf" + text.encode()), ("utf16.csv", text.encode("utf-16"))):
+        (tmp_path / name).write_bytes(data)
+        table = expand_inputs([str(tmp_path / name)]).entries
+        assert table["label"].tolist() == ["rock"] and table["path"].str.endswith("/a/é.mp3").all(), name
+    (tmp_path / "latin1.csv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.csv is not UTF-8: byte 0xe9 at offset 13 \(line 2\); save it"):
+        expand_inputs([str(tmp_path / "latin1.csv")])
+    for name, data, says in (("nopath.csv", "file,genre\nx.mp3,rock\n", "has no 'path' column"),
+                             ("empty.csv", "", "is empty"), ("header.csv", "path,genre\n", "lists no files")):
+        (tmp_path / name).write_text(data)
+        with pytest.raises(ConfigError, match=f"{name}.*{says}|{says}"):
+            expand_inputs([str(tmp_path / name)])
+
+
+def test_the_jobs_own_output_inside_its_input_is_never_listed(tmp_path):
+    """featurize --input D --output D/feat read back its own _common_metadata; score its lock."""
+    touch(str(tmp_path / "a.mp3"))
+    touch(str(tmp_path / "out" / "_common_metadata"))
+    touch(str(tmp_path / "out" / "_genreclf.lock"))
+    table = expand_inputs([str(tmp_path)], exclude=(str(tmp_path / "out"),)).entries
+    assert table["track_id"].tolist() == ["a.mp3"]
+
+
+def test_a_fifo_named_directly_is_a_row_not_a_refusal(tmp_path):
+    """Named directly, as when found by listing: its 'not a regular file' row, never the job stopped."""
+    os.mkfifo(tmp_path / "pipe.mp3")
+    table = expand_inputs([str(tmp_path / "pipe.mp3")]).entries
+    assert table["problem"].tolist() == ["not a regular file: a FIFO"]

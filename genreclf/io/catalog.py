@@ -11,6 +11,8 @@ itself, with no task; null for a file to open. Labels come from the catalogue CS
 
 from __future__ import annotations
 
+import codecs
+import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -70,14 +72,41 @@ def _frame(rows: list, root: str) -> pd.DataFrame:
                          "problem": [r[3] for r in rows], "_root": root})
 
 
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _encoding(data: bytes) -> str:
+    """The encoding a CSV declares by its byte-order mark (spreadsheets write one), else UTF-8."""
+    return next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+
+
+def read_csv_text(location: str) -> str:
+    """A CSV's text: UTF-8, or what its BOM declares; anything else is refused naming the first
+    byte that is not UTF-8 (a latin-1 or cp1252 export), rather than guessed."""
+    data = storage.read_bytes(location)
+    try:
+        return data.decode(_encoding(data))
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{location} is not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} (line {line}); "
+                          "save it as UTF-8 (a spreadsheet's 'CSV UTF-8', or iconv -f latin1 -t utf-8)") from None
+
+
 def _read_csv(location: str, **kwargs) -> pd.DataFrame:
-    with storage.open_input(location) as f:
-        return pd.read_csv(f, **kwargs)
+    try:
+        return pd.read_csv(io.StringIO(read_csv_text(location)), **kwargs)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"{location} is empty: a catalogue CSV needs a header with 'path' (and may have "
+                          "'track_id' and 'genre')") from None
+    except pd.errors.ParserError as e:
+        raise ConfigError(f"{location} is not a readable CSV: {str(e).strip()}") from None
 
 
 def _head_lines(location: str, n: int) -> list:
     with storage.open_input(location) as f:
-        text = f.read(64 * 1024).decode("utf-8", errors="replace")
+        head = f.read(64 * 1024)
+    text = head.decode(_encoding(head), errors="replace").lstrip("\ufeff")
     return (text.splitlines() + [""] * n)[:n]
 
 
@@ -109,6 +138,8 @@ def _read_catalog_csv(location: str) -> pd.DataFrame:
     if "path" not in table.columns:
         raise ConfigError(f"catalogue {location} has no 'path' column (columns: {list(table.columns)}); "
                           "a catalogue CSV needs 'path' and may have 'track_id' and 'genre'")
+    if table.empty:
+        raise ConfigError(f"catalogue {location} lists no files (a header and no rows)")
     if "genre" in table.columns:
         _refuse_conflicts(table, "path", location)
     base = storage.parent(location)
@@ -135,15 +166,17 @@ def _group_of(table: pd.DataFrame):
     return None
 
 
-def _looks_like_catalog(location: str) -> bool:
-    if not location.lower().endswith(".csv"):
-        return False
-    return "path" in [c.strip().strip('"') for c in _head_lines(location, 1)[0].split(",")]
+def _is_catalog(location: str) -> bool:
+    """A .csv named as an input is a catalogue: read as one, or refused in one line (no 'path'
+    column, empty), never decoded as audio."""
+    return location.lower().endswith(".csv")
 
 
-def expand_inputs(inputs: list) -> Catalog:
+def expand_inputs(inputs: list, exclude: tuple = ()) -> Catalog:
     """Expand each input (a local path or URL): a directory (recursive), a glob, a file, or a
-    catalogue CSV with ``path``. Sizes and mtimes come from the listing."""
+    catalogue CSV with ``path``. Sizes and mtimes come from the listing. Files under an
+    ``exclude`` location (the job's own output, with its lock and records) are never inputs,
+    wherever that output sits."""
     frames, skipped = [], []
     for raw in inputs:
         item = storage.to_location(raw)
@@ -153,9 +186,9 @@ def expand_inputs(inputs: list) -> Catalog:
             raise ConfigError(f"input {raw!r} cannot be reached: {storage.describe(e)}") from None
         if kind == pafs.FileType.Directory:
             frames.append(_listed(item, skipped))
-        elif kind == pafs.FileType.File and _looks_like_catalog(item):
+        elif kind == pafs.FileType.File and _is_catalog(item):
             frames.append(_read_catalog_csv(item))
-        elif kind == pafs.FileType.File:
+        elif kind in (pafs.FileType.File, pafs.FileType.Unknown):  # Unknown: a FIFO, socket, device: its row
             frames.append(_frame([(item, *storage.probe(item))], storage.parent(item)))
         elif storage.has_magic(raw):
             root, found = storage.glob(raw)
@@ -165,6 +198,12 @@ def expand_inputs(inputs: list) -> Catalog:
         else:
             raise ConfigError(f"input {raw!r} is neither a file, a directory nor a glob that matches files")
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CATALOG_COLUMNS + ["_root"])
+    for location in map(storage.to_location, exclude):
+        inside = table["path"].eq(location) | table["path"].str.startswith(location.rstrip("/") + "/")
+        if inside.any():
+            log.info("listing: %d files under the output %s passed over (the job's own output)", int(inside.sum()),
+                     location)
+            table = table[~inside]
     if table.empty:
         raise ConfigError(f"no input files found in {inputs}")
     missing = table["track_id"].isna()
