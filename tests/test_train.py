@@ -333,3 +333,28 @@ def test_resume_refuses_another_setting_naming_it(tiny_features, tmp_path):
         checkpoint.load(str(where), now)
     with pytest.raises(ConfigError, match=r"no checkpoint at .* run without --resume"):
         checkpoint.load(str(tmp_path / ".none.checkpoint"), before)
+
+
+def test_a_damaged_checkpoint_is_one_line_saying_to_start_over(tmp_path):
+    """Weights deleted or truncated, the optimizer's file truncated: --resume is refused naming the
+    file (was an internal error with a traceback)."""
+    import keras
+
+    from genreclf.errors import DamagedInputError
+    from genreclf.ml import checkpoint
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    where = tmp_path / ".m.checkpoint"
+    where.mkdir()
+    model.save_weights(str(where / "w.weights.h5"))
+    np.savez(where / "o.npz", np.zeros(1))
+    state = {"model": "w.weights.h5", "best_weights": "w.weights.h5", "optimizer": "o.npz"}
+    good = (where / "w.weights.h5").read_bytes()
+    for damage, name in ((lambda: (where / "w.weights.h5").unlink(), "w.weights.h5 is missing"),
+                         (lambda: (where / "w.weights.h5").write_bytes(good[: len(good) // 2]), "w.weights.h5 is unreadable"),
+                         (lambda: (where / "o.npz").write_bytes(b"PK\x03\x04 cut"), "o.npz is unreadable")):
+        (where / "w.weights.h5").write_bytes(good)
+        damage()
+        with pytest.raises(DamagedInputError, match=rf"{name}.*run without --resume"):
+            checkpoint.restore(model, str(where), state)

@@ -12,6 +12,7 @@ The shuffle order needs no state: an epoch's order is a function of the seed and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -47,6 +48,9 @@ def load(where: str, expected: dict) -> dict:
     except ValueError:
         raise DamagedInputError(f"checkpoint {storage.join(where, STATE_FILE)} is not valid JSON: run without "
                                 "--resume to start over") from None
+    if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), dict):
+        raise DamagedInputError(f"checkpoint {storage.join(where, STATE_FILE)} lacks the fields a checkpoint has: "
+                                "run without --resume to start over")
     differ = sorted(k for k in expected if state["fingerprint"].get(k) != expected[k])
     if "settings" in differ:
         was, now = state["fingerprint"]["settings"], expected["settings"]
@@ -114,11 +118,13 @@ def restore(model, where: str, state: dict):
     import numpy as np
 
     with tempfile.TemporaryDirectory(prefix="genreclf-ckpt-") as scratch:
-        model.load_weights(fetch(where, state["best_weights"], scratch))
+        with _damaged(where, state.get("best_weights")):
+            model.load_weights(fetch(where, state["best_weights"], scratch))
         best = model.get_weights()
-        model.load_weights(fetch(where, state["model"], scratch))  # then the last epoch's: to go on from
+        with _damaged(where, state.get("model")):
+            model.load_weights(fetch(where, state["model"], scratch))  # then the last epoch's: to go on from
         model.optimizer.build(model.trainable_variables)
-        with np.load(fetch(where, state["optimizer"], scratch)) as saved:
+        with _damaged(where, state.get("optimizer")), np.load(fetch(where, state["optimizer"], scratch)) as saved:
             values = [saved[name] for name in sorted((f for f in saved.files if f.startswith("arr_")),
                                                     key=lambda f: int(f[4:]))]
             rng = [saved[f"rng_{i}"] for i in range(len(_seed_generators(model)))]
@@ -130,6 +136,18 @@ def restore(model, where: str, state: dict):
     for generator, value in zip(_seed_generators(model), rng):  # dropout draws on where it stopped
         generator.state.assign(value)
     return best
+
+
+@contextlib.contextmanager
+def _damaged(where: str, name):
+    """A checkpoint file that is missing, truncated or not what its name says: one line naming it
+    (h5py, numpy and Keras raise many types for a damaged file)."""
+    try:
+        yield
+    except Exception as e:
+        what = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({type(e).__name__})"
+        raise DamagedInputError(f"checkpoint file {storage.join(where, str(name))} is {what}: the checkpoint is "
+                                "damaged; run without --resume to start over") from None
 
 
 def _seed_generators(model) -> list:
