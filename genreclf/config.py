@@ -142,6 +142,10 @@ MAX_TASK_MB = 65536
 #: Files decoded ahead per score task: each holds one decoded track, up to 318 MB (an hour, the
 #: default max_duration_s, at 22.05 kHz float32): 16 of them are 5 GB; a 5-minute track is 26 MB.
 MAX_DECODE_THREADS = 16
+#: A file decoded whole is 318 MB an hour (22.05 kHz float32): 4 h is 1.3 GB per decoding thread.
+MAX_DURATION_S = 4 * 3600
+#: Reader threads of train, each buffering a row group (up to 256 MB): 32 of them are 8 GB.
+MAX_READER_WORKERS = 32
 #: A row group is buffered whole by the task writing it and by each reader thread (up to 8): 8 x 256 MB = 2 GB.
 MAX_ROW_GROUP_MB = 256
 
@@ -165,7 +169,8 @@ class FeaturizeSettings:
             "task_mb": _count_up_to(MAX_TASK_MB, "MB of input files"),
             "files_per_task": _count_up_to(MAX_FILES_PER_TASK, "files"),
             "row_group_size_mb": _count_up_to(MAX_ROW_GROUP_MB, "MB"),
-            "max_duration_s": (lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),
+            "max_duration_s": (lambda v: isinstance(v, (int, float)) and 0 < v <= MAX_DURATION_S,
+                               f"a number of seconds in (0, {MAX_DURATION_S}] (it bounds a worker's memory per file)"),
         })
 
 
@@ -237,7 +242,8 @@ class TrainSettings:
             "labels_from": (lambda v: v in LABEL_SOURCES, one_of(LABEL_SOURCES)),
             "shuffle_buffer": _count_up_to(MAX_SHUFFLE_WINDOWS, "windows"),
             "reader": (lambda v: v in READERS, one_of(READERS)),
-            "reader_workers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = auto)"),
+            "reader_workers": (lambda v: isinstance(v, int) and 0 <= v <= MAX_READER_WORKERS,
+                               f"an integer in [0, {MAX_READER_WORKERS}] (0 = auto)"),
             "precision": (lambda v: v in TRAIN_PRECISIONS, one_of(TRAIN_PRECISIONS)),
             "devices": (lambda v: isinstance(v, int) and 0 <= v <= 64, "an integer in [0, 64] (0 = every GPU)"),
             "cache_dir": (lambda v: isinstance(v, str), "a directory path (or empty)"),

@@ -97,6 +97,11 @@ def test_every_setting_has_its_meaning_beside_its_default():
     (StorageSettings, {"endpoint_url": "minio:9000"}, "[storage] endpoint_url = 'minio:9000' is not allowed: must be a URL"),
     (StorageSettings, {"retries": -1}, "[storage] retries = -1 is not allowed: must be an integer in [0, 20]"),
     (StorageSettings, {"read_ahead_kb": 0}, "[storage] read_ahead_kb = 0 is not allowed"),
+    (FeaturizeSettings, {"max_duration_s": float("inf")}, "[featurize] max_duration_s = inf is not allowed: must be a "
+                                                          "number of seconds in (0, 14400]"),
+    (FeaturizeSettings, {"max_duration_s": float("nan")}, "[featurize] max_duration_s = nan is not allowed"),
+    (TrainSettings, {"reader_workers": 10**6}, "[train] reader_workers = 1000000 is not allowed: must be an integer in "
+                                               "[0, 32]"),
 ])
 def test_a_wrong_value_names_its_key(cls, values, message):
     with pytest.raises(ConfigError) as e:

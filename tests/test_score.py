@@ -246,6 +246,18 @@ def test_scores_never_go_into_the_jobs_own_input(spark, trained):
         run_score(spark, str(bundle), str(features), features=str(features))
 
 
+def test_overwrite_replaces_only_a_score_output(spark, trained, corpus, tmp_path):
+    """--overwrite into a folder of the user's own files or into a featurize output is refused, as
+    featurize refuses (it once committed a run beside them)."""
+    features, bundle = trained
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    for out, holds in ((tmp_path / "mine", "notes.txt"), (features, "recipe.json")):
+        with pytest.raises(OutputExistsError, match=f"is not a score output \\(it holds .*{holds}"):
+            run_score(spark, str(bundle), str(out), inputs=[str(corpus)], overwrite=True)
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+
+
 def _incremental(spark, bundle, out, audio, **kw):
     return run_score(spark, str(bundle), str(out), inputs=[str(audio)], incremental=True, **kw)
 

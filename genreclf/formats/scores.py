@@ -259,6 +259,17 @@ def committed_location(output: str, name: str = "") -> str | None:
     return storage.to_location(storage.join(storage.to_url(output), *parts))
 
 
+def foreign_entries(output: str) -> list:
+    """Names in ``output`` that no score output holds (a folder of the user's, a featurize output):
+    score writes only into a new or empty directory or its own output, --overwrite or not."""
+    from genreclf.formats.taskrecords import TASKS_DIR
+    from genreclf.io.lock import LOCK_FILE
+
+    ours = {CURRENT_FILE, SCORES_DIR, LABELS_FILE, SUBMISSION_FILE, LOCK_FILE, TASKS_DIR}
+    return sorted(e.base_name for e in storage.list_dir(storage.to_url(output)) if e.base_name not in ours and not e.base_name.startswith(".")
+                  and not e.base_name.startswith(RUN_PREFIX))
+
+
 def read_scores(output: str) -> pd.DataFrame:
     """The committed scores of a score output (a local path or URL) as pandas; no rows when none."""
     location = committed_location(output, SCORES_DIR)

@@ -175,8 +175,22 @@ def _s3():
     return pafs.S3FileSystem(**kwargs)
 
 
+#: user:password@ in a URL: never printed (:func:`redact`), and refused as a location.
+_CREDENTIAL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]*:[^/@\s]*@")
+CREDENTIAL_VARIABLES = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (s3://), GOOGLE_APPLICATION_CREDENTIALS (gs://)"
+
+
+def redact(text: str) -> str:
+    """``text`` with the user:password of every URL in it replaced by ``***``: what logs print."""
+    return _CREDENTIAL.sub(r"\1***@", text)
+
+
 def filesystem(url: str):
-    """(pyarrow FileSystem, path within it) for a location; filesystems are reused per process."""
+    """(pyarrow FileSystem, path within it) for a location; filesystems are reused per process.
+    A location holding a credential is refused: it would land in logs, records and process lists."""
+    if is_url(url) and _CREDENTIAL.search(url):
+        raise ConfigError(f"{redact(url)} has a credential inside it: give it in the environment instead "
+                          f"({CREDENTIAL_VARIABLES}) and name the location without it")
     if not is_url(url):
         return _cached("local", "", lambda: pafs.LocalFileSystem()), os.path.abspath(os.path.expanduser(url))
     parsed = urlparse(url)

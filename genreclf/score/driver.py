@@ -40,6 +40,7 @@ from genreclf.formats.scores import (
     commit,
     committed,
     committed_location,
+    foreign_entries,
     plan_incremental,
     read_dir,
     read_run,
@@ -280,6 +281,10 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
     out_url = storage.to_url(output)
     if out_url in {storage.to_url(bundle), storage.to_url(features or bundle)}:
         raise ConfigError(f"--output {output} is the job's own input: write scores to another directory")
+    foreign = foreign_entries(output)
+    if foreign:
+        raise OutputExistsError(f"{out_url} is not a score output (it holds {', '.join(foreign[:5])}): score writes "
+                                "only into a new or empty directory or its own output; choose another --output")
     if committed_location(output) is not None and not (overwrite or incremental):
         raise OutputExistsError(f"{out_url} holds scores; pass --overwrite to replace them or --incremental to "
                                 "score only new and changed files")
@@ -308,7 +313,7 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
             tracks = read_tracks(features, check=True)
             candidates, listed = tracks[tracks["status"] == STATUS_OK], tracks["path"]
         else:
-            candidates = expand_inputs(inputs).entries
+            candidates = expand_inputs(inputs, exclude=(output,)).entries
             listed = candidates["path"]
         n_inputs = len(listed)
         scores_url = committed_location(output, SCORES_DIR) if incremental else None
