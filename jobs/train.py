@@ -95,7 +95,8 @@ def train(args, settings):
 
 
 def main(argv=None) -> int:
-    return run_main(parser(), train, argv, writes=("model",))
+    return run_main(parser(), train, argv, writes=("model",),
+                    rerun_hint="rerun with --resume to go on from the last finished epoch's checkpoint")
 
 
 if __name__ == "__main__":

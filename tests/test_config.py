@@ -1,5 +1,7 @@
 """Settings validate themselves when built: a wrong value is refused naming its key and what is allowed."""
 
+import re
+
 import pytest
 
 from genreclf.config import (
@@ -190,3 +192,21 @@ def test_every_train_setting_has_its_flag_and_no_job_argument_shares_a_settings_
     dests = {a.dest for a in parser()._actions}
     job_arguments = {"features", "model", "overwrite", "break_lock", "conf", "help", "verbose"}
     assert set(TRAIN_FLAGS) <= dests and not set(TRAIN_FLAGS) & job_arguments
+
+
+@pytest.mark.parametrize("job", ["featurize", "score", "train"])
+def test_a_credential_inside_a_location_is_refused_and_never_printed(tmp_path, capsys, job):
+    """s3://KEY:SECRET@bucket/... ended in a traceback whose last line printed the secret."""
+    import importlib
+
+    main = importlib.import_module(f"jobs.{job}").main
+    secret = "s3cr3t-planted-4711"
+    url = f"s3://AKIAEXAMPLE:{secret}@bucket/x"
+    args = {"featurize": ["--input", url, "--output", str(tmp_path / "o")],
+            "score": ["--input", str(tmp_path), "--model", url, "--output", str(tmp_path / "o")],
+            "train": ["--features", url, "--model", str(tmp_path / "o")]}[job]
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(r"s3://\*\*\*@bucket/x\S* has a credential inside it", err), err
+    assert "AWS_SECRET_ACCESS_KEY" in err
+    assert secret not in err and "Traceback" not in err
