@@ -140,8 +140,12 @@ def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: 
         return state, read_tracks(out_url)
     if overwrite:
         return state, None
-    raise OutputExistsError(f"{out_url} already holds a featurize output; "
-                            "pass --overwrite to replace it or --incremental to add new files")
+    raise _exists(out_url)
+
+
+def _exists(out_url: str) -> OutputExistsError:
+    return OutputExistsError(f"{out_url} already holds a featurize output; "
+                             "pass --overwrite to replace it or --incremental to add new files")
 
 
 def _remove_orphans(windows_url: str, keep: set) -> int:
@@ -186,6 +190,8 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     started = time.time()
     out_url = storage.to_url(output)
 
+    if not (overwrite or incremental) and committed(out_url) is not None:
+        raise _exists(out_url)  # before listing: a million files listed for a one-line refusal
     catalog = expand_inputs(inputs, exclude=(output,))
     table = catalog.entries
     unlabelled = 0
