@@ -120,13 +120,7 @@ def window_file_name(key: str) -> str:
 def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: bool):
     """What the last commit of an existing output holds, and whether this run may change it:
     returns (state or None, prior tracks for --incremental or None)."""
-    state = committed(out_url)
-    ours = {WINDOWS_DIR, TRACKS_DIR, RECIPE_FILE, LOCK_FILE, taskrecords.TASKS_DIR}
-    foreign = [e.base_name for e in storage.list_dir(out_url) if e.base_name not in ours and not e.base_name.startswith(".")]
-    if state is None and foreign:
-        raise OutputExistsError(f"{out_url} is a non-empty directory that is not a featurize output (it holds "
-                                f"{', '.join(sorted(foreign)[:5])}); featurize writes only into a new or empty "
-                                "directory or its own output: choose another --output")
+    state = _check_output(out_url, overwrite or incremental)
     if state is None:
         if storage.exists(storage.join(out_url, RECIPE_FILE)) and not overwrite:
             raise OutputExistsError(f"{out_url} has a recipe.json but no tracks table: not a featurize output "
@@ -138,14 +132,22 @@ def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: 
             raise GenreclfError(f"{out_url} was featurized with a different recipe ({prior_recipe}); "
                                 "--incremental cannot mix recipes: use --overwrite or a new output")
         return state, read_tracks(out_url)
-    if overwrite:
-        return state, None
-    raise _exists(out_url)
+    return state, None  # --overwrite (_check_output refused the rest)
 
 
-def _exists(out_url: str) -> OutputExistsError:
-    return OutputExistsError(f"{out_url} already holds a featurize output; "
-                             "pass --overwrite to replace it or --incremental to add new files")
+def _check_output(out_url: str, replacing: bool):
+    """The output's committed state; refuses another kind of directory, and a featurize output unless ``replacing``."""
+    state = committed(out_url)
+    ours = {WINDOWS_DIR, TRACKS_DIR, RECIPE_FILE, LOCK_FILE, taskrecords.TASKS_DIR}
+    foreign = [e.base_name for e in storage.list_dir(out_url) if e.base_name not in ours and not e.base_name.startswith(".")]
+    if state is None and foreign:
+        raise OutputExistsError(f"{out_url} is a non-empty directory that is not a featurize output (it holds "
+                                f"{', '.join(sorted(foreign)[:5])}); featurize writes only into a new or empty "
+                                "directory or its own output: choose another --output")
+    if state is not None and not replacing:
+        raise OutputExistsError(f"{out_url} already holds a featurize output; "
+                                "pass --overwrite to replace it or --incremental to add new files")
+    return state
 
 
 def _remove_orphans(windows_url: str, keep: set) -> int:
@@ -190,8 +192,7 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     started = time.time()
     out_url = storage.to_url(output)
 
-    if not (overwrite or incremental) and committed(out_url) is not None:
-        raise _exists(out_url)  # before listing: a million files listed for a one-line refusal
+    _check_output(out_url, overwrite or incremental)  # before listing: not a million files for a one-line refusal
     catalog = expand_inputs(inputs, exclude=(output,))
     table = catalog.entries
     unlabelled = 0
@@ -202,8 +203,7 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
             log.warning("featurize: %d of %d inputs have no label in %s (their windows are unlabelled: train "
                         "leaves them out)", unlabelled, len(table), labels)
     n_inputs = len(table)
-    log.info("featurize: %d input files%s", n_inputs,
-             f" ({len(catalog.skipped)} sidecar files passed over)" if catalog.skipped else "")
+    log.info("featurize: %d input files%s", n_inputs, f" ({len(catalog.skipped)} sidecar files passed over)" * bool(catalog.skipped))
 
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
     lock = OutputLock(storage.join(out_url, LOCK_FILE), run_id, break_lock=break_lock, job="featurize",
