@@ -319,6 +319,41 @@ def test_a_run_killed_after_its_second_epoch_resumes_to_the_uninterrupted_runs_e
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no checkpoint, lock or staging left
 
 
+def test_ctrl_c_stops_train_with_one_line_and_the_lock_released_and_resume_goes_on(tiny_features, tmp_path):
+    """SIGINT to train's process group (a terminal's Ctrl-C, at its default disposition) once its
+    first epoch's checkpoint is committed: exit 130, one line saying to rerun with --resume, no
+    traceback, no lock left, the checkpoint kept; the plain `--resume` goes on from it without
+    --break-lock and commits the bundle."""
+    import signal
+    import time
+
+    from tests import hostenv
+
+    args = [sys.executable, "-m", "jobs.train", "--features", str(tiny_features), "--epochs", "3", "--batch-size", "8",
+            "--val-fraction", "0.34", "--seed", "1", "--reader-workers", "1", "--patience", "10",
+            "--model", str(tmp_path / "m")]
+    env = hostenv.launch_env()
+    run = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    state = tmp_path / ".m.checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and run.poll() is None and not state.exists():
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 130, out[-3000:]
+    lines = [line for line in out.splitlines() if "interrupted by SIGINT" in line]
+    assert len(lines) == 1 and "rerun with --resume" in lines[0], out[-3000:]
+    for bad in ("Traceback", "internal error", "KeyboardInterrupt"):
+        assert bad not in out, (bad, out[-3000:])
+    assert not (tmp_path / ".m.lock").exists() and state.exists() and not (tmp_path / "m").exists()
+    res = subprocess.run([*args, "--resume"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert res.returncode == 0 and "resuming after epoch" in res.stderr, res.stderr[-3000:]
+    assert "taking over the lock" not in res.stderr and (tmp_path / "m" / "bundle.json").exists()
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+
 def test_resume_refuses_another_setting_naming_it(tiny_features, tmp_path):
     from genreclf.errors import ConfigError
     from genreclf.ml import checkpoint
