@@ -194,19 +194,30 @@ def test_every_train_setting_has_its_flag_and_no_job_argument_shares_a_settings_
     assert set(TRAIN_FLAGS) <= dests and not set(TRAIN_FLAGS) & job_arguments
 
 
-@pytest.mark.parametrize("job", ["featurize", "score", "train"])
-def test_a_credential_inside_a_location_is_refused_and_never_printed(tmp_path, capsys, job):
-    """s3://KEY:SECRET@bucket/... ended in a traceback whose last line printed the secret."""
+@pytest.mark.parametrize("job,where", [("featurize", "input"), ("featurize", "output"), ("featurize", "catalogue"),
+                                       ("score", "model"), ("score", "output"), ("train", "features")])
+def test_a_credential_inside_a_location_is_refused_and_never_printed(tmp_path, capsys, job, where):
+    """s3://KEY:SECRET@bucket/... ended in a traceback whose last line printed the secret. Now the
+    run is refused in one line naming the credential variables, and the secret is in nothing it
+    printed, logged or wrote (every file under the run's directory read back)."""
     import importlib
 
     main = importlib.import_module(f"jobs.{job}").main
     secret = "s3cr3t-planted-4711"
     url = f"s3://AKIAEXAMPLE:{secret}@bucket/x"
-    args = {"featurize": ["--input", url, "--output", str(tmp_path / "o")],
-            "score": ["--input", str(tmp_path), "--model", url, "--output", str(tmp_path / "o")],
-            "train": ["--features", url, "--model", str(tmp_path / "o")]}[job]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cat.csv").write_text(f"path,label\n{url}/a.mp3,rock\n")
+    local_in, local_out = str(tmp_path / "in"), str(tmp_path / "o")
+    args = {("featurize", "input"): ["--input", url, "--output", local_out],
+            ("featurize", "output"): ["--input", local_in, "--output", url],
+            ("featurize", "catalogue"): ["--input", str(tmp_path / "in" / "cat.csv"), "--output", local_out],
+            ("score", "model"): ["--input", local_in, "--model", url, "--output", local_out],
+            ("score", "output"): ["--input", local_in, "--model", local_in, "--output", url],
+            ("train", "features"): ["--features", url, "--model", local_out]}[job, where]
     rc = main(args)
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert rc == 2 and re.search(r"s3://\*\*\*@bucket/x\S* has a credential inside it", err), err
     assert "AWS_SECRET_ACCESS_KEY" in err
-    assert secret not in err and "Traceback" not in err
+    assert secret not in out + err and "Traceback" not in err
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "cat.csv"]
+    assert not any(secret.encode() in p.read_bytes() for p in written), written

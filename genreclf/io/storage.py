@@ -185,12 +185,18 @@ def redact(text: str) -> str:
     return _CREDENTIAL.sub(r"\1***@", text)
 
 
+def refuse_credentials(*locations) -> None:
+    """Refuse a location holding a credential: it would land in logs, records and process lists."""
+    for url in filter(None, locations):
+        if is_url(url) and _CREDENTIAL.search(url):
+            raise ConfigError(f"{redact(url)} has a credential inside it: give it in the environment instead "
+                              f"({CREDENTIAL_VARIABLES}) and name the location without it")
+
+
 def filesystem(url: str):
     """(pyarrow FileSystem, path within it) for a location; filesystems are reused per process.
-    A location holding a credential is refused: it would land in logs, records and process lists."""
-    if is_url(url) and _CREDENTIAL.search(url):
-        raise ConfigError(f"{redact(url)} has a credential inside it: give it in the environment instead "
-                          f"({CREDENTIAL_VARIABLES}) and name the location without it")
+    A location holding a credential is refused (:func:`refuse_credentials`)."""
+    refuse_credentials(url)
     if not is_url(url):
         return _cached("local", "", lambda: pafs.LocalFileSystem()), os.path.abspath(os.path.expanduser(url))
     parsed = urlparse(url)

@@ -2,13 +2,12 @@
 
 The bundle (a local path or URL) is fetched once by the driver and shipped to executors with
 ``SparkContext.addArchive`` (no shared filesystem assumed), then loaded once per Python worker
-(:mod:`genreclf.ml.model_cache`). From raw audio, each task decodes its files exactly as featurize does and
-averages each track's window predictions itself. From features, each task reads whole window
-files (a featurize output keeps a track's windows in one file) and averages their tracks itself:
-no shuffle (a ``groupBy(track_id)`` cost ~60 s for 10 tracks on the test cluster). Either way the
-tasks write their rows with pyarrow into the run's directory (:mod:`genreclf.formats.scores`); under
-the output's lock, the driver checks one row per input, adds ``labels.json`` and ``submission.csv``
-and commits the run by one atomic write of ``current.json``.
+(:mod:`genreclf.ml.model_cache`). From raw audio, each task decodes its files exactly as featurize does and averages
+each track's window predictions itself. From features, each task reads whole window files (a featurize output keeps a
+track's windows in one file) and averages their tracks itself: no shuffle (a ``groupBy(track_id)`` cost ~60 s for 10
+tracks on the test cluster). Either way the tasks write their rows with pyarrow into the run's directory
+(:mod:`genreclf.formats.scores`); under the output's lock, the driver checks one row per input, adds ``labels.json``
+and ``submission.csv`` and commits the run by one atomic write of ``current.json``.
 """
 
 from __future__ import annotations
@@ -265,6 +264,7 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
     if overwrite and incremental:
         raise ConfigError("--overwrite and --incremental exclude each other: --incremental replaces the output too, "
                           "rescoring only new and changed files")
+    storage.refuse_credentials(bundle, output, features, *(inputs or ()))  # before any fetch or listing
     storage.configure(settings.storage.to_dict())
     _check_precision(spark, settings.score.precision)
     if pretrained.is_pretrained(bundle):  # a tagger of ours: its bundle made here, shipped as any other
