@@ -1,0 +1,130 @@
+"""A location's pyarrow filesystem, opened once per process and store, and the single-step
+operations on it (stat, list, delete, move: the steps the kill points count)."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from genreclf.errors import ConfigError
+from genreclf.io import killpoints
+from genreclf.io.storage.settings import _FILESYSTEMS, _LOCK, _OPTIONS, endpoint_url
+from genreclf.io.storage.locations import is_url, refuse_credentials
+
+
+
+def _s3():
+    kwargs = {}
+    endpoint = endpoint_url()
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    if _OPTIONS["region"]:
+        kwargs["region"] = _OPTIONS["region"]
+    kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=int(_OPTIONS["retries"]) + 1)
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(url: str):
+    """(pyarrow FileSystem, path within it) for a location; filesystems are reused per process.
+    A location holding a credential is refused (:func:`refuse_credentials`)."""
+    refuse_credentials(url)
+    if not is_url(url):
+        return _cached("local", "", lambda: pafs.LocalFileSystem()), os.path.abspath(os.path.expanduser(url))
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
+        return _cached("local", "", lambda: pafs.LocalFileSystem()), parsed.path
+    if scheme in ("s3", "s3a"):
+        return _cached("s3", "", lambda: _s3()), (parsed.netloc + parsed.path).rstrip("/")
+    try:
+        fs, path = pafs.FileSystem.from_uri(url)
+        return _cached(scheme, parsed.netloc, lambda: fs), path
+    except (pafs.ArrowInvalid, ValueError, OSError) as e:
+        try:
+            import fsspec
+        except ImportError:
+            raise _config_error(f"{url}: pyarrow cannot open {scheme}:// ({e}); install fsspec and its "
+                                f"{scheme} backend to use other stores") from None
+        ffs, path = fsspec.core.url_to_fs(url)
+        return _cached(scheme, parsed.netloc, lambda: pafs.PyFileSystem(pafs.FSSpecHandler(ffs))), path
+
+
+def _cached(scheme, netloc, make):
+    key = (scheme, netloc)
+    with _LOCK:
+        if key not in _FILESYSTEMS:
+            _FILESYSTEMS[key] = make()
+        return _FILESYSTEMS[key]
+
+
+def _config_error(message: str):
+    return ConfigError(message)
+
+
+def _prefix(url: str, path: str) -> str:
+    """What goes before a filesystem path to make the location again ('' for local files)."""
+    if not is_url(url) or url.startswith("file://"):
+        return ""
+    scheme, rest = url.split("://", 1)
+    netloc = rest.split("/", 1)[0]
+    return f"{scheme}://" if path.startswith(netloc) else f"{scheme}://{netloc}"
+
+
+def located(url: str, path: str) -> str:
+    """The location of ``path``, a path within the filesystem of ``url``."""
+    return _prefix(url, path) + path
+
+
+def info(location: str) -> pafs.FileInfo:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path)
+
+
+def exists(location: str) -> bool:
+    return info(location).type != pafs.FileType.NotFound
+
+
+def is_dir(location: str) -> bool:
+    return info(location).type == pafs.FileType.Directory
+
+
+def is_file(location: str) -> bool:
+    return info(location).type == pafs.FileType.File
+
+
+def delete(location: str) -> None:
+    fs, path = filesystem(location)
+    _delete(fs, path)
+
+
+def delete_files(location: str, paths) -> None:
+    """Delete files given as paths within the filesystem of ``location``."""
+    fs, _ = filesystem(location)
+    for path in paths:
+        _delete(fs, path, pafs.FileType.File)
+
+
+def _delete(fs, path: str, kind=None) -> None:
+    """Delete a file or a directory tree (nothing when absent): one step for the kill points."""
+    kind = kind or fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        return
+    with killpoints.step("delete", path):
+        if kind == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        else:
+            fs.delete_file(path)
+
+
+def _move(fs, src: str, dst: str) -> None:
+    with killpoints.step("move", src, dst):
+        fs.move(src, dst)
+
+
+def list_dir(location: str) -> list:
+    """FileInfos directly in a directory (none when it does not exist)."""
+    fs, path = filesystem(location)
+    return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
