@@ -24,7 +24,6 @@ import itertools
 import json
 import logging
 import time
-import uuid
 
 import numpy as np
 import pandas as pd
@@ -60,7 +59,7 @@ from genreclf.formats.schema import (
 )
 from genreclf.io import killpoints, storage
 from genreclf.io.catalog import apply_labels, expand_inputs
-from genreclf.io.lock import LOCK_FILE, OutputLock
+from genreclf.io.lock import LOCK_FILE, OutputLock, new_run_id
 from genreclf.io.spark import (
     catalog_records,
     default_parallelism,
@@ -205,7 +204,7 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     n_inputs = len(table)
     log.info("featurize: %d input files%s", n_inputs, f" ({len(catalog.skipped)} sidecar files passed over)" * bool(catalog.skipped))
 
-    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    run_id = new_run_id()
     lock = OutputLock(storage.join(out_url, LOCK_FILE), run_id, break_lock=break_lock, job="featurize",
                       stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:

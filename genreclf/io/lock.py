@@ -28,6 +28,14 @@ LOCK_FILE = "_genreclf.lock"
 log = logging.getLogger(__name__)
 
 
+def new_run_id() -> str:
+    """A run's id (its lock's holder, its run directory and commit record): the start time, sortable,
+    and 8 random hex digits."""
+    import uuid
+
+    return time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
 class LockedError(GenreclfError):
     """The output is being written by another run."""
 

@@ -29,7 +29,7 @@ STATE_FILE = "state.json"
 
 def location(model_out: str) -> str:
     """The checkpoint directory of a bundle location (hidden, beside it, like its lock)."""
-    return storage.join(storage.parent(storage.to_location(model_out)), f".{storage.basename(model_out)}.checkpoint")
+    return storage.sibling(model_out, "checkpoint")
 
 
 def fingerprint(recipe, features_run: str, settings: dict, labels: list, val_ids: list, replicas: int) -> dict:

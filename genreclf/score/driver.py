@@ -20,7 +20,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 
 import pandas as pd
@@ -53,7 +52,7 @@ from genreclf.formats.scores import (
 )
 from genreclf.io import killpoints, storage, tracking
 from genreclf.io.catalog import expand_inputs
-from genreclf.io.lock import LOCK_FILE, OutputLock
+from genreclf.io.lock import LOCK_FILE, OutputLock, new_run_id
 from genreclf.io.spark import (
     catalog_records,
     default_parallelism,
@@ -236,7 +235,7 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     settings = settings or load_settings()
     job = _prepare(spark, bundle, output, inputs, features, overwrite, incremental, settings, calibrate)
     started = time.time()
-    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    run_id = new_run_id()
     lock = OutputLock(storage.join(job.out_url, LOCK_FILE), run_id, break_lock=break_lock, job="score",
                       stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
