@@ -26,7 +26,8 @@ from genreclf.io import storage, tracking
 from genreclf.ml.calibration import fit_temperatures, track_probabilities
 from genreclf.ml.metrics import classification_report
 from genreclf.ml.pipeline import WindowSet
-from genreclf.ml.reports import evaluate_predictions, predict_windows, track_codes, usable_tracks
+from genreclf.ml.reports import evaluate_predictions, predict_windows, track_codes
+from genreclf.ml.split import choose_labels, usable_tracks
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,6 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
     the pooled confusion matrix and reliability diagram. Returns the summary. With MLflow tracking
     on, one run holds the summary and a nested run per fold."""
     from genreclf.ml.plots import confusion, reliability_diagram
-    from genreclf.train import choose_labels
 
     settings = settings or load_settings()
     batch_size = EvaluateSettings(batch_size).batch_size if batch_size else settings.evaluate.batch_size

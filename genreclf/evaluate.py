@@ -17,7 +17,8 @@ from genreclf.ml.pipeline import WindowSet
 log = logging.getLogger(__name__)
 
 
-from genreclf.ml.reports import calibrated_report, format_report, predict_windows, usable_tracks, write_reports
+from genreclf.ml.reports import calibrated_report, format_report, predict_windows, write_reports
+from genreclf.ml.split import usable_tracks
 
 
 def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, split: str = "val",

@@ -1,4 +1,4 @@
-"""Train the reference CNN on featurize output and write a self-contained model bundle."""
+"""Train the reference CNN or a head on the pretrained musicnn on featurize output and write a self-contained model bundle."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import dataclasses
 import logging
 import os
 import time
-import uuid
 
 from genreclf.config import Settings, load_settings
 from genreclf.errors import ConfigError, OutputExistsError
 from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, write_training_record
 from genreclf.formats.features import cached_windows, check_window_counts, committed, read_recipe, read_tracks
-from genreclf.formats.schema import STATUS_OK, WINDOWS_DIR
+from genreclf.formats.schema import WINDOWS_DIR
 from genreclf.io import storage, tracking
-from genreclf.io.lock import OutputLock
+from genreclf.io.lock import OutputLock, new_run_id
 from genreclf.ml import checkpoint
 from genreclf.ml.calibration import fit_temperatures
 from genreclf.ml.devices import replicas, strategy, windows_seen
@@ -24,24 +23,12 @@ from genreclf.ml.reports import (
     format_report,
     predict_windows,
     track_codes,
-    usable_tracks,
     write_reports,
 )
-from genreclf.ml.split import split_tracks
+from genreclf.ml.split import choose_labels, split_tracks, usable_tracks
 from genreclf.ml.tfdata import EpochClock, tf_dataset
 
 log = logging.getLogger(__name__)
-
-
-def choose_labels(tracks, vocabulary: str, settings: Settings) -> list:
-    """The label list in output order: sorted labels of the data, or the configured genres."""
-    if vocabulary == "data":
-        labels = sorted(tracks.loc[(tracks["status"] == STATUS_OK) & tracks["label"].notna(), "label"].unique())
-    else:  # "conf"; TrainSettings has checked the choice
-        labels = list(settings.genres)
-    if len(labels) < 2:
-        raise ConfigError(f"need at least two labels to train, found {labels}; featurize with --labels")
-    return labels
 
 
 def reader_threads(requested: int, on_gpu: bool) -> int:
@@ -80,8 +67,7 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
                                     "only a bundle: choose another --model directory")
     if register and not settings.mlflow.uri():
         raise ConfigError("--register needs MLflow tracking: set [mlflow] tracking_uri or MLFLOW_TRACKING_URI")
-    lock = OutputLock(storage.join(storage.parent(storage.to_location(model_out)),
-                                   f".{storage.basename(model_out)}.lock"), uuid.uuid4().hex[:12], job="train",
+    lock = OutputLock(storage.sibling(model_out, "lock"), new_run_id(), job="train",
                       break_lock=break_lock, stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
         with tracking.start(settings.mlflow, f"train {storage.basename(model_out)}", tags={"genreclf.job": "train"}
@@ -118,10 +104,10 @@ def log_training(tracker, model_out: str, settings: Settings, cfg, register: str
     tracker.artifacts([os.path.join(local, name) for name in sorted(os.listdir(local)) if name != MODEL_FILE],
                       "reports")  # the model is the pyfunc model's
     if model:
-        from genreclf.score import pyfunc
+        from genreclf import mlflow_model
 
-        tracker.log_model(pyfunc.__file__, local, pyfunc.model_config(settings), pyfunc.signature(info["labels"]),
-                          register=register)
+        tracker.log_model(mlflow_model.__file__, local, mlflow_model.model_config(settings),
+                          mlflow_model.signature(info["labels"]), register=register)
 
 
 def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels, resume=False) -> dict:

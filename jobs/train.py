@@ -1,4 +1,4 @@
-"""train: featurize output -> the reference CNN -> a model bundle. Plain Python; no Spark needed.
+"""train: featurize output -> the reference CNN or a head on musicnn -> a model bundle. Plain Python; no Spark needed.
 
     ./spark-submit.sh train --features out/features --model out/model [--epochs 30]
     python -m jobs.train --features out/features --model out/model
@@ -27,7 +27,7 @@ def _d(key: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spark-submit.sh train",
-                                description="Train the reference CNN on featurize output and write a model bundle.",
+                                description="Train the reference CNN, or a genre head on the pretrained musicnn (--network), on featurize output and write a model bundle.",
                                 epilog="Defaults: [train] of the settings (python -m genreclf.config); a flag overrides its key. "
                                        "Runs in one process; on a GPU node TensorFlow uses the GPU with no change.")
     p.add_argument("--features", required=True, metavar="DIR", help="featurize output (windows/, tracks/)")

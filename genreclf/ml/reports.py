@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from genreclf.formats.bundle import METRICS_FILE, write_json
-from genreclf.formats.schema import STATUS_OK
 from genreclf.ml.calibration import apply_temperature, track_probabilities
 from genreclf.ml.inference import predict
 from genreclf.ml.metrics import classification_report
@@ -59,16 +58,6 @@ def calibrated_report(track_ids, window_labels, probs, labels: list, mode: str, 
     if mode != "none":
         report["uncalibrated"] = evaluate_predictions(track_ids, window_labels, probs, labels)["tracks"]
     return report
-
-
-def usable_tracks(tracks: pd.DataFrame, labels: list) -> pd.DataFrame:
-    """Tracks that are ok, labelled, and whose label the model knows."""
-    ok = tracks[(tracks["status"] == STATUS_OK) & tracks["label"].notna()]
-    unknown = ~ok["label"].isin(labels)
-    if unknown.any():
-        log.warning("%d tracks have labels the model does not know (%s): left out", int(unknown.sum()),
-                    ", ".join(sorted(ok.loc[unknown, "label"].unique())[:5]))
-    return ok[~unknown]
 
 
 def write_reports(out_dir: str, report: dict, labels: list) -> None:

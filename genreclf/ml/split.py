@@ -1,4 +1,5 @@
-"""Train/validation split by track, never by window, stratified by label, optionally grouped.
+"""Which tracks and labels a fit uses, and their train/validation split: by track, never by window,
+stratified by label, optionally grouped.
 
 A track's windows overlap by half and are near-duplicates, so splitting windows would leak. When a
 group column (artist or album) is given, all tracks of a group land on the same side.
@@ -12,8 +13,37 @@ has two or more groups represented.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
+
+from genreclf.config import Settings
+from genreclf.errors import ConfigError
+from genreclf.formats.schema import STATUS_OK
+
+log = logging.getLogger(__name__)
+
+
+def choose_labels(tracks, vocabulary: str, settings: Settings) -> list:
+    """The label list in output order: sorted labels of the data, or the configured genres."""
+    if vocabulary == "data":
+        labels = sorted(tracks.loc[(tracks["status"] == STATUS_OK) & tracks["label"].notna(), "label"].unique())
+    else:  # "conf"; TrainSettings has checked the choice
+        labels = list(settings.genres)
+    if len(labels) < 2:
+        raise ConfigError(f"need at least two labels to train, found {labels}; featurize with --labels")
+    return labels
+
+
+def usable_tracks(tracks: pd.DataFrame, labels: list) -> pd.DataFrame:
+    """Tracks that are ok, labelled, and whose label the model knows."""
+    ok = tracks[(tracks["status"] == STATUS_OK) & tracks["label"].notna()]
+    unknown = ~ok["label"].isin(labels)
+    if unknown.any():
+        log.warning("%d tracks have labels the model does not know (%s): left out", int(unknown.sum()),
+                    ", ".join(sorted(ok.loc[unknown, "label"].unique())[:5]))
+    return ok[~unknown]
 
 
 def split_tracks(tracks: pd.DataFrame, val_fraction: float, seed: int, group_col: str | None = None):
