@@ -104,7 +104,7 @@ def petastorm_windows(url: str, workers: int):
 
     from petastorm import make_batch_reader
 
-    from genreclf.formats.features import decode_npy_column
+    from genreclf.formats.payload import decode_npy_column
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

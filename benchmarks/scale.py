@@ -109,7 +109,7 @@ def dead_paths(out: str, bundle: str, sizes: list) -> list:
         s = job("score", "--model", bundle, "--input", catalogue, "--output", scores, "--overwrite")
         import pandas as pd
 
-        from genreclf.formats.features import read_tracks
+        from genreclf.formats.featureset import read_tracks
         from genreclf.formats.scores import read_scores
 
         tracks = read_tracks(feats)
@@ -156,7 +156,7 @@ def same_outputs(a: str, b: str, kind: str) -> bool:
     import numpy as np
 
     if kind == "featurize":
-        from genreclf.formats.features import read_tracks
+        from genreclf.formats.featureset import read_tracks
 
         ta, tb = (read_tracks(x).sort_values("track_id").reset_index(drop=True) for x in (a, b))
         return ta.drop(columns=["mtime"]).equals(tb.drop(columns=["mtime"]))

@@ -20,8 +20,7 @@ import pandas as pd
 from genreclf.config import EvaluateSettings, Settings, load_settings
 from genreclf.errors import ConfigError
 from genreclf.formats.bundle import SPLIT_FILE, load_bundle_info, load_model, read_json, write_json
-from genreclf.formats.features import read_recipe, read_tracks
-from genreclf.formats.schema import WINDOWS_DIR
+from genreclf.formats.featureset import FeatureSet, Windows
 from genreclf.io import storage, tracking
 from genreclf.ml.calibration import fit_temperatures, track_probabilities
 from genreclf.ml.metrics import classification_report
@@ -57,7 +56,7 @@ def cv_folds(tracks: pd.DataFrame, k: int, seed: int, group_col: str = "group") 
             for tr, te in splitter.split(ids, tracks["label"].astype(str).to_numpy(), groups.to_numpy())]
 
 
-def _fold_bundle(fold_dir: str, features: str, test_ids: list, settings: Settings, labels: list, overrides: dict,
+def _fold_bundle(fold_dir: str, features: FeatureSet, test_ids: list, settings: Settings, labels: list, overrides: dict,
                  recipe) -> str:
     """The fold's bundle: reused when one trained on the same held-out tracks, features recipe and
     training settings is there (calibration aside: it is refitted and reported every way), else trained."""
@@ -76,13 +75,13 @@ def _fold_bundle(fold_dir: str, features: str, test_ids: list, settings: Setting
     return bundle
 
 
-def _temperatures(model, bundle: str, windows_url: str, recipe, labels: list, batch_size: int, workers: int) -> dict:
+def _temperatures(model, bundle: str, windows: Windows, recipe, labels: list, batch_size: int, workers: int) -> dict:
     """Each mode's temperature fitted on the fold bundle's validation tracks (split.json), as train
     does, by this code: a rerun re-reports reused bundles with the current calibration."""
     val = read_json(os.path.join(bundle, SPLIT_FILE))["val"]
     if not val:
         return {"track": 1.0, "window": 1.0}
-    ids, window_labels, probs = predict_windows(model, WindowSet(windows_url, recipe, track_ids=val, labels=labels),
+    ids, window_labels, probs = predict_windows(model, WindowSet(windows, recipe, track_ids=val, labels=labels),
                                                 batch_size=batch_size, workers=workers)
     codes, _, y_tracks = track_codes(ids, window_labels, labels)
     return fit_temperatures(probs, codes, y_tracks)
@@ -95,7 +94,7 @@ def _training(settings: Settings, overrides: dict) -> dict:
     return train
 
 
-def _run_fold(i, fold_dir, features, windows_url, test_ids, settings, labels, overrides, recipe, batch_size,
+def _run_fold(i, fold_dir, features, windows, test_ids, settings, labels, overrides, recipe, batch_size,
               workers) -> tuple:
     """Train (or reuse) fold ``i``'s bundle, test it on ``test_ids`` with each calibration variant.
     Returns (its rows of the per-fold table, {variant: track probabilities}, the test tracks' labels)."""
@@ -105,10 +104,10 @@ def _run_fold(i, fold_dir, features, windows_url, test_ids, settings, labels, ov
     info = load_bundle_info(bundle)
     keras.backend.clear_session()
     model = load_model(bundle, len(info["labels"]))
-    test = WindowSet(windows_url, recipe, track_ids=test_ids, labels=labels)
+    test = WindowSet(windows, recipe, track_ids=test_ids, labels=labels)
     ids, window_labels, probs = predict_windows(model, test, batch_size=batch_size, workers=workers)
     codes, _, y_tracks = track_codes(ids, window_labels, labels)
-    fitted = _temperatures(model, bundle, windows_url, recipe, labels, batch_size, workers)
+    fitted = _temperatures(model, bundle, windows, recipe, labels, batch_size, workers)
     fold_report = {"fold": i, "test_tracks": len(test_ids), "epochs_run": info.get("epochs_run"), "temperatures": fitted}
     rows, track_probs = [], {}
     for name, mode in VARIANTS:
@@ -136,15 +135,16 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
     output = storage.to_location(output)
     cfg = dataclasses.replace(settings.train, **overrides)  # validates the overrides before any work
     seed = cfg.seed if seed is None else seed
-    recipe = read_recipe(features)
-    tracks = read_tracks(features, check=True)
+    features = FeatureSet.open(features)  # once: every fold's training and tests take this handle
+    recipe = features.recipe
+    tracks = features.tracks(check=True)
     labels = choose_labels(tracks, cfg.labels_from, settings)
     usable = usable_tracks(tracks, labels).reset_index(drop=True)
     folds = cv_folds(usable, k, seed)
     artist = usable.set_index("track_id")["group"] if "group" in usable else None
     log.info("crossval: %d tracks, %d labels, %d folds (grouped by artist, stratified by label), seed %d",
              len(usable), len(labels), k, seed)
-    windows_url = storage.join(storage.to_url(features), WINDOWS_DIR)
+    windows = features.windows()
     os.makedirs(output, exist_ok=True)
     started = time.time()
     with tracking.start(settings.mlflow, f"evaluate --cv {k} {storage.basename(output)}",
@@ -158,7 +158,7 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
                 assert not set(artist.loc[test_ids].dropna()) & set(artist.loc[train_ids].dropna()), "artist leak"
             with tracking.start(settings.mlflow, f"fold {i}", tags={"genreclf.job": "evaluate --cv"}) as fold_run:
                 fold_rows, fold_probs, y_tracks = _run_fold(i, os.path.join(output, f"fold-{i}"), features,
-                                                            windows_url, test_ids, settings, labels, overrides,
+                                                            windows, test_ids, settings, labels, overrides,
                                                             recipe, batch_size, workers)
                 fold_run.params({"fold": i, "test_tracks": len(test_ids), "train_tracks": len(train_ids)})
                 fold_run.metrics({row["variant"]: {m: row[m] for m in METRICS} for row in fold_rows})
@@ -179,7 +179,7 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
         mean_sd = {v: {m: [float(summary.loc[v, (m, "mean")]), float(summary.loc[v, (m, "std")])] for m in METRICS}
                    for v in summary.index}
         result = {
-            "features": storage.to_url(features), "k": k, "seed": seed, "labels": labels, "recipe": recipe.to_dict(),
+            "features": features.url, "k": k, "seed": seed, "labels": labels, "recipe": recipe.to_dict(),
             "train": {**dataclasses.asdict(settings.train), **overrides}, "folds": [{"test": te} for _, te in folds],
             "per_fold": rows, "pooled": pooled_reports, "mean_sd": mean_sd,
             "elapsed_s": round(time.time() - started, 1),

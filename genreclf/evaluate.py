@@ -9,8 +9,7 @@ import time
 from genreclf.config import EvaluateSettings, Settings, load_settings
 from genreclf.errors import ConfigError
 from genreclf.formats.bundle import SPLIT_FILE, calibration_of, check_recipe, load_bundle_info, load_model, read_json
-from genreclf.formats.features import check_window_counts, read_recipe, read_tracks
-from genreclf.formats.schema import WINDOWS_DIR
+from genreclf.formats.featureset import FeatureSet
 from genreclf.io import storage, tracking
 from genreclf.ml.pipeline import WindowSet
 
@@ -36,26 +35,26 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
             raise ConfigError(f"--model {bundle_dir} is read-only: give --output DIR for the reports")
         bundle_dir = tracking.fetch_model(bundle_dir, settings.mlflow)
     info = load_bundle_info(bundle_dir)
-    recipe = read_recipe(features)
-    check_recipe(info, recipe, features)
+    features = FeatureSet.open(features)
+    recipe = features.recipe
+    check_recipe(info, recipe, features.location)
     labels = info["labels"]
-    tracks = usable_tracks(read_tracks(features, check=True), labels)
+    tracks = usable_tracks(features.tracks(check=True), labels)
     if split == "val":
         split_path = storage.join(bundle_dir, SPLIT_FILE)
         if not storage.is_file(split_path):
             raise ConfigError(f"{bundle_dir} records no validation split; use --split all")
         tracks = tracks[tracks["track_id"].isin(read_json(split_path)["val"])]
     if tracks.empty:
-        raise ConfigError(f"no labelled ok tracks to evaluate in {features} (split {split})")
+        raise ConfigError(f"no labelled ok tracks to evaluate in {features.location} (split {split})")
     configure_tensorflow(training=False)
     model = load_model(bundle_dir, len(labels))
     started = time.time()
-    windows = WindowSet(storage.join(storage.to_url(features), WINDOWS_DIR), recipe, track_ids=tracks["track_id"],
-                        labels=labels)
-    check_window_counts(features, tracks, windows.window_counts())
+    windows = WindowSet(features.windows(), recipe, track_ids=tracks["track_id"], labels=labels)
+    features.check_window_counts(tracks, windows.window_counts())
     ids, window_labels, probs = predict_windows(model, windows, batch_size=batch_size, workers=workers)
     report = calibrated_report(ids, window_labels, probs, labels, *calibration_of(info, calibrate))
-    report.update(split=split, features=storage.to_url(features), elapsed_s=round(time.time() - started, 2))
+    report.update(split=split, features=features.url, elapsed_s=round(time.time() - started, 2))
     out = output or storage.join(bundle_dir, "evaluation")
     with storage.local_output(out) as local:
         write_reports(local, report, labels)

@@ -34,14 +34,10 @@ from genreclf.audio.extract import window_tables
 from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import DamagedInputError, GenreclfError, OutputExistsError, StorageError
 from genreclf.formats import taskrecords
+from genreclf.formats.featureset import FeatureSet, listed_window_files
 from genreclf.formats.features import (
     commit,
-    committed,
-    listed_window_files,
-    read_recipe,
-    read_tracks,
     window_facts,
-    window_files,
     without_tracks,
     write_dataset_metadata,
     write_empty,
@@ -118,25 +114,28 @@ def window_file_name(key: str) -> str:
 
 def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: bool):
     """What the last commit of an existing output holds, and whether this run may change it:
-    returns (state or None, prior tracks for --incremental or None)."""
-    state = _check_output(out_url, overwrite or incremental)
+    returns (the output's handle when it holds a commit, else None; prior tracks for --incremental or None)."""
+    previous = _check_output(out_url, overwrite or incremental)
+    state = previous.record
     if state is None:
         if storage.exists(storage.join(out_url, RECIPE_FILE)) and not overwrite:
             raise OutputExistsError(f"{out_url} has a recipe.json but no tracks table: not a featurize output "
                                     "of this version; pass --overwrite to replace it")
         return None, None  # nothing committed: window files there are a crashed run's, removed below
     if incremental:
-        prior_recipe = read_recipe(out_url)
+        prior_recipe = previous.recipe
         if prior_recipe != recipe:
             raise GenreclfError(f"{out_url} was featurized with a different recipe ({prior_recipe}); "
                                 "--incremental cannot mix recipes: use --overwrite or a new output")
-        return state, read_tracks(out_url)
-    return state, None  # --overwrite (_check_output refused the rest)
+        return previous, previous.tracks()
+    return previous, None  # --overwrite (_check_output refused the rest)
 
 
 def _check_output(out_url: str, replacing: bool):
-    """The output's committed state; refuses another kind of directory, and a featurize output unless ``replacing``."""
-    state = committed(out_url)
+    """The output as it is (its commit record, if any); refuses another kind of directory, and a featurize
+    output unless ``replacing``."""
+    previous = FeatureSet.open(out_url)
+    state = previous.record
     ours = {WINDOWS_DIR, TRACKS_DIR, RECIPE_FILE, LOCK_FILE, taskrecords.TASKS_DIR}
     foreign = [e.base_name for e in storage.list_dir(out_url) if e.base_name not in ours and not e.base_name.startswith(".")]
     if state is None and foreign:
@@ -146,7 +145,7 @@ def _check_output(out_url: str, replacing: bool):
     if state is not None and not replacing:
         raise OutputExistsError(f"{out_url} already holds a featurize output; "
                                 "pass --overwrite to replace it or --incremental to add new files")
-    return state
+    return previous
 
 
 def _remove_orphans(windows_url: str, keep: set) -> int:
@@ -245,8 +244,8 @@ def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, increm
     tasks' outputs for the rerun."""
     recipe = settings.recipe
     windows_url = storage.join(out_url, WINDOWS_DIR)
-    state, prior = _prepare_output(out_url, recipe, overwrite, incremental)
-    old_files = window_files(windows_url) if state is not None else []
+    previous, prior = _prepare_output(out_url, recipe, overwrite, incremental)
+    state, old_files = (previous.record, list(previous.windows().paths)) if previous else (None, [])
     kept = pd.DataFrame(columns=TRACKS_SCHEMA.names)
     stale: list = []
     if prior is not None:

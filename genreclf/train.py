@@ -10,8 +10,7 @@ import time
 from genreclf.config import Settings, load_settings
 from genreclf.errors import ConfigError, OutputExistsError
 from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, write_training_record
-from genreclf.formats.features import cached_windows, check_window_counts, committed, read_recipe, read_tracks
-from genreclf.formats.schema import WINDOWS_DIR
+from genreclf.formats.featureset import FeatureSet
 from genreclf.io import storage, tracking
 from genreclf.io.lock import OutputLock, new_run_id
 from genreclf.ml import checkpoint
@@ -40,7 +39,7 @@ def reader_threads(requested: int, on_gpu: bool) -> int:
     return max(1, min(8, os.cpu_count() or 1)) if on_gpu else 1
 
 
-def run_train(features: str, model_out: str, *, overwrite: bool = False, settings: Settings | None = None,
+def run_train(features: str | FeatureSet, model_out: str, *, overwrite: bool = False, settings: Settings | None = None,
               group_col: str | None = None, exclude_tracks=(), labels: list | None = None, break_lock: bool = False,
               resume: bool = False, register: str | None = None, **overrides) -> dict:
     """Fit the model; returns the validation report. Writes the bundle to ``model_out`` atomically.
@@ -51,9 +50,11 @@ def run_train(features: str, model_out: str, *, overwrite: bool = False, setting
     validated the same way. ``exclude_tracks`` are left out entirely (a cross-validation test fold);
     ``labels`` fixes the output classes (default: ``[train] labels_from``). With MLflow tracking on
     ([mlflow]), the run is logged (:func:`log_training`) and, with ``register``, the model registered.
+    ``features``: a featurize output's location, or the handle of one already open (cross-validation's folds).
     """
     settings = settings or load_settings()
     storage.configure(settings.storage.to_dict())
+    features = features if isinstance(features, FeatureSet) else FeatureSet.open(features)
     try:
         cfg = dataclasses.replace(settings.train, **overrides)
     except TypeError as e:
@@ -110,31 +111,31 @@ def log_training(tracker, model_out: str, settings: Settings, cfg, register: str
                           mlflow_model.signature(info["labels"]), register=register)
 
 
-def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels, resume=False) -> dict:
+def _train(features: FeatureSet, model_out, settings, cfg, group_col, exclude_tracks, labels, resume=False) -> dict:
     """run_train under the bundle's lock: split, fit, calibrate and report, then commit the bundle whole."""
     from genreclf.ml.tfsetup import configure_tensorflow
 
-    recipe = read_recipe(features)
-    tracks = read_tracks(features, check=True)
+    recipe = features.recipe
+    tracks = features.tracks(check=True)
     labels, train_ids, val_ids = _split(tracks, settings, cfg, group_col, exclude_tracks, labels)
     tf = configure_tensorflow(training=True, precision="float32", cpu_devices=cfg.devices)
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     cfg = dataclasses.replace(cfg, precision=_policy(tf, cfg.precision))
     devices = replicas(tf, cfg.devices)
     workers = reader_threads(cfg.reader_workers, on_gpu)
-    windows_url = cached_windows(storage.join(storage.to_url(features), WINDOWS_DIR), cfg.cache_dir)
-    train_set = WindowSet(windows_url, recipe, track_ids=train_ids, labels=labels)
-    val_set = WindowSet(windows_url, recipe, track_ids=val_ids, labels=labels) if val_ids else None
-    for ids, windows in ((train_ids, train_set), (val_ids, val_set)):
-        if windows is not None:
-            check_window_counts(features, tracks[tracks["track_id"].isin(set(ids))], windows.window_counts())
+    windows = features.cached(cfg.cache_dir)
+    train_set = WindowSet(windows, recipe, track_ids=train_ids, labels=labels)
+    val_set = WindowSet(windows, recipe, track_ids=val_ids, labels=labels) if val_ids else None
+    for ids, some in ((train_ids, train_set), (val_ids, val_set)):
+        if some is not None:
+            features.check_window_counts(tracks[tracks["track_id"].isin(set(ids))], some.window_counts())
     log.info("train: %d labels, %d tracks (%d windows) for training, %d tracks (%d windows) for validation; "
              "%s reader, %d thread(s)", len(labels), len(train_ids), train_set.n_windows, len(val_ids),
              val_set.n_windows if val_set else 0, cfg.reader, workers)
 
     where = checkpoint.location(model_out)
     resumed = _checkpoints(where, resume, checkpoint.fingerprint(
-        recipe, (committed(features) or {}).get("run_id", ""), dataclasses.asdict(cfg), labels, val_ids,
+        recipe, features.run_id, dataclasses.asdict(cfg), labels, val_ids,
         max(1, len(devices))))
     # The bundle is built in a local directory and committed whole at the end (storage.local_output):
     # a kill leaves the old bundle, never half of a new one.
@@ -145,7 +146,7 @@ def _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels
         write_training_record(
             tmp, labels=labels, recipe=recipe, history=history, seed=cfg.seed, val_fraction=cfg.val_fraction,
             val_ids=val_ids, calibration=calibration, temperatures=temperatures, network=cfg.network,
-            trained_on=storage.to_url(features), batch_size=cfg.batch_size,
+            trained_on=features.url, batch_size=cfg.batch_size,
             parameters=model.count_params(), excluded_tracks=len(set(exclude_tracks)), class_weight=cfg.class_weight,
             precision=cfg.precision, reader=cfg.reader, reader_workers=workers, device="GPU" if on_gpu else "CPU",
             replicas=max(1, len(devices)),
@@ -333,7 +334,7 @@ def _calibrate(tmp, model, val_set, labels, cfg, workers, features) -> tuple:
     temperatures = fit_temperatures(probs, codes, y_tracks)
     report = calibrated_report(ids, window_labels, probs, labels, cfg.calibration,
                                temperatures.get(cfg.calibration, 1.0))
-    report.update(split="val", features=storage.to_url(features))
+    report.update(split="val", features=features.url)
     write_reports(tmp, report, labels)
     for line in format_report(report).splitlines():
         log.info("validation %s", line)

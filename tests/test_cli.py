@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from genreclf.formats.features import read_tracks
+from genreclf.formats.featureset import read_tracks
 from tests import submit
 
 ROOT = submit.ROOT

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genreclf.formats.features import read_tracks
+from genreclf.formats.featureset import read_tracks
 from genreclf.formats.scores import read_scores
 from tests import hostenv
 from tests import submit as spark_submit

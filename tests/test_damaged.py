@@ -15,7 +15,7 @@ import pytest
 
 from genreclf.errors import DamagedInputError, StorageError
 from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE
-from genreclf.formats.features import tracks_file, window_files
+from genreclf.formats.featureset import tracks_file, window_files
 from genreclf.io import storage
 
 

@@ -10,7 +10,9 @@ import pytest
 from genreclf.audio.synth import synthetic_track_id as track_id
 from genreclf.audio.synth import write_windows
 from genreclf.config import Recipe
-from genreclf.formats.features import cached_windows, decode_npy_column, mapped_stft_rows, stft_rows, window_files
+from genreclf.formats.featureset import FeatureSet, window_files
+from genreclf.io import storage
+from genreclf.formats.payload import decode_npy_column, mapped_stft_rows, stft_rows
 from genreclf.ml.buffers import BufferRing, aligned_empty, gather_rows
 from genreclf.ml.pipeline import WindowSet
 
@@ -172,15 +174,16 @@ def test_mapped_and_pyarrow_reads_give_the_same_batches(windows):
 
 def test_cache_copies_remote_features_once(windows, tmp_path):
     url, _ = windows
-    local = cached_windows(url, str(tmp_path / "cache"))
-    assert local != url and sorted(os.listdir(local[len("file://"):])) == sorted(
-        os.path.basename(p) for p in window_files(url))
-    again = cached_windows(url, str(tmp_path / "cache"))
+    features = FeatureSet.open(storage.parent(storage.to_location(url)))
+    local = features.cached(str(tmp_path / "cache"))
+    assert local.url != url and sorted(os.listdir(local.base)) == sorted(os.path.basename(p) for p in window_files(url))
+    assert sorted(os.listdir(local.base)) == sorted(os.path.basename(p) for p in local.paths)
+    again = features.cached(str(tmp_path / "cache"))
     assert again == local
     a = WindowSet(url, R, labels=LABELS)
     b = WindowSet(local, R, labels=LABELS)
     assert sorted(keys_of(a.batches(32, shuffle=False))) == sorted(keys_of(b.batches(32, shuffle=False)))
-    assert cached_windows(url, "") == url
+    assert features.cached("") == features.windows()
 
 
 def test_batch_buffers_are_aligned_and_reused_only_when_free():

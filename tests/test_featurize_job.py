@@ -10,7 +10,7 @@ import pytest
 from genreclf.config import Recipe
 from genreclf.errors import OutputExistsError
 from genreclf.featurize import run_featurize
-from genreclf.formats.features import read_recipe, read_tracks
+from genreclf.formats.featureset import read_recipe, read_tracks
 from genreclf.io.storage import to_url
 
 
@@ -150,7 +150,8 @@ def test_a_crashed_runs_window_files_are_never_read_and_removed_by_the_next_run(
     hidden partial file: removed too."""
     import shutil
 
-    from genreclf.formats.features import count_windows, window_files
+    from genreclf.formats.features import count_windows
+    from genreclf.formats.featureset import window_files
 
     audio = tmp_path / "in"
     audio.mkdir()

@@ -62,22 +62,28 @@ def test_batches_are_full_until_the_last(small_model):
 
 
 def test_prefetch_keeps_order_runs_ahead_and_bounds_what_waits():
-    """Results come in input order; with 2 threads at most 3 are computed before the consumer
-    takes the first (memory bound), and work overlaps the consumer."""
-    started = []
+    """Results come in input order; with 2 threads the next 2 items are being computed while the
+    consumer holds the first (work overlaps it), and no further one is started before it asks
+    (at most threads + 1 wait: the memory bound)."""
+    started, release = [], threading.Event()
     lock = threading.Lock()
 
     def work(i):
         with lock:
             started.append(i)
-        time.sleep(0.05)
+        if i and not release.wait(30):  # items after the first wait until the consumer has looked
+            raise TimeoutError(i)
         return i * i
 
     gen = prefetch(range(10), work, threads=2)
     first = next(gen)
-    time.sleep(0.2)
-    assert first == (0, 0)
-    assert len(started) <= 3  # the generator is paused: only the threads + 1 submitted before it yielded
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(started) < 3:
+        time.sleep(0.001)
+    with lock:
+        ahead = sorted(started)
+    assert first == (0, 0) and ahead == [0, 1, 2]  # 1 and 2 run while the consumer holds 0; 3 is not submitted
+    release.set()
     assert list(gen) == [(i, i * i) for i in range(1, 10)]
     assert list(prefetch(range(3), work, threads=0)) == [(0, 0), (1, 1), (2, 4)]
 

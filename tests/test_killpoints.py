@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from genreclf.formats.features import read_tracks, window_files
+from genreclf.formats.featureset import read_tracks, window_files
 from genreclf.formats.scores import LABELS_FILE, SUBMISSION_FILE, committed, committed_location, read_scores
 from genreclf.io import storage
 from genreclf.io.killpoints import VARIABLE

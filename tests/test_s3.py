@@ -13,7 +13,7 @@ from genreclf.audio.extract import featurize_file
 from genreclf.config import Recipe, Settings, StorageSettings
 from genreclf.errors import ConfigError
 from genreclf.featurize import run_featurize
-from genreclf.formats.features import read_tracks, window_files
+from genreclf.formats.featureset import read_tracks, window_files
 from genreclf.formats.schema import WINDOWS_DIR
 from genreclf.formats.scores import SUBMISSION_FILE, committed, committed_location, read_scores
 from genreclf.io import storage
@@ -204,33 +204,29 @@ def test_a_nonexistent_bucket_is_a_clear_driver_error(spark, s3, store, tmp_path
         run_featurize(spark, ["s3://no-such-bucket/audio"], str(tmp_path / "f"), settings=_settings(s3.endpoint))
 
 
-def test_an_output_bucket_removed_mid_run_is_one_error_naming_it(spark, s3, store):
-    """The output bucket is deleted once the run holds its lock: the tasks' writes fail, and the job
-    ends with one StorageError naming the location, nothing committed (was: an internal error)."""
-    import threading
-
+def test_an_output_bucket_removed_mid_run_is_one_error_naming_it(spark, s3, store, monkeypatch):
+    """The output bucket is deleted the moment the run holds its lock, before any task writes: the
+    tasks' writes fail, and the job ends with one StorageError naming the location, nothing
+    committed (was: an internal error)."""
     from genreclf.errors import StorageError
+    from genreclf.io.lock import OutputLock
 
     _, _, bucket = store
     fs = pafs.S3FileSystem(endpoint_override=s3.endpoint.split("://")[1], scheme="http", allow_bucket_creation=True,
                            allow_bucket_deletion=True)
     fs.create_dir("vanishing")
-    failure = []
+    acquire = OutputLock.acquire
 
-    def featurize():
-        try:
-            run_featurize(spark, [f"{bucket}/audio"], "s3://vanishing/features", settings=_settings(s3.endpoint))
-        except Exception as e:  # noqa: BLE001 - examined below
-            failure.append(e)
+    def acquire_then_remove_the_bucket(self):
+        held = acquire(self)
+        assert fs.get_file_info("vanishing/features/_genreclf.lock").type == pafs.FileType.File
+        fs.delete_dir("vanishing")  # the bucket and everything in it
+        return held
 
-    worker = threading.Thread(target=featurize)
-    worker.start()
-    deadline = time.time() + 60
-    while time.time() < deadline and fs.get_file_info("vanishing/features/_genreclf.lock").type == pafs.FileType.NotFound:
-        time.sleep(0.02)
-    fs.delete_dir("vanishing")  # the bucket and everything in it
-    worker.join(300)
-    assert len(failure) == 1 and isinstance(failure[0], StorageError), failure
+    monkeypatch.setattr(OutputLock, "acquire", acquire_then_remove_the_bucket)
+    with pytest.raises(StorageError) as failure:
+        run_featurize(spark, [f"{bucket}/audio"], "s3://vanishing/features", settings=_settings(s3.endpoint))
+    failure = [failure.value]
     assert str(failure[0]).startswith("cannot write s3://vanishing/features/") and "\n" not in str(failure[0])
     assert "was the bucket or directory removed while the job ran?" in str(failure[0])
 

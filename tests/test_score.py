@@ -134,12 +134,13 @@ def test_scoring_from_features_gives_the_same_numbers(spark, scored_from_audio, 
 def test_scoring_from_features_plans_no_shuffle(spark, trained, tmp_path):
     """Each task averages the tracks of the window files it reads: the plan has no Exchange."""
     from genreclf.config import Settings
-    from genreclf.formats.features import read_tracks
+    from genreclf.formats.featureset import FeatureSet
     from genreclf.score.driver import _plan_features, _task_options
 
     features, _ = trained
     options = _task_options(Recipe(), Settings(), ("none", 1.0), str(tmp_path / "out"), {})
-    tasks = _plan_features(str(features), read_tracks(str(features)), "", {}, 2)
+    opened = FeatureSet.open(str(features))
+    tasks = _plan_features(opened, opened.tracks(), "", {}, 2)
     frame = tasks.frame(spark, "unused", options, range(len(tasks.keys)))
     plan = frame._jdf.queryExecution().executedPlan().toString()
     assert "MapInPandas" in plan and "Exchange" not in plan, plan
@@ -149,7 +150,7 @@ def test_every_track_has_its_windows_in_one_file(trained):
     """The featurize invariant score-from-features relies on."""
     import pyarrow.parquet as pq
 
-    from genreclf.formats.features import window_files
+    from genreclf.formats.featureset import window_files
     from genreclf.io import storage
 
     features, _ = trained
@@ -458,7 +459,7 @@ def test_paths_the_listing_shows_dead_get_their_rows_on_the_driver_and_a_task_on
     """2,000 missing paths and an empty file beside one real file: featurize and score give every row,
     with one task (the real file); a catalogue of dead paths alone starts no Spark job. Once a path
     exists, --incremental sends that file, and only it, to a task."""
-    from genreclf.formats.features import read_tracks
+    from genreclf.formats.featureset import read_tracks
     from genreclf.formats.scores import committed
 
     _, bundle = trained

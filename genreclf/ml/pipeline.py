@@ -36,7 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genreclf.config import READERS, Recipe
-from genreclf.formats.features import decode_npy_column, mapped_stft_rows, stft_rows, window_files
+from genreclf.formats.featureset import Windows, window_files
+from genreclf.formats.payload import decode_npy_column, mapped_stft_rows, stft_rows
 from genreclf.io import storage
 from genreclf.ml.buffers import BufferRing, aligned_empty, gather_rows, tune_allocators
 
@@ -73,16 +74,19 @@ class Batch:
 class WindowSet:
     """The windows of some tracks of a featurize output, indexed by row group, ready to batch.
 
-    ``windows_url`` is the ``windows/`` directory (a local path or any pyarrow filesystem URL);
+    ``windows``: the window files (:meth:`FeatureSet.windows` or its local copy, ``cached``; a
+    ``windows/`` URL or path is opened for the caller that has nothing else of the output);
     ``track_ids`` keeps only those tracks (None: all); ``labels`` maps each window's label to its
     index in that list (-1 when missing or not in it).
     """
 
-    def __init__(self, windows_url: str, recipe: Recipe, *, track_ids=None, labels=None, mmap: bool = True):
-        self.url = storage.to_url(windows_url)
+    def __init__(self, windows: Windows | str, recipe: Recipe, *, track_ids=None, labels=None, mmap: bool = True):
+        if isinstance(windows, str):
+            url = storage.to_url(windows)
+            windows = Windows(url, *storage.filesystem(url), tuple(window_files(url)))
+        self.url, self._fs, self._paths = windows.url, windows.fs, windows.paths
         self.recipe = recipe
         self.labels = list(labels) if labels is not None else []
-        self._fs, _ = storage.filesystem(self.url)
         self._wanted = pa.array(sorted(set(track_ids)), pa.string()) if track_ids is not None else None
         self._metadata = {}
         self._mapped = {}  # path -> the whole file, memory-mapped (local files only)
@@ -95,7 +99,7 @@ class WindowSet:
     def _index(self) -> list:
         label_set = pa.array(self.labels, pa.string())
         pieces = []
-        for path in window_files(self.url):  # present and readable: formats.features.check_output
+        for path in self._paths:  # present and readable: FeatureSet.check
             with self._fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
                 self._metadata[path] = pf.metadata

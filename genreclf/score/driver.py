@@ -28,8 +28,8 @@ from genreclf.config import Recipe, Settings, load_settings
 from genreclf.errors import ConfigError, GenreclfError, OutputExistsError, Reason
 from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, calibration_of, check_recipe, load_bundle_info
 from genreclf.formats import taskrecords
-from genreclf.formats.features import read_recipe, read_tracks, window_files
-from genreclf.formats.schema import STATUS_ERROR, STATUS_OK, WINDOWS_DIR, summarize
+from genreclf.formats.featureset import FeatureSet
+from genreclf.formats.schema import STATUS_ERROR, STATUS_OK, summarize
 from genreclf.formats.scores import (
     SCORES_DIR,
     SCORES_SCHEMA,
@@ -139,15 +139,14 @@ def _plan_audio(entries, settings: Settings, base: str, run: dict, parallelism: 
     return _Tasks(keys, frame)
 
 
-def _plan_features(features: str, to_score, base: str, run: dict, parallelism: int) -> _Tasks:
+def _plan_features(features: FeatureSet, to_score, base: str, run: dict, parallelism: int) -> _Tasks:
     """Window files cut into tasks by bytes (FEATURES_TASK_BYTES); each averages the tracks of its
     files that are in ``to_score`` (ok tracks of the tracks table), no shuffle."""
-    windows_url = storage.join(storage.to_url(features), WINDOWS_DIR)
-    paths = window_files(windows_url)
-    sizes = {e.path: e.size for e in storage.list_dir(windows_url)}
+    windows = features.windows()
+    paths, sizes = windows.paths, windows.sizes()
     groups = group_by_work([sizes.get(p) for p in paths], target_bytes=FEATURES_TASK_BYTES,
                            max_files=len(paths) or 1, parallelism=parallelism)
-    files = [storage.located(windows_url, p) for p in paths]
+    files = [windows.located(p) for p in paths]
     wanted = {t.track_id: (t.path, None if pd.isna(t.size_bytes) else int(t.size_bytes),
                            None if pd.isna(t.mtime) else float(t.mtime)) for t in to_score.itertuples(index=False)}
     scope = taskrecords.task_key("", {}, sorted((k, *v) for k, v in wanted.items()))  # the tracks asked for
@@ -219,6 +218,7 @@ class _Job:
     local_bundle: str
     digest: str
     run: dict  # what makes two runs' numbers comparable: --incremental keeps rows only of an equal record
+    features: FeatureSet | None  # score --features: the featurize output, opened once
 
 
 def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, features: str | None = None,
@@ -239,7 +239,7 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     lock = OutputLock(storage.join(job.out_url, LOCK_FILE), run_id, break_lock=break_lock, job="score",
                       stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
-        rows, n_inputs, plan = _score_locked(spark, job, bundle, output, run_id, inputs, features, incremental,
+        rows, n_inputs, plan = _score_locked(spark, job, bundle, output, run_id, inputs, job.features, incremental,
                                              csv, settings)
     finally:
         lock.release()
@@ -275,10 +275,11 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
     if calibration[0] != "none":
         log.info("score: calibrated with temperature %.3f per %s (--no-calibration: the plain mean)",
                  calibration[1], calibration[0])
+    features = FeatureSet.open(features) if features else None
     if features:
-        check_recipe(info, read_recipe(features), features)
+        check_recipe(info, features.recipe, features.location)
     out_url = storage.to_url(output)
-    if out_url in {storage.to_url(bundle), storage.to_url(features or bundle)}:
+    if out_url in {storage.to_url(bundle), features.url if features else None}:
         raise ConfigError(f"--output {output} is the job's own input: write scores to another directory")
     foreign = foreign_entries(output)
     if foreign:
@@ -292,7 +293,7 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
     run = {"bundle": digest, "precision": settings.score.precision, "calibration": list(calibration),
            "max_windows": settings.score.max_windows, "max_duration_s": settings.featurize.max_duration_s}
     return _Job(info["labels"], info.get("genre_labels"), Recipe.from_dict(info["recipe"]), calibration, out_url,
-                local_bundle, digest, run)
+                local_bundle, digest, run, features)
 
 
 def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, incremental, csv, settings) -> tuple:
@@ -309,7 +310,7 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
         record = committed(output)
         base = (record or {}).get("run_id", "")
         if features:
-            tracks = read_tracks(features, check=True)
+            tracks = features.tracks(check=True)
             candidates, listed = tracks[tracks["status"] == STATUS_OK], tracks["path"]
         else:
             candidates = expand_inputs(inputs, exclude=(output,)).entries

@@ -117,7 +117,7 @@ def score_window_files_partition(batches, *, bundle: str, recipe_json: str, batc
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from genreclf.formats.features import decode_npy_column
+    from genreclf.formats.payload import decode_npy_column
     from genreclf.io import storage
     from genreclf.ml.model_cache import get_model
 
