@@ -1,8 +1,10 @@
-"""A run killed mid-way resumes: featurize's and score's process group (spark-submit, its JVM and
-Python workers) is SIGKILLed once ~60 % of its tasks have written their records, the same command
-is run again (no --break-lock: the lock's holder is provably gone on this host), and the rerun keeps
-every finished task, runs only the rest, and gives exactly the uninterrupted run's output. On local
-disk and on the S3 test server; the uninterrupted runs (local disk) are the reference for both.
+"""A run stopped mid-way resumes. featurize's and score's process group (spark-submit, its JVM and
+Python workers) is first sent SIGINT (Ctrl-C) or SIGTERM at ~30 % of its tasks: it stops in order
+(exit 130 / 143, one line, no traceback, its lock released). The same command is run again and
+resumes without taking over any lock, and is SIGKILLed at ~60 %; run once more (no --break-lock: the
+lock's holder is provably gone on this host), it keeps every finished task, runs only the rest, and
+gives exactly the uninterrupted run's output. On local disk and on the S3 test server; the
+uninterrupted runs (local disk) are the reference for both.
 
 Runs in the ``faults`` pytest invocation (one Spark application at a time, two runs at once here).
 """
@@ -141,16 +143,31 @@ def run(args: list, env: dict, *, kill_share: float | None = None, signum: int =
     return output, seen
 
 
-def killed_then_rerun(args: list, env: dict) -> tuple:
-    """A run killed at ~60 % of its tasks, then the same command again: checks the rerun kept every
-    finished task, ran only the rest and left nothing behind; returns the output location."""
+def interrupted(args: list, env: dict, signum: int) -> None:
+    """A run sent ``signum`` (SIGINT as Ctrl-C, SIGTERM) at ~30 % of its tasks: exit 128 + signum with
+    one line and no traceback, and its lock released."""
     out = args[args.index("--output") + 1]
-    _, (seen, n) = run(args, env, kill_share=0.6)
-    assert 0 < seen < n
+    stopped, (seen, n) = run(args, env, kill_share=0.3, signum=signum)
+    assert seen < n, "the run ended before the signal"
+    lines = [line for line in stopped.splitlines() if "interrupted by" in line]
+    assert len(lines) == 1 and "rerun the same command" in lines[0], stopped[-3000:]
+    for bad in ("Traceback", "internal error", "Exception", "\tat "):
+        assert bad not in stopped, (bad, stopped[-3000:])
+    assert not storage.exists(storage.join(storage.to_url(out), "_genreclf.lock"))
+
+
+def stopped_then_rerun(args: list, env: dict, signum: int) -> str:
+    """Interrupted with ``signum``; rerun and SIGKILLed at ~60 %; rerun to the end. Checks each rerun
+    kept every finished task and ran only the rest, and nothing is left behind; returns the output."""
+    out = args[args.index("--output") + 1]
+    interrupted(args, env, signum)
+    second, (seen, n) = run(args, env, kill_share=0.6)
+    assert 0 < seen < n and re.search(r"resuming: \d+ of \d+ tasks", second), second[-3000:]
+    assert "taking over the lock" not in second  # the interrupted run released it
     rerun, _ = run(args, env)
     kept = int(re.search(rf"resuming: (\d+) of {n} tasks' outputs kept", rerun).group(1))
     assert kept >= seen, (kept, seen, rerun[-3000:])
-    assert "taking over the lock" in rerun  # no --break-lock: the holder is gone on this host
+    assert "taking over the lock" in rerun  # the SIGKILLed run left its lock; no --break-lock needed here
     ran = int(re.search(r"in (\d+) tasks \(of (\d+)\)", rerun).group(1)) if kept < n else 0
     assert ran == n - kept, rerun[-3000:]
     fs, base = storage.filesystem(out)
@@ -171,36 +188,12 @@ def _same_scores(a, b) -> bool:
     return len(a) == len(b) and probs and a.drop(columns=rest).equals(b.drop(columns=rest))
 
 
-def test_a_killed_featurize_and_score_resume_and_equal_the_uninterrupted_runs(corpus, place, uninterrupted):
+def test_stopped_featurize_and_score_resume_and_equal_the_uninterrupted_runs(corpus, place, uninterrupted):
     root, env = place
     with ThreadPoolExecutor(2) as pool:  # the two jobs at once
-        features = pool.submit(killed_then_rerun, featurize_args(corpus, storage.join(root, "features")), env)
-        scores = pool.submit(killed_then_rerun, score_args(corpus, storage.join(root, "scores")), env)
-        features, scores = features.result(), scores.result()
-    assert same_features(features_state(features), uninterrupted[0])
-    assert _same_scores(_scores(scores), uninterrupted[1])
-
-
-def interrupted_then_rerun(args: list, signum: int) -> str:
-    """A run sent ``signum`` (SIGINT as Ctrl-C, SIGTERM) at ~30 % of its tasks: exit 128 + signum with
-    one line and no traceback, its lock released; the same command then resumes (no --break-lock)."""
-    out = args[args.index("--output") + 1]
-    stopped, (seen, n) = run(args, {}, kill_share=0.3, signum=signum)
-    assert seen < n, "the run ended before the signal"
-    lines = [line for line in stopped.splitlines() if "interrupted by" in line]
-    assert len(lines) == 1 and "rerun the same command" in lines[0], stopped[-3000:]
-    for bad in ("Traceback", "internal error", "Exception", "\tat "):
-        assert bad not in stopped, (bad, stopped[-3000:])
-    assert not os.path.exists(os.path.join(out, "_genreclf.lock"))
-    rerun, _ = run(args, {})
-    assert "taking over the lock" not in rerun and re.search(r"resuming: \d+ of \d+ tasks", rerun), rerun[-3000:]
-    return out
-
-
-def test_ctrl_c_and_sigterm_stop_in_order_and_the_rerun_resumes(corpus, tmp_path, uninterrupted):
-    with ThreadPoolExecutor(2) as pool:
-        features = pool.submit(interrupted_then_rerun, featurize_args(corpus, str(tmp_path / "f")), signal.SIGINT)
-        scores = pool.submit(interrupted_then_rerun, score_args(corpus, str(tmp_path / "s")), signal.SIGTERM)
+        features = pool.submit(stopped_then_rerun, featurize_args(corpus, storage.join(root, "features")), env,
+                               signal.SIGINT)
+        scores = pool.submit(stopped_then_rerun, score_args(corpus, storage.join(root, "scores")), env, signal.SIGTERM)
         features, scores = features.result(), scores.result()
     assert same_features(features_state(features), uninterrupted[0])
     assert _same_scores(_scores(scores), uninterrupted[1])

@@ -306,12 +306,24 @@ def test_two_devices_train_with_every_window_once_into_a_single_device_bundle(ti
         assert history[key] == pytest.approx(one_history[key], rel=1e-4, abs=1e-6), key
 
 
-def test_a_run_killed_after_its_second_epoch_resumes_to_the_uninterrupted_runs_end(tiny_features, tmp_path):
-    """SIGKILL a real train run once its second epoch's checkpoint is committed; `--resume
-    --break-lock` continues it (weights, optimizer state, early stopping, dropout's random state and
-    the epoch's shuffle order) and ends as the uninterrupted run: the same epochs, history and
-    validation metrics (within 1e-5: one reader thread, the same seed), a bundle of the same form,
-    no checkpoint or staging directory left."""
+def _epoch_committed(state, n: int) -> bool:
+    import json as _json
+
+    try:
+        return state.exists() and _json.loads(state.read_text())["epoch"] >= n
+    except ValueError:  # being replaced: read it again
+        return False
+
+
+def test_killed_and_interrupted_train_runs_resume_to_the_uninterrupted_runs_end(tiny_features, tmp_path):
+    """Three runs at once: one uninterrupted; one SIGKILLed once its second epoch's checkpoint is
+    committed; one sent SIGINT to its process group (a terminal's Ctrl-C, at its default disposition)
+    after its first. The interrupted one exits 130 with one line saying to rerun with --resume, no
+    traceback, its lock released and its checkpoint kept. Both then resume (`--resume --break-lock`
+    for the killed one's lock, plain `--resume` for the interrupted one) and end as the uninterrupted
+    run: the same epochs, history and validation metrics (within 1e-5: one reader thread, the same
+    seed; weights, optimizer state, early stopping, dropout's random state and the epoch's shuffle
+    order all restored), a bundle of the same form, no checkpoint, lock or staging left."""
     import signal
     import time
 
@@ -320,68 +332,54 @@ def test_a_run_killed_after_its_second_epoch_resumes_to_the_uninterrupted_runs_e
     args = [sys.executable, "-m", "jobs.train", "--features", str(tiny_features), "--epochs", "4", "--batch-size", "8",
             "--val-fraction", "0.34", "--seed", "1", "--reader-workers", "1", "--patience", "10"]
     env = hostenv.launch_env()
-    whole_run = subprocess.Popen([*args, "--model", str(tmp_path / "whole")], cwd=ROOT, env=env,  # alongside: ~8 s
+    whole_run = subprocess.Popen([*args, "--model", str(tmp_path / "whole")], cwd=ROOT, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killed = subprocess.Popen([*args, "--model", str(tmp_path / "killed")], cwd=ROOT, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = tmp_path / ".killed.checkpoint" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and killed.poll() is None:
-        if state.exists() and json.loads(state.read_text())["epoch"] >= 2:
-            os.killpg(killed.pid, signal.SIGKILL)
-            break
+    stopped = subprocess.Popen([*args, "--model", str(tmp_path / "stopped")], cwd=ROOT, env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    states = {name: tmp_path / f".{name}.checkpoint" / "state.json" for name in ("killed", "stopped")}
+    deadline, pending = time.time() + 300, {"killed": (killed, 2, signal.SIGKILL), "stopped": (stopped, 1, signal.SIGINT)}
+    while pending and time.time() < deadline:
+        for name, (proc, epoch, signum) in list(pending.items()):
+            if proc.poll() is not None or _epoch_committed(states[name], epoch):
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signum)
+                del pending[name]
         time.sleep(0.05)
     killed.wait(60)
+    out, _ = stopped.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL and not (tmp_path / "killed").exists()
-    assert json.loads(state.read_text())["epoch"] in (2, 3)  # committed just before the kill
-    res = subprocess.run([*args, "--model", str(tmp_path / "killed"), "--resume", "--break-lock"],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert res.returncode == 0 and "resuming after epoch" in res.stdout + res.stderr, res.stderr[-3000:]
-    _, err = whole_run.communicate(timeout=600)
-    assert whole_run.returncode == 0, err[-3000:]
-    whole, resumed = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("whole", "killed"))
-    assert set(resumed) == set(whole) and len(resumed["loss"]) == len(whole["loss"]) == 4
-    for key in whole:
-        np.testing.assert_allclose(resumed[key], whole[key], rtol=1e-5, atol=1e-6, err_msg=key)
-    info = {d: json.loads((tmp_path / d / "bundle.json").read_text()) for d in ("whole", "killed")}
-    assert info["killed"]["epochs_run"] == info["whole"]["epochs_run"] == 4 and info["killed"]["resumed_after_epoch"] >= 2
-    assert sorted(os.listdir(tmp_path / "killed")) == sorted(os.listdir(tmp_path / "whole"))
-    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no checkpoint, lock or staging left
-
-
-def test_ctrl_c_stops_train_with_one_line_and_the_lock_released_and_resume_goes_on(tiny_features, tmp_path):
-    """SIGINT to train's process group (a terminal's Ctrl-C, at its default disposition) once its
-    first epoch's checkpoint is committed: exit 130, one line saying to rerun with --resume, no
-    traceback, no lock left, the checkpoint kept; the plain `--resume` goes on from it without
-    --break-lock and commits the bundle."""
-    import signal
-    import time
-
-    from tests import hostenv
-
-    args = [sys.executable, "-m", "jobs.train", "--features", str(tiny_features), "--epochs", "3", "--batch-size", "8",
-            "--val-fraction", "0.34", "--seed", "1", "--reader-workers", "1", "--patience", "10",
-            "--model", str(tmp_path / "m")]
-    env = hostenv.launch_env()
-    run = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True,
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    state = tmp_path / ".m.checkpoint" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and run.poll() is None and not state.exists():
-        time.sleep(0.05)
-    os.killpg(run.pid, signal.SIGINT)
-    out, _ = run.communicate(timeout=120)
-    assert run.returncode == 130, out[-3000:]
+    assert json.loads(states["killed"].read_text())["epoch"] in (2, 3)  # committed just before the kill
+    assert stopped.returncode == 130, out[-3000:]
     lines = [line for line in out.splitlines() if "interrupted by SIGINT" in line]
     assert len(lines) == 1 and "rerun with --resume" in lines[0], out[-3000:]
     for bad in ("Traceback", "internal error", "KeyboardInterrupt"):
         assert bad not in out, (bad, out[-3000:])
-    assert not (tmp_path / ".m.lock").exists() and state.exists() and not (tmp_path / "m").exists()
-    res = subprocess.run([*args, "--resume"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert res.returncode == 0 and "resuming after epoch" in res.stderr, res.stderr[-3000:]
-    assert "taking over the lock" not in res.stderr and (tmp_path / "m" / "bundle.json").exists()
-    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+    assert not (tmp_path / ".stopped.lock").exists() and states["stopped"].exists() and not (tmp_path / "stopped").exists()
+
+    resumes = {name: subprocess.Popen([*args, "--model", str(tmp_path / name), "--resume", *extra], cwd=ROOT, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for name, extra in (("killed", ["--break-lock"]), ("stopped", []))}
+    for name, proc in resumes.items():
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0 and "resuming after epoch" in err, (name, err[-3000:])
+        if name == "stopped":
+            assert "taking over the lock" not in err  # the interrupted run released it
+    _, err = whole_run.communicate(timeout=600)
+    assert whole_run.returncode == 0, err[-3000:]
+    whole = json.loads((tmp_path / "whole" / "history.json").read_text())
+    info = {d: json.loads((tmp_path / d / "bundle.json").read_text()) for d in ("whole", "killed", "stopped")}
+    for name in ("killed", "stopped"):
+        resumed = json.loads((tmp_path / name / "history.json").read_text())
+        assert set(resumed) == set(whole) and len(resumed["loss"]) == len(whole["loss"]) == 4
+        for key in whole:
+            np.testing.assert_allclose(resumed[key], whole[key], rtol=1e-5, atol=1e-6, err_msg=f"{name} {key}")
+        assert info[name]["epochs_run"] == info["whole"]["epochs_run"] == 4
+        assert sorted(os.listdir(tmp_path / name)) == sorted(os.listdir(tmp_path / "whole"))
+    assert info["killed"]["resumed_after_epoch"] >= 2 and info["stopped"]["resumed_after_epoch"] >= 1
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no checkpoint, lock or staging left
 
 
 def test_resume_refuses_another_setting_naming_it(tiny_features, tmp_path):

@@ -83,6 +83,7 @@ class LazySpark:
         def cancel_and_stop():
             try:
                 session.sparkContext.cancelAllJobs()
+                _wait_for_killed_tasks(session.sparkContext)
                 session.stop()
             except Exception as e:  # the JVM already gone: nothing left to stop
                 logging.getLogger(__name__).debug("stopping Spark after an interrupt: %s", e)
@@ -90,6 +91,18 @@ class LazySpark:
         worker = threading.Thread(target=cancel_and_stop, name="genreclf-stop", daemon=True)
         worker.start()
         worker.join(60)
+
+
+def _wait_for_killed_tasks(sc, timeout_s: float = 10.0) -> None:
+    """Until no executor runs a task (cancelled ones end within ``spark.python.task.killTimeout``):
+    stopped sooner, the scheduler logs a Java stack trace for each late status update
+    ("Exception in statusUpdate ... RejectedExecutionException"), seen on Ctrl-C here."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    tracker = sc._jsc.sc().statusTracker()
+    while time.monotonic() < deadline and any(e.numRunningTasks() for e in tracker.getExecutorInfos()):
+        time.sleep(0.05)
 
 
 def default_parallelism(spark) -> int:
