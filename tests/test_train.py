@@ -235,12 +235,14 @@ def test_training_in_mixed_precision_writes_a_float32_bundle(tiny_features, tmp_
     (["--val-fraction", "1"], "[train] val_fraction = 1.0 is not allowed: must be a number in [0, 1)"),
     (["--shuffle-buffer", "0"], "[train] shuffle_buffer = 0 is not allowed"),
 ])
-def test_a_wrong_training_setting_is_refused_before_any_work(tiny_features, tmp_path, flag, message):
-    res = subprocess.run([sys.executable, "-m", "jobs.train", "--features", str(tiny_features), "--model",
-                          str(tmp_path / "m"), *flag], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert res.returncode == 2
-    assert message in res.stderr + res.stdout
-    assert "Traceback" not in res.stderr and not (tmp_path / "m").exists()
+def test_a_wrong_training_setting_is_refused_before_any_work(tiny_features, tmp_path, capsys, flag, message):
+    """The job's own entry point, in this process (test_cli runs the commands as processes)."""
+    from jobs.train import main
+
+    rc = main(["--features", str(tiny_features), "--model", str(tmp_path / "m"), *flag])
+    out, err = capsys.readouterr()
+    assert rc == 2 and message in err + out
+    assert "Traceback" not in err and not (tmp_path / "m").exists()
 
 
 def test_overwrite_replaces_only_a_bundle(tiny_features):
