@@ -77,12 +77,20 @@ class StandaloneCluster:
         return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
 
     def start(self, timeout=120):
+        return self.launch().ready(timeout)
+
+    def launch(self):
+        """Start the master's and workers' JVMs and return at once (:meth:`ready` waits for them)."""
         self._launch("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                      "--port", str(self.port), "--webui-port", str(self.ui_port))
         for i in range(self.n_workers):
             self._launch(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1",
                          "--cores", str(self.cores), "--memory", self.memory, "--webui-port", str(free_port()),
                          "--work-dir", os.path.join(self.workdir, f"work{i}"))
+        return self
+
+    def ready(self, timeout=120):
+        """Wait until every worker is registered with the master; a daemon that died stops the rest."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.alive_workers() == self.n_workers:

@@ -64,11 +64,16 @@ def local_run(data):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    # Each worker announces one (fake) GPU: applications that ask for none are unaffected.
-    c = StandaloneCluster(tmp_path_factory.mktemp("standalone"), workers=2, gpus=["0"]).start()
-    yield c
-    c.stop()
+def cluster(tmp_path_factory, request):
+    """Master and two workers; each worker announces one (fake) GPU: applications that ask for none are
+    unaffected. Their JVMs boot while the local-mode reference runs (daemons, not a second application)."""
+    c = StandaloneCluster(tmp_path_factory.mktemp("standalone"), workers=2, gpus=["0"]).launch()
+    try:
+        request.getfixturevalue("local_run")
+        c.ready()
+        yield c
+    finally:
+        c.stop()
 
 
 def _busy(pid: int) -> bool:
