@@ -13,6 +13,40 @@ from tests.corpus import LABELLED_TRAINING
 
 hostenv.pin_test_process()
 
+#: Session servers the selected tests need, started as collection ends (moto ~3 s, MLflow ~10 s of
+#: imports before they answer) so that they boot while the first tests run; their fixtures wait.
+_EARLY: dict = {}
+_EARLY_DIRS: list = []
+
+
+def pytest_collection_finish(session):
+    import tempfile
+
+    from tests.mlflowserver import MlflowServer
+    from tests.s3server import MotoServer
+
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    for name, server in (("s3", MotoServer), ("mlflow_server", MlflowServer)):
+        if name in wanted and not session.config.option.collectonly:
+            _EARLY_DIRS.append(tempfile.mkdtemp(prefix=f"genreclf-{name}-"))
+            _EARLY[name] = server(_EARLY_DIRS[-1]).launch()
+
+
+def pytest_sessionfinish(session):
+    import shutil
+
+    for server in _EARLY.values():  # launched for tests that never ran (-x, -k after a failure)
+        server.stop()
+    _EARLY.clear()
+    for where in _EARLY_DIRS:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def _session_server(name: str, make):
+    """The server launched early for this session, else a new one; ready when returned."""
+    server = _EARLY.pop(name, None) or make().launch()
+    return server.ready()
+
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
@@ -72,7 +106,7 @@ def s3(tmp_path_factory):
     from tests.s3server import CREDENTIALS, MotoServer
 
     os.environ.update(CREDENTIALS)
-    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    server = _session_server("s3", lambda: MotoServer(tmp_path_factory.mktemp("moto")))
     yield server
     server.stop()
 
@@ -82,7 +116,7 @@ def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server (SQLite store, local artifacts) on 127.0.0.1 for the session."""
     from tests.mlflowserver import MlflowServer
 
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    server = _session_server("mlflow_server", lambda: MlflowServer(tmp_path_factory.mktemp("mlflow")))
     yield server
     server.stop()
 

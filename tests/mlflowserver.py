@@ -23,6 +23,10 @@ class MlflowServer:
         self.proc = None
 
     def start(self, timeout=90):
+        return self.launch().ready(timeout)
+
+    def launch(self):
+        """Start the server's process and return at once (:meth:`ready` waits until it answers)."""
         exe = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no job-runner processes to stop
         with open(self.log, "w") as log:
@@ -31,6 +35,9 @@ class MlflowServer:
                  "--artifacts-destination", os.path.join(self.workdir, "artifacts"), "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", "1"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=self.workdir)
+        return self
+
+    def ready(self, timeout=90):
         if wait_until_answers(self.proc, self.uri + "/health", self.log, timeout, "mlflow server"):
             return self
         self.stop()

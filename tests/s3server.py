@@ -30,10 +30,17 @@ class MotoServer:
         self.proc = None
 
     def start(self, timeout=60):
+        return self.launch().ready(timeout)
+
+    def launch(self):
+        """Start the server's process and return at once (:meth:`ready` waits until it answers)."""
         exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
+        return self
+
+    def ready(self, timeout=60):
         if wait_until_answers(self.proc, self.endpoint + "/moto-api/", self.log, timeout, "moto_server"):
             return self
         self.stop()
