@@ -226,9 +226,9 @@ def test_an_output_bucket_removed_mid_run_is_one_error_naming_it(spark, s3, stor
     monkeypatch.setattr(OutputLock, "acquire", acquire_then_remove_the_bucket)
     with pytest.raises(StorageError) as failure:
         run_featurize(spark, [f"{bucket}/audio"], "s3://vanishing/features", settings=_settings(s3.endpoint))
-    failure = [failure.value]
-    assert str(failure[0]).startswith("cannot write s3://vanishing/features/") and "\n" not in str(failure[0])
-    assert "was the bucket or directory removed while the job ran?" in str(failure[0])
+    message = str(failure.value)
+    assert message.startswith("cannot write s3://vanishing/features/") and "\n" not in message
+    assert "was the bucket or directory removed while the job ran?" in message
 
 
 def test_a_missing_object_in_a_catalogue_gets_an_error_row(spark, s3, store, tmp_path):

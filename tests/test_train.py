@@ -169,7 +169,6 @@ def test_a_different_recipe_is_refused(bundle):
 def _resolutions(monkeypatch, location: str) -> set:
     """The places (file:function outside the storage layer) that turn ``location``, or a location
     under it, into a URL, a path or a filesystem, recorded from now on."""
-    import inspect
     import sys as _sys
 
     from genreclf.io import storage
@@ -183,9 +182,9 @@ def _resolutions(monkeypatch, location: str) -> set:
                 continue
 
             def spy(arg, *rest, _real=real, **kw):
-                caller = inspect.stack()[1]
-                if isinstance(arg, str) and arg.startswith(roots) and "/io/storage/" not in caller.filename:
-                    places.add(f"{os.path.relpath(caller.filename, ROOT)}:{caller.function}")
+                caller = _sys._getframe(1).f_code  # the calling function (inspect.stack reads every frame's source)
+                if isinstance(arg, str) and arg.startswith(roots) and "/io/storage/" not in caller.co_filename:
+                    places.add(f"{os.path.relpath(caller.co_filename, ROOT)}:{caller.co_name}")
                 return _real(arg, *rest, **kw)
 
             monkeypatch.setattr(module, name, spy)

@@ -65,6 +65,7 @@ class FeatureSet:
         self.fs, self.base = storage.filesystem(self.url)  # the one resolution of the location
         self.windows_url = storage.join(self.url, WINDOWS_DIR)
         self.record = self._read_record()  # {"files", "recipe", "run_id"}, None before the first commit
+        self._checked = None  # the tracks table once checked: cross-validation's folds each ask for it
 
     @classmethod
     def open(cls, location: str) -> "FeatureSet":
@@ -102,7 +103,9 @@ class FeatureSet:
 
     def tracks(self, *, check: bool = False) -> pd.DataFrame:
         """The tracks table; with ``check`` (what train, evaluate and score read), also checked
-        against its window files (:meth:`check`)."""
+        against its window files (:meth:`check`), once per handle (a copy each time)."""
+        if check and self._checked is not None:
+            return self._checked.copy()
         try:
             tracks = pq.read_table(f"{self.base}/{TRACKS_DIR}", filesystem=self.fs, schema=TRACKS_SCHEMA).to_pandas()
         except FileNotFoundError:
@@ -113,15 +116,13 @@ class FeatureSet:
                                f"({storage.describe(e)})") from None
         if check:
             self.check(tracks)
+            self._checked = tracks.copy()
         return tracks
 
     def windows(self) -> Windows:
         """The committed window files (a listing for outputs written before commits named them)."""
-        if self.record is None or self.record["files"] is None:
-            paths = listed_window_files(self.windows_url)
-        else:
-            paths = sorted(f"{self.base}/{WINDOWS_DIR}/{name}" for name in self.record["files"])
-        return Windows(self.windows_url, self.fs, f"{self.base}/{WINDOWS_DIR}", tuple(paths))
+        base = f"{self.base}/{WINDOWS_DIR}"
+        return Windows(self.windows_url, self.fs, base, tuple(_window_paths(self.record, base, self.windows_url)))
 
     def damaged(self, what: str) -> DamagedInputError:
         return DamagedInputError(f"featurize output {self.location} is damaged: {what}; featurize it again with "
@@ -197,9 +198,12 @@ def tracks_file(output: str) -> str:
     return storage.join(storage.to_url(output), TRACKS_DIR, TRACKS_FILE)
 
 
-def committed(output: str) -> dict | None:
-    """A featurize output's commit record (:meth:`FeatureSet._read_record`), for a caller that needs nothing else of it."""
-    return FeatureSet.open(output).record
+def _window_paths(record: dict | None, base: str, windows_url: str) -> list:
+    """The window files a commit record names, under ``base`` (the windows directory's path in its
+    filesystem), sorted; a listing for outputs written before commits named them."""
+    if record is None or record["files"] is None:
+        return listed_window_files(windows_url)
+    return sorted(f"{base}/{name}" for name in record["files"])
 
 
 def listed_window_files(windows_url: str) -> list:
@@ -224,8 +228,5 @@ def read_recipe(output: str) -> Recipe:
 def window_files(windows_url: str) -> list:
     """Paths (within their filesystem) of the committed window files of a featurize output's
     ``windows/`` directory, sorted, for a caller that needs nothing else of it."""
-    record = committed(storage.parent(storage.to_location(windows_url)))
-    if record is None or record["files"] is None:
-        return listed_window_files(windows_url)
-    _, base = storage.filesystem(windows_url)
-    return sorted(f"{base}/{name}" for name in record["files"])
+    record = FeatureSet.open(storage.parent(storage.to_location(windows_url))).record
+    return _window_paths(record, storage.filesystem(windows_url)[1], windows_url)
