@@ -110,7 +110,7 @@ def dead_paths(out: str, bundle: str, sizes: list) -> list:
         import pandas as pd
 
         from genreclf.formats.featureset import read_tracks
-        from genreclf.formats.scores import read_scores
+        from genreclf.formats.scoreoutput import read_scores
 
         tracks = read_tracks(feats)
         scored = read_scores(scores)
@@ -160,7 +160,7 @@ def same_outputs(a: str, b: str, kind: str) -> bool:
 
         ta, tb = (read_tracks(x).sort_values("track_id").reset_index(drop=True) for x in (a, b))
         return ta.drop(columns=["mtime"]).equals(tb.drop(columns=["mtime"]))
-    from genreclf.formats.scores import read_scores
+    from genreclf.formats.scoreoutput import read_scores
 
     sa, sb = read_scores(a), read_scores(b)
     ok = sa.status == "ok"

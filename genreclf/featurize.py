@@ -191,7 +191,7 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     out_url = storage.to_url(output)
 
     _check_output(out_url, overwrite or incremental)  # before listing: not a million files for a one-line refusal
-    catalog = expand_inputs(inputs, exclude=(output,))
+    catalog = expand_inputs(inputs, exclude=(storage.to_location(output),))
     table = catalog.entries
     unlabelled = 0
     if labels:

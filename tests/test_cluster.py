@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from genreclf.formats.featureset import read_tracks
-from genreclf.formats.scores import read_scores
+from genreclf.formats.scoreoutput import read_scores
 from tests import hostenv
 from tests import submit as spark_submit
 from tests.standalone import StandaloneCluster

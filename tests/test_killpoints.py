@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from genreclf.formats.featureset import read_tracks, window_files
-from genreclf.formats.scores import LABELS_FILE, SUBMISSION_FILE, committed, committed_location, read_scores
+from genreclf.formats.scoreoutput import committed, committed_location, read_scores
+from genreclf.formats.scores import LABELS_FILE, SUBMISSION_FILE
 from genreclf.io import storage
 from genreclf.io.killpoints import VARIABLE
 from genreclf.io.lock import LOCK_FILE

@@ -40,7 +40,7 @@ def registered(labelled, mlflow_server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle_scores(spark, labelled, registered, mlflow_server, tmp_path_factory):
     """The corpus scored by ``score --model BUNDLE`` (the registered model's directory), in float32."""
-    from genreclf.formats.scores import read_scores
+    from genreclf.formats.scoreoutput import read_scores
     from genreclf.score import run_score
 
     out = tmp_path_factory.mktemp("bundle-scores") / "scores"
@@ -68,7 +68,7 @@ def test_training_logs_params_metrics_artifacts_and_a_registered_model(registere
 
 
 def test_score_of_a_registry_uri_equals_score_of_the_bundle(spark, labelled, bundle_scores, mlflow_server, tmp_path):
-    from genreclf.formats.scores import read_scores
+    from genreclf.formats.scoreoutput import read_scores
     from genreclf.score import run_score
 
     run_score(spark, f"models:/{NAME}/1", str(tmp_path / "reg"), inputs=[str(labelled.audio)],

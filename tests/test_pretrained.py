@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from genreclf.errors import ConfigError
-from genreclf.formats.scores import SUBMISSION_FILE, committed_location, read_scores
+from genreclf.formats.scoreoutput import committed_location, read_scores
+from genreclf.formats.scores import SUBMISSION_FILE
 from genreclf.score import run_score
 
 CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "corpus-train")

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from genreclf.formats.scores import read_scores
+from genreclf.formats.scoreoutput import read_scores
 from genreclf.formats.taskrecords import TASKS_DIR
 from genreclf.io import storage
 from tests import submit

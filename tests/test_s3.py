@@ -15,7 +15,8 @@ from genreclf.errors import ConfigError
 from genreclf.featurize import run_featurize
 from genreclf.formats.featureset import read_tracks, window_files
 from genreclf.formats.schema import WINDOWS_DIR
-from genreclf.formats.scores import SUBMISSION_FILE, committed, committed_location, read_scores
+from genreclf.formats.scoreoutput import committed, committed_location, read_scores
+from genreclf.formats.scores import SUBMISSION_FILE
 from genreclf.io import storage
 from genreclf.score import run_score
 from tests.s3server import CREDENTIALS, CuttableProxy, MotoServer

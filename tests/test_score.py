@@ -12,10 +12,12 @@ from genreclf.audio.extract import featurize_file
 from genreclf.config import Recipe, ScoreSettings, Settings
 from genreclf.errors import ConfigError, DamagedInputError, OutputExistsError
 from genreclf.featurize import run_featurize
-from genreclf.formats.scores import SUBMISSION_FILE, committed_location, read_scores
+from genreclf.formats.scoreoutput import committed_location, read_scores
+from genreclf.formats.scores import SUBMISSION_FILE
 from genreclf.ml.inference import cpu_has_bf16, excerpt
 from genreclf.score import run_score
 from tests import hostenv
+from tests.spies import resolutions
 
 #: Scores compared with a float32 recomputation are computed in float32 on every CPU: the default
 #: precision, auto, is bfloat16 where the CPU has it natively (tested on its own below).
@@ -263,10 +265,10 @@ def _incremental(spark, bundle, out, audio, **kw):
     return run_score(spark, str(bundle), str(out), inputs=[str(audio)], incremental=True, **kw)
 
 
-def test_incremental_scores_only_new_and_changed_files(spark, trained, corpus, tmp_path, make_audio):
+def test_incremental_scores_only_new_and_changed_files(spark, trained, corpus, tmp_path, make_audio, monkeypatch):
     """Unchanged: nothing rescored (errors of unchanged files recur: kept too), the output identical.
     Then one file changed, one removed, one added: exactly two scored, one row dropped, the rest
-    kept as they were. A rerun is a no-op."""
+    kept as they were. A rerun is a no-op, and resolves --output in at most two places."""
     _, bundle = trained
     audio = tmp_path / "audio"
     shutil.copytree(corpus, audio)
@@ -294,7 +296,10 @@ def test_incremental_scores_only_new_and_changed_files(spark, trained, corpus, t
     for tid in ("techno0.mp3", "ambient2.mp3", "broken.mp3"):
         pd.testing.assert_series_equal(after.loc[tid], before.loc[tid])
 
+    places = resolutions(monkeypatch, out)
     rerun = _incremental(spark, bundle, out, audio)
+    monkeypatch.undo()
+    assert 1 <= len(places) <= 2, sorted(places)  # the output's handle (seen: the spy works); was one per step
     assert (rerun["kept"], rerun["scored"], rerun["dropped"]) == (n_files, 0, 0)
     pd.testing.assert_frame_equal(read_scores(str(out)).set_index("track_id"), after)
     assert not [d for d in os.listdir(out) if d.startswith(".") or d == "_genreclf.lock"]  # no staging or lock left
@@ -460,7 +465,7 @@ def test_paths_the_listing_shows_dead_get_their_rows_on_the_driver_and_a_task_on
     with one task (the real file); a catalogue of dead paths alone starts no Spark job. Once a path
     exists, --incremental sends that file, and only it, to a task."""
     from genreclf.formats.featureset import read_tracks
-    from genreclf.formats.scores import committed
+    from genreclf.formats.scoreoutput import committed
 
     _, bundle = trained
     (tmp_path / "music").mkdir()

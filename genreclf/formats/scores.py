@@ -1,13 +1,10 @@
-"""The score output format: one directory per run, ``DIR/run-RUN/`` holding ``scores/part-*.parquet``
-(one row per input file), ``labels.json`` and, on request, ``submission.csv`` (the crowdAI layout);
-``DIR/current.json`` names the committed run.
+"""Score rows: their schema, the tables and files a run writes them in (``scores/part-*.parquet``,
+one row per input file; ``labels.json``; the crowdAI ``submission.csv``) and ``--incremental``'s
+rules for which rows a rerun keeps.
 
-A run writes its directory whole (score tasks write their parts with pyarrow from the Python
-workers, each to a hidden name moved into place, so a retried attempt replaces its part and never
-duplicates rows), then the driver commits it by one atomic file move: ``current.json`` (a single
-object write on object stores). Readers take the run ``current.json`` names, so the three files
-change together; the previous run's directory is removed after the commit, and directories of runs
-that never committed by the next run, under the output's lock. See :func:`commit`.
+A run's rows reach its directory as task records (:mod:`genreclf.formats.taskrecords`), compacted
+by the driver (:class:`CompactWriter`); the run directory and its commit are the score output's
+(:mod:`genreclf.formats.scoreoutput`).
 """
 
 from __future__ import annotations
@@ -34,9 +31,6 @@ log = logging.getLogger(__name__)
 SCORES_DIR = "scores"
 LABELS_FILE = "labels.json"
 SUBMISSION_FILE = "submission.csv"
-#: The commit record: {"run": directory name, "run_id", "rows", "labels", "submission": bool, "committed"}.
-CURRENT_FILE = "current.json"
-RUN_PREFIX = "run-"
 
 #: Columns of a score row: the input file as scored (path, size, mtime: what ``--incremental``
 #: compares), the top genre and its probability, then every label's probability (as a map, and as a
@@ -123,9 +117,10 @@ def rows_of(frame: pd.DataFrame) -> list:
     return rows
 
 
-def read_run(location: str) -> dict | None:
-    """The run record of a scores directory (see RUN_KEY); None when absent, empty or of an older version."""
-    fs, path = storage.filesystem(location)
+def read_run(location) -> dict | None:
+    """The run record of a scores directory (a Location; see RUN_KEY); None when absent, empty or of
+    an older version."""
+    fs, path = location.fs, location.path
     try:
         parts = [f for f in fs.get_file_info(pa.fs.FileSelector(path)) if f.base_name.endswith(".parquet")]
     except FileNotFoundError:
@@ -134,11 +129,6 @@ def read_run(location: str) -> dict | None:
         return None
     meta = pq.read_schema(parts[0].path, filesystem=fs).metadata or {}
     return json.loads(meta[RUN_KEY]) if RUN_KEY in meta else None
-
-
-def run_dir(output: str, run_id: str) -> str:
-    """The directory a run writes (invisible to readers until :func:`commit` names it)."""
-    return storage.join(storage.to_url(output), RUN_PREFIX + run_id)
 
 
 #: A committed run's scores are cut into files of at most this much Arrow data (~400,000 rows of 16
@@ -157,7 +147,7 @@ class CompactWriter:
     is invisible until its commit, and removed whole if the run fails); keeps only SUMMARY_COLUMNS
     in memory (:meth:`close` returns them)."""
 
-    def __init__(self, staging: str, run: dict):
+    def __init__(self, staging: storage.Location, run: dict):
         self.staging, self.run = staging, run
         self.files = 0
         self._pending: list = []
@@ -184,7 +174,7 @@ class CompactWriter:
         if self._writer is not None and self._file_bytes + table.nbytes > MAX_SCORE_FILE_MB << 20:
             self._close_file()
         if self._writer is None:
-            location = storage.join(self.staging, f"part-{self.files:05d}.parquet")
+            location = self.staging.child(f"part-{self.files:05d}.parquet").url
             self._context = storage.direct_output(location)
             self._out = self._context.__enter__()
             self._writer = pq.ParquetWriter(self._out, SCORES_SCHEMA.with_metadata(
@@ -219,10 +209,11 @@ class CompactWriter:
             self._writer = None
 
 
-def read_dir(location: str, columns: list | None = None) -> pd.DataFrame:
-    """The parts of a scores directory (committed or staged; none: no rows) as pandas, ``probabilities``
-    as dicts; only ``columns`` when given."""
-    fs, path = storage.filesystem(location)
+def read_dir(location, columns: list | None = None) -> pd.DataFrame:
+    """The parts of a scores directory (a Location or location string; committed or staged; none: no
+    rows) as pandas, ``probabilities`` as dicts; only ``columns`` when given."""
+    location = storage.Location.open(location)
+    fs, path = location.fs, location.path
     schema = SCORES_SCHEMA if columns is None else pa.schema([SCORES_SCHEMA.field(c) for c in columns])
     if fs.get_file_info(path).type == pa.fs.FileType.NotFound:
         table = schema.empty_table().to_pandas()
@@ -233,87 +224,8 @@ def read_dir(location: str, columns: list | None = None) -> pd.DataFrame:
     return table.sort_values("track_id", kind="stable").reset_index(drop=True)
 
 
-def committed(output: str) -> dict | None:
-    """The commit record of a score output (see CURRENT_FILE); None when nothing was committed. An
-    output of an earlier version (``DIR/scores`` beside ``DIR/labels.json``) reads as run ``""``."""
-    out_url = storage.to_url(output)
-    try:
-        record = json.loads(storage.read_text(storage.join(out_url, CURRENT_FILE)))
-    except FileNotFoundError:
-        return {"run": "", "run_id": ""} if storage.exists(storage.join(out_url, SCORES_DIR)) else None
-    except ValueError:
-        from genreclf.errors import DamagedInputError
-
-        raise DamagedInputError(f"{storage.join(out_url, CURRENT_FILE)} is not valid JSON: the score output's "
-                                "commit record is damaged; score again with --overwrite") from None
-    return record
-
-
-def committed_location(output: str, name: str = "") -> str | None:
-    """Where the committed run keeps ``name`` (``scores``, ``labels.json``, ``submission.csv``; "" for its
-    directory); None when nothing is committed."""
-    record = committed(output)
-    if record is None:
-        return None
-    parts = [p for p in (record["run"], name) if p]
-    return storage.to_location(storage.join(storage.to_url(output), *parts))
-
-
-def foreign_entries(output: str) -> list:
-    """Names in ``output`` that no score output holds (a folder of the user's, a featurize output):
-    score writes only into a new or empty directory or its own output, --overwrite or not."""
-    from genreclf.formats.taskrecords import TASKS_DIR
-    from genreclf.io.lock import LOCK_FILE
-
-    ours = {CURRENT_FILE, SCORES_DIR, LABELS_FILE, SUBMISSION_FILE, LOCK_FILE, TASKS_DIR}
-    return sorted(e.base_name for e in storage.list_dir(storage.to_url(output)) if e.base_name not in ours and not e.base_name.startswith(".")
-                  and not e.base_name.startswith(RUN_PREFIX))
-
-
-def read_scores(output: str) -> pd.DataFrame:
-    """The committed scores of a score output (a local path or URL) as pandas; no rows when none."""
-    location = committed_location(output, SCORES_DIR)
-    return read_dir(location) if location else read_dir(storage.join(storage.to_url(output), SCORES_DIR))
-
-
-def write_labels(directory: str, labels: list) -> None:
-    storage.write_direct(storage.join(directory, LABELS_FILE), json.dumps(labels, indent=2).encode())
-
-
-def commit(output: str, run_id: str, labels: list, rows: int, submission: bool) -> str:
-    """Make run ``run_id`` (its directory complete) the output's committed run by one atomic write of
-    ``current.json``; then remove what it replaced: the previous run's directory (or an earlier
-    version's ``scores/``, ``labels.json`` and ``submission.csv``). Returns the run's directory."""
-    import time
-
-    out_url = storage.to_url(output)
-    previous = committed(output)
-    record = {"run": RUN_PREFIX + run_id, "run_id": run_id, "rows": rows, "labels": labels,
-              "submission": submission, "committed": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    storage.write_text(storage.join(out_url, CURRENT_FILE), json.dumps(record, indent=2))
-    if previous is not None and previous["run"]:
-        storage.delete(storage.join(out_url, previous["run"]))
-    elif previous is not None:
-        for name in (SCORES_DIR, LABELS_FILE, SUBMISSION_FILE):
-            storage.delete(storage.join(out_url, name))
-    return storage.join(out_url, record["run"])
-
-
-def remove_uncommitted(output: str) -> int:
-    """Delete run directories no commit names (killed or failed runs; the caller holds the lock) and
-    staging directories of earlier versions; returns how many."""
-    out_url = storage.to_url(output)
-    record = committed(output)
-    current = record["run"] if record else None
-    stale = [e for e in storage.list_dir(out_url) if e.type == pa.fs.FileType.Directory and (
-        (e.base_name.startswith(RUN_PREFIX) and e.base_name != current)
-        or (e.base_name.startswith(f".{SCORES_DIR}-") and e.base_name.endswith(".staging")))]
-    for entry in stale:
-        storage.delete(storage.located(out_url, entry.path))
-        log.info("score: removed %s of an interrupted run (never committed)", entry.base_name)
-    partial = storage.partial_files(out_url)  # a killed writer's hidden partial commit record
-    storage.delete_files(out_url, partial)
-    return len(stale) + len(partial)
+def write_labels(directory: storage.Location, labels: list) -> None:
+    storage.write_direct(directory.child(LABELS_FILE).url, json.dumps(labels, indent=2).encode())
 
 
 def write_submission(scores: pd.DataFrame, labels: list, location: str) -> None:

@@ -38,30 +38,31 @@ def task_key(base: str, settings: dict, rows) -> str:
     return digest.hexdigest()[:24]
 
 
-def _dir(out_url: str) -> str:
-    return storage.join(out_url, TASKS_DIR)
+def _dir(out) -> storage.Location:
+    """The records' directory of an output (its Location, or a location string: an executor's)."""
+    return storage.Location.open(out).child(TASKS_DIR)
 
 
-def write_record(out_url: str, key: str, table: pa.Table, attempt: int, wrote: dict | None = None) -> None:
+def write_record(out, key: str, table: pa.Table, attempt: int, wrote: dict | None = None) -> None:
     """A task's record, written last (after the files it names): the task counts as finished from here."""
     meta = dict(table.schema.metadata or {})
     meta[WROTE_KEY] = json.dumps(wrote or {}).encode()
-    with storage.atomic_output(storage.join(_dir(out_url), f"{key}.parquet"), tag=f"attempt-{attempt}") as out:
-        pq.write_table(table.replace_schema_metadata(meta), out)
+    with storage.atomic_output(_dir(out).child(f"{key}.parquet").url, tag=f"attempt-{attempt}") as f:
+        pq.write_table(table.replace_schema_metadata(meta), f)
 
 
-def finished(out_url: str) -> set:
+def finished(out) -> set:
     """Keys of the tasks whose record is present."""
-    return {e.base_name[:-len(".parquet")] for e in storage.list_dir(_dir(out_url))
+    return {e.base_name[:-len(".parquet")] for e in _dir(out).list()
             if e.type == pa.fs.FileType.File and e.base_name.endswith(".parquet") and not e.base_name.startswith(".")}
 
 
-def read_records(out_url: str, keys: list, schema: pa.Schema, columns: list | None = None):
+def read_records(out, keys: list, schema: pa.Schema, columns: list | None = None):
     """(key, table, what it wrote) per key, in order; read ``READ_THREADS`` at a time."""
-    fs, base = storage.filesystem(_dir(out_url))
+    where = _dir(out)
 
     def read(key):
-        with fs.open_input_file(f"{base}/{key}.parquet") as f:
+        with where.fs.open_input_file(f"{where.path}/{key}.parquet") as f:
             parquet = pq.ParquetFile(f)
             meta = parquet.schema_arrow.metadata or {}
             table = parquet.read(columns=columns)
@@ -73,15 +74,15 @@ def read_records(out_url: str, keys: list, schema: pa.Schema, columns: list | No
             yield from pool.map(read, keys[start:start + 4 * READ_THREADS])
 
 
-def remove_others(out_url: str, keep: set) -> int:
+def remove_others(out, keep: set) -> int:
     """Delete the records not in ``keep`` (another run's) and partial ones (a task killed mid-write)."""
-    where = _dir(out_url)
-    stale = [e.path for e in storage.list_dir(where) if e.type == pa.fs.FileType.File
+    where = _dir(out)
+    stale = [e.path for e in where.list() if e.type == pa.fs.FileType.File
              and (e.base_name.startswith(".") or e.base_name[:-len(".parquet")] not in keep)]
-    storage.delete_files(where, stale)
+    where.delete_files(stale)
     return len(stale)
 
 
-def remove_all(out_url: str) -> None:
+def remove_all(out) -> None:
     """Delete the records once the run they belong to has committed."""
-    storage.delete(_dir(out_url))
+    _dir(out).delete()

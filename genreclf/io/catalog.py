@@ -175,7 +175,7 @@ def _is_catalog(location: str) -> bool:
 def expand_inputs(inputs: list, exclude: tuple = ()) -> Catalog:
     """Expand each input (a local path or URL): a directory (recursive), a glob, a file, or a
     catalogue CSV with ``path``. Sizes and mtimes come from the listing. Files under an
-    ``exclude`` location (the job's own output, with its lock and records) are never inputs,
+    ``exclude`` location (as tables hold it: the job's own output, with its lock and records) are never inputs,
     wherever that output sits."""
     frames, skipped = [], []
     for raw in inputs:
@@ -198,7 +198,7 @@ def expand_inputs(inputs: list, exclude: tuple = ()) -> Catalog:
         else:
             raise ConfigError(f"input {raw!r} is neither a file, a directory nor a glob that matches files")
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CATALOG_COLUMNS + ["_root"])
-    for location in map(storage.to_location, exclude):
+    for location in exclude:
         inside = table["path"].eq(location) | table["path"].str.startswith(location.rstrip("/") + "/")
         if inside.any():
             log.info("listing: %d files under the output %s passed over (the job's own output)", int(inside.sum()),

@@ -7,7 +7,8 @@ each track's window predictions itself. From features, each task reads whole win
 track's windows in one file) and averages their tracks itself: no shuffle (a ``groupBy(track_id)`` cost ~60 s for 10
 tracks on the test cluster). Either way the tasks write their rows with pyarrow into the run's directory
 (:mod:`genreclf.formats.scores`); under the output's lock, the driver checks one row per input, adds ``labels.json``
-and ``submission.csv`` and commits the run by one atomic write of ``current.json``.
+and ``submission.csv`` and commits the run by one atomic write of ``current.json``
+(:mod:`genreclf.formats.scoreoutput`: the output, opened once).
 """
 
 from __future__ import annotations
@@ -30,21 +31,16 @@ from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, calibration_of, che
 from genreclf.formats import taskrecords
 from genreclf.formats.featureset import FeatureSet
 from genreclf.formats.schema import STATUS_ERROR, STATUS_OK, summarize
+from genreclf.formats.scoreoutput import ScoreOutput
 from genreclf.formats.scores import (
     SCORES_DIR,
     SCORES_SCHEMA,
     SUBMISSION_FILE,
     CompactWriter,
-    commit,
-    committed,
-    committed_location,
-    foreign_entries,
     plan_incremental,
     read_dir,
     read_run,
-    remove_uncommitted,
     rows_of,
-    run_dir,
     score_row,
     score_table,
     write_labels,
@@ -52,7 +48,7 @@ from genreclf.formats.scores import (
 )
 from genreclf.io import killpoints, storage, tracking
 from genreclf.io.catalog import expand_inputs
-from genreclf.io.lock import LOCK_FILE, OutputLock, new_run_id
+from genreclf.io.lock import new_run_id
 from genreclf.io.spark import (
     catalog_records,
     default_parallelism,
@@ -214,7 +210,7 @@ class _Job:
     genre_labels: list | None  # a tagger's genre tags: ``genre`` is the top of these
     recipe: Recipe
     calibration: tuple  # (mode, temperature)
-    out_url: str
+    out: ScoreOutput  # the output, opened once
     local_bundle: str
     digest: str
     run: dict  # what makes two runs' numbers comparable: --incremental keeps rows only of an equal record
@@ -230,22 +226,21 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     ``incremental``: keep the rows of an existing output whose file (path, size, mtime), bundle and
     settings are unchanged (but errors that may not recur), score the rest, drop rows of files no
     longer listed. ``scores/``, ``labels.json`` and (with ``csv``) ``submission.csv`` are committed
-    together, as one run (:func:`genreclf.formats.scores.commit`).
+    together, as one run (:meth:`genreclf.formats.scoreoutput.ScoreOutput.commit`).
     """
     settings = settings or load_settings()
     job = _prepare(spark, bundle, output, inputs, features, overwrite, incremental, settings, calibrate)
     started = time.time()
     run_id = new_run_id()
-    lock = OutputLock(storage.join(job.out_url, LOCK_FILE), run_id, break_lock=break_lock, job="score",
-                      stale_after_s=settings.storage.lock_stale_after_s).acquire()
+    lock = job.out.lock(run_id, break_lock=break_lock, stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
-        rows, n_inputs, plan = _score_locked(spark, job, bundle, output, run_id, inputs, job.features, incremental,
-                                             csv, settings)
+        rows, n_inputs, plan = _score_locked(spark, job, bundle, run_id, inputs, job.features, incremental, csv,
+                                             settings)
     finally:
         lock.release()
     summary = summarize(rows.assign(warning=None), time.time() - started, n_inputs=n_inputs)
     summary.update(genres=rows["genre"].value_counts().to_dict(),
-                   output=storage.to_location(run_dir(output, run_id)),
+                   output=job.out.run_dir(run_id).location,
                    calibration={"mode": job.calibration[0], "temperature": job.calibration[1]},
                    precision=sorted(rows["precision"].dropna().unique().tolist()), kept=plan.n_kept, csv=csv,
                    scored=len(plan.to_score) - plan.answered, answered_at_listing=plan.answered,
@@ -278,47 +273,48 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
     features = FeatureSet.open(features) if features else None
     if features:
         check_recipe(info, features.recipe, features.location)
-    out_url = storage.to_url(output)
-    if out_url in {storage.to_url(bundle), features.url if features else None}:
+    out = ScoreOutput.open(output)
+    if out.url in {storage.to_url(bundle), features.url if features else None}:
         raise ConfigError(f"--output {output} is the job's own input: write scores to another directory")
-    foreign = foreign_entries(output)
+    foreign = out.foreign_entries()
     if foreign:
-        raise OutputExistsError(f"{out_url} is not a score output (it holds {', '.join(foreign[:5])}): score writes "
+        raise OutputExistsError(f"{out.url} is not a score output (it holds {', '.join(foreign[:5])}): score writes "
                                 "only into a new or empty directory or its own output; choose another --output")
-    if committed_location(output) is not None and not (overwrite or incremental):
-        raise OutputExistsError(f"{out_url} holds scores; pass --overwrite to replace them or --incremental to "
+    if out.committed() is not None and not (overwrite or incremental):
+        raise OutputExistsError(f"{out.url} holds scores; pass --overwrite to replace them or --incremental to "
                                 "score only new and changed files")
     local_bundle = storage.fetch_dir(bundle, names={MODEL_FILE, BUNDLE_FILE})
     digest = bundle_digest(local_bundle)
     run = {"bundle": digest, "precision": settings.score.precision, "calibration": list(calibration),
            "max_windows": settings.score.max_windows, "max_duration_s": settings.featurize.max_duration_s}
-    return _Job(info["labels"], info.get("genre_labels"), Recipe.from_dict(info["recipe"]), calibration, out_url,
+    return _Job(info["labels"], info.get("genre_labels"), Recipe.from_dict(info["recipe"]), calibration, out,
                 local_bundle, digest, run, features)
 
 
-def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, incremental, csv, settings) -> tuple:
+def _score_locked(spark, job: _Job, bundle, run_id, inputs, features, incremental, csv, settings) -> tuple:
     """The run, under the output's lock: plan the tasks, keep those an interrupted run of the same
     plan finished, score the rest (each task writes its record), compact every row (kept, the
     driver's, the records') into the run's directory, check one row per input, write labels (and
     the submission), commit. Returns (the committed rows' summary columns, the number of inputs,
     the plan)."""
-    directory, shipped, done = run_dir(output, run_id), None, False
-    staging = storage.join(directory, SCORES_DIR)
+    out = job.out
+    directory, shipped, done = out.run_dir(run_id), None, False
+    staging = directory.child(SCORES_DIR)
     writer = CompactWriter(staging, job.run)
     try:
-        remove_uncommitted(output)
-        record = committed(output)
+        out.remove_uncommitted()
+        record = out.committed()
         base = (record or {}).get("run_id", "")
         if features:
             tracks = features.tracks(check=True)
             candidates, listed = tracks[tracks["status"] == STATUS_OK], tracks["path"]
         else:
-            candidates = expand_inputs(inputs, exclude=(output,)).entries
+            candidates = expand_inputs(inputs, exclude=(out.location,)).entries
             listed = candidates["path"]
         n_inputs = len(listed)
-        scores_url = committed_location(output, SCORES_DIR) if incremental else None
-        existing = read_dir(scores_url) if scores_url else None
-        same_run = existing is not None and read_run(scores_url) == job.run
+        scores = out.committed_part(SCORES_DIR) if incremental else None
+        existing = read_dir(scores) if scores else None
+        same_run = existing is not None and read_run(scores) == job.run
         if existing is not None and not same_run:
             log.info("score --incremental: the existing scores were made with another bundle or settings "
                      "(%s now): every file is scored", job.run)
@@ -337,23 +333,23 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
         tasks = (_plan_features(features, to_score, base, job.run, parallelism) if features
                  else _plan_audio(to_score, settings, base, job.run, parallelism)) if len(to_score) else _Tasks([], None)
         log.info("score: %d files to score in %d tasks", len(to_score), len(tasks.keys))
-        finished = taskrecords.finished(job.out_url) & set(tasks.keys)
-        taskrecords.remove_others(job.out_url, finished)
+        finished = taskrecords.finished(out.root) & set(tasks.keys)
+        taskrecords.remove_others(out.root, finished)
         if finished:
             log.info("score: resuming: %d of %d tasks' outputs kept (an interrupted run of the same plan)",
                      len(finished), len(tasks.keys))
         plan.tasks, plan.tasks_kept = len(tasks.keys), len(finished)
-        killpoints.arm(storage.filesystem(job.out_url)[1])  # the crash tests' kill points: this run's own steps
+        killpoints.arm(out.root.path)  # the crash tests' kill points: this run's own steps
         todo = [i for i, k in enumerate(tasks.keys) if k not in finished]
         if todo:
             _check_model(job.local_bundle, bundle, len(job.labels), job.digest)  # only when tasks run
             name, shipped = ship_bundle(spark.sparkContext, job.local_bundle, job.digest)
-            options = _task_options(job.recipe, settings, job.calibration, job.out_url, job.run)
-            killpoints.note("tasks", storage.filesystem(job.out_url)[1])  # they write task records
+            options = _task_options(job.recipe, settings, job.calibration, out.url, job.run)
+            killpoints.note("tasks", out.root.path)  # they write task records
             run_tasks(tasks.frame(spark, name, options, todo),
                       f"score: {len(to_score)} of {n_inputs} files in {len(todo)} tasks (of {len(tasks.keys)})", "score")
         writer.add(score_table(driver_rows, job.labels, job.run, job.genre_labels))
-        for _, table, _ in taskrecords.read_records(job.out_url, tasks.keys, SCORES_SCHEMA):
+        for _, table, _ in taskrecords.read_records(out.root, tasks.keys, SCORES_SCHEMA):
             writer.add(table)
         if features:  # ok tracks no task found windows for
             writer.add(score_table(_unscored(to_score, set(writer.rows()["track_id"])), job.labels, job.run,
@@ -365,17 +361,16 @@ def _score_locked(spark, job: _Job, bundle, output, run_id, inputs, features, in
         write_labels(directory, job.labels)
         if csv:
             write_submission(read_dir(staging, columns=["track_id", "path", "status", "probability_vector"]),
-                             job.labels, storage.join(directory, SUBMISSION_FILE))
-        commit(output, run_id, job.labels, len(written), csv)
+                             job.labels, directory.child(SUBMISSION_FILE).url)
+        out.commit(run_id, job.labels, len(written), csv)
         done = True
-        taskrecords.remove_all(job.out_url)
+        taskrecords.remove_all(out.root)
         plan.files = writer.files
         return written, n_inputs, plan
     finally:
         if not done:
             writer.abort()
-            if storage.exists(directory):  # a failed run: its directory was never committed
-                storage.delete(directory)
+            directory.delete()  # a failed run: its directory was never committed (nothing when absent)
         if shipped:
             shutil.rmtree(shipped, ignore_errors=True)
 

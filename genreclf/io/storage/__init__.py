@@ -30,7 +30,7 @@ from genreclf.io.storage.locations import (
     redact, refuse_credentials, sibling, hidden_name,
 )
 from genreclf.io.storage.filesystems import (
-    filesystem, located, info, exists, is_dir, is_file, delete, delete_files, list_dir,
+    Location, filesystem, located, info, exists, is_dir, is_file, delete, delete_files, list_dir,
 )
 from genreclf.io.storage.failures import (
     describe, NotARegularFile, no_space, writing,
@@ -52,7 +52,7 @@ from genreclf.io.storage.transfers import (
 __all__ = [
     "StorageSettings", "configure", "ENDPOINT_VARIABLES", "endpoint_url", "options", "is_url", "is_local",
     "to_url", "to_location", "join", "parent", "basename", "resolve", "relative", "CREDENTIAL_VARIABLES",
-    "redact", "refuse_credentials", "sibling", "hidden_name", "filesystem", "located", "info", "exists", "is_dir", "is_file",
+    "redact", "refuse_credentials", "sibling", "hidden_name", "Location", "filesystem", "located", "info", "exists", "is_dir", "is_file",
     "delete", "delete_files", "list_dir", "describe", "NotARegularFile", "no_space", "writing", "walk_files",
     "has_magic", "glob", "probe", "open_input", "read_error", "size_of", "read_bytes", "read_text", "map_local",
     "staged_leftovers", "partial_files", "atomic_output", "write_bytes", "write_text", "write_direct",

@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 from genreclf.errors import ConfigError
 from genreclf.io import killpoints
 from genreclf.io.storage.settings import _FILESYSTEMS, _LOCK, _OPTIONS, endpoint_url
-from genreclf.io.storage.locations import is_url, refuse_credentials
+from genreclf.io.storage.locations import is_url, join, refuse_credentials, to_url
 
 
 
@@ -128,3 +128,60 @@ def list_dir(location: str) -> list:
     """FileInfos directly in a directory (none when it does not exist)."""
     fs, path = filesystem(location)
     return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+
+
+class Location:
+    """A user location opened once: its URL, its filesystem and its path there, resolved here and
+    then asked for its parts (:meth:`child`) and single steps, never resolved again by the caller.
+    What the on-disk formats' handles (a score output, a featurize output) are built on."""
+
+    __slots__ = ("url", "fs", "path")
+
+    def __init__(self, url: str, fs, path: str):
+        self.url, self.fs, self.path = url, fs, path
+
+    @classmethod
+    def open(cls, location: str) -> "Location":
+        """Resolve ``location`` (a local path or URL; one holding a credential is refused)."""
+        if isinstance(location, Location):
+            return location
+        url = to_url(location)
+        fs, path = filesystem(url)
+        return cls(url, fs, path)
+
+    @property
+    def location(self) -> str:
+        """What tables and messages hold: a plain path for local files, the URL otherwise."""
+        return located(self.url, self.path)
+
+    def child(self, *parts: str) -> "Location":
+        """A location under this one, on the same filesystem (nothing resolved)."""
+        return Location(join(self.url, *parts), self.fs, "/".join([self.path.rstrip("/"), *parts]))
+
+    def located(self, path: str) -> str:
+        """The location of ``path``, a path within this location's filesystem."""
+        return located(self.url, path)
+
+    def info(self) -> pafs.FileInfo:
+        return self.fs.get_file_info(self.path)
+
+    def exists(self) -> bool:
+        return self.info().type != pafs.FileType.NotFound
+
+    def list(self) -> list:
+        """FileInfos directly in this directory (none when it does not exist)."""
+        return self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+
+    def delete(self) -> None:
+        _delete(self.fs, self.path)
+
+    def delete_files(self, paths) -> None:
+        """Delete files given as paths within this location's filesystem."""
+        for path in paths:
+            _delete(self.fs, path, pafs.FileType.File)
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    def __str__(self) -> str:
+        return self.url
