@@ -12,7 +12,6 @@ Prints ms per track per core, ratios to the floors, and the core-hours 1 M track
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -153,7 +152,7 @@ def report_musicnn(res: dict) -> None:
 
 
 def run(out: str, tracks: int = 48) -> dict:
-    from genreclf.config import Settings
+    from genreclf.config import Settings, override
     from genreclf.ml.inference import cpu_has_bf16
     from genreclf.score import run_score
 
@@ -178,7 +177,7 @@ def run(out: str, tracks: int = 48) -> dict:
             for name, task_cpus, knobs in VARIANTS:
                 if task_cpus != cpus:
                     continue
-                settings = dataclasses.replace(base, score=dataclasses.replace(base.score, **knobs))
+                settings = override(base, "score", **knobs)
                 target = os.path.join(out, "score-bench-scores")
                 best, median, summary = best_of_3(lambda: run_score(spark, bundle, target, inputs=[inputs],
                                                                     overwrite=True, settings=settings))

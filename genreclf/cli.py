@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 
-from genreclf.config import SCORE_PRECISIONS
+from genreclf.config import CHOICES, SECTIONS, field_docs, override
 
 EPILOG = ("Settings: defaults <- conf/genreclf.toml <- --conf <- flags (python -m genreclf.config shows them). "
           "Docs: README.md, docs/.")
@@ -66,15 +67,39 @@ def score_parser() -> argparse.ArgumentParser:
     mode.add_argument("--incremental", action="store_true",
                       help="keep the rows of unchanged files (same path, size, mtime, bundle and settings), score "
                            "new, changed and failed files, drop rows of files no longer listed; replaced atomically")
-    p.add_argument("--precision", choices=SCORE_PRECISIONS,
-                   help="model arithmetic (overrides [score] precision): auto = bfloat16 on GPUs (float16 before "
-                        "compute capability 8.0) and CPUs with AMX / AVX-512 BF16, float32 elsewhere; float16 "
-                        "needs GPU executors")
+    add_setting_flags(p, "score", ["precision"])
     p.add_argument("--no-calibration", dest="calibrate", action="store_false",
                    help="ignore the bundle's temperature: the reference's plain mean of window softmaxes")
     add_break_lock(p)
     add_conf(p)
     return p
+
+
+#: The dest prefix of a flag that sets a setting: ``setting:SECTION:KEY`` (:func:`add_setting_flags`).
+SETTING_DEST = "setting:"
+
+
+def add_setting_flags(p, section: str, keys=None, *, metavars: dict | None = None, group=None) -> None:
+    """A flag ``--KEY`` for each key of ``[section]`` (every key when None): its help is the setting's
+    comment in genreclf/config.py (written once there), its choices the setting's vocabulary, its
+    type the default's; :func:`run_main` lays the values given over the settings (config.override)."""
+    defaults, docs, choices = SECTIONS[section](), field_docs(SECTIONS[section]), CHOICES.get(section, {})
+    for key in keys or [f.name for f in dataclasses.fields(SECTIONS[section])]:
+        default = getattr(defaults, key)
+        kwargs = {"choices": choices[key]} if key in choices else {
+            "type": type(default), "metavar": (metavars or {}).get(key, key.upper())}
+        (group or p).add_argument(f"--{key.replace('_', '-')}", dest=f"{SETTING_DEST}{section}:{key}",
+                                  help=f"{docs.get(key, '')} ([{section}] {key}, default {default!r})", **kwargs)
+
+
+def setting_values(args) -> dict:
+    """{section: {key: value}} of the setting flags given on the command line."""
+    out: dict = {}
+    for dest, value in vars(args).items():
+        if dest.startswith(SETTING_DEST) and value is not None:
+            section, key = dest[len(SETTING_DEST):].split(":")
+            out.setdefault(section, {})[key] = value
+    return out
 
 
 def add_conf(p: argparse.ArgumentParser) -> None:
@@ -123,6 +148,8 @@ def _run_main(parser, body, argv, spark_app, writes, rerun_hint) -> int:
     log = logging.getLogger(f"genreclf.{parser.prog.split()[-1]}")
     try:
         settings = load_settings(getattr(args, "conf", None))
+        for section, values in setting_values(args).items():
+            settings = override(settings, section, **values)
         from genreclf.io import storage
 
         storage.configure(settings.storage.to_dict())

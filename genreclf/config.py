@@ -180,7 +180,7 @@ class ScoreSettings:
 
     batch_size: int = 64  # windows per model call, across tracks: bounds a worker's memory
     max_windows: int = 0  # 0: average every window; N: only the centred N windows of longer tracks
-    precision: str = "auto"  # "auto" (native bf16, else float32: docs), "float32", "bfloat16", "float16" (GPUs)
+    precision: str = "auto"  # model arithmetic: "auto" = bfloat16 on GPUs (float16 before compute capability 8.0) and on CPUs with AMX / AVX-512 BF16, float32 elsewhere; "float16" needs GPU executors
     decode_threads: int = 0  # files decoded ahead in threads while the model predicts; 0 = inline
 
     def __post_init__(self):
@@ -213,20 +213,20 @@ LABEL_SOURCES = ("data", "conf")
 class TrainSettings:
     """Knobs of the trainer; defaults in ``conf/genreclf.toml`` ``[train]``, each overridable by a flag."""
 
-    network: str = "reference"  # "reference": the 4th-place CNN from scratch; "musicnn": a head on frozen musicnn
+    network: str = "reference"  # "reference": the 4th-place CNN from scratch; "musicnn": a genre head on the frozen pretrained musicnn (features of conf/musicnn.toml's recipe)
     epochs: int = 30  # most epochs; early stopping may end sooner
     batch_size: int = 128  # windows per step (the reference: 128)
     dropout: float = 0.2  # the reference network's dropout rate before each dense layer (training only)
     val_fraction: float = 0.2  # share of tracks (whole artists/albums when known) held out for validation
     seed: int = 0  # the split, the initial weights and the shuffling
     patience: int = 5  # epochs without a better validation loss before stopping
-    labels_from: str = "data"  # "data": sorted labels found; "conf": [labels] genres
+    labels_from: str = "data"  # the label list: "data" = the sorted labels found in the data; "conf" = [labels] genres
     shuffle_buffer: int = 1024  # windows pooled (over all reader threads) and drawn from at random
-    reader: str = "arrow"  # "arrow": pyarrow row groups (fast); "petastorm": petastorm's make_batch_reader
-    reader_workers: int = 0  # reader threads; 0 = auto: 1 on CPU (reproducible order), up to 8 with a GPU
-    precision: str = "auto"  # "auto": the device's native precision (docs/train.md); or a Keras policy
+    reader: str = "arrow"  # window reader: "arrow" = pyarrow row groups (fast); "petastorm" = petastorm's make_batch_reader
+    reader_workers: int = 0  # reader threads; 0 = auto: 1 on CPU (reproducible order), one per core up to 8 with a GPU (measured ~15 k windows/s per core)
+    precision: str = "auto"  # "auto" = mixed_bfloat16 on GPUs of compute capability >= 8.0, mixed_float16 before, float32 on CPUs (16-bit measured slower there); or a Keras policy; the bundle is float32 either way
     devices: int = 0  # replicas (one per device): 0 = every GPU of the node (one device on a CPU); N = the first N
-    cache_dir: str = ""  # a local directory to copy remote features to once (empty: read in place)
+    cache_dir: str = ""  # a local directory to copy remote features (s3://, gs://, hdfs://) to once instead of reading them every epoch (empty: read in place)
     calibration: str = "track"  # temperature fitted on validation tracks, applied to: "track", "window", "none"
     class_weight: str = "none"  # "balanced": weight each class's windows by n / (classes * class count)
 
@@ -281,6 +281,25 @@ SECTIONS = {"recipe": Recipe, "featurize": FeaturizeSettings, "score": ScoreSett
             "storage": StorageSettings, "evaluate": EvaluateSettings, "mlflow": MlflowSettings}
 
 
+#: The vocabulary of each setting that has one (its flag's choices).
+CHOICES = {"score": {"precision": SCORE_PRECISIONS},
+           "train": {"network": TRAIN_NETWORKS, "labels_from": LABEL_SOURCES, "reader": READERS,
+                     "precision": TRAIN_PRECISIONS, "calibration": CALIBRATION_MODES, "class_weight": CLASS_WEIGHTS}}
+
+
+def override(settings: Settings, section: str, **values) -> Settings:
+    """``settings`` with keys of ``[section]`` replaced: the last layer (CLI flags, a caller's keywords),
+    the one way one is applied. None values are skipped (a flag not given); an unknown key is refused
+    and the values are checked as a settings file's are."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return settings
+    known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+    if set(values) - known:
+        raise ConfigError(f"unknown [{section}] setting(s) {sorted(set(values) - known)}; known: {sorted(known)}")
+    return dataclasses.replace(settings, **{section: dataclasses.replace(getattr(settings, section), **values)})
+
+
 def _read_layer(path: str) -> dict:
     """One settings file's tables, checked for unknown sections and keys."""
     from genreclf.io import storage
@@ -304,7 +323,7 @@ def _read_layer(path: str) -> dict:
 def load_settings(path: str | None = None) -> Settings:
     """The settings in layers, each listing only what it changes: the dataclasses' defaults, then
     ``conf/genreclf.toml`` (this installation's changes) when present, then ``path`` (``--conf``: a
-    preset or a run's own file, a local path or URL). CLI flags are the last layer (the jobs)."""
+    preset or a run's own file, a local path or URL). CLI flags are the last layer (:func:`override`)."""
     layers = [DEFAULT_CONF] if os.path.exists(DEFAULT_CONF) else []
     if path and not (os.path.exists(path) and layers and os.path.samefile(path, DEFAULT_CONF)):
         layers.append(path)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from genreclf.config import EvaluateSettings, Settings, load_settings
+from genreclf.config import Settings, load_settings, override
 from genreclf.errors import ConfigError
 from genreclf.formats.bundle import SPLIT_FILE, load_bundle_info, load_model, read_json, write_json
 from genreclf.formats.featureset import FeatureSet, Windows
@@ -128,12 +128,12 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
     from genreclf.ml.plots import confusion, reliability_diagram
 
     settings = settings or load_settings()
-    batch_size = EvaluateSettings(batch_size).batch_size if batch_size else settings.evaluate.batch_size
+    batch_size = override(settings, "evaluate", batch_size=batch_size or None).evaluate.batch_size
     if not storage.is_local(output):  # k bundles and their reports are re-read by reruns: kept local
         raise ConfigError(f"evaluate --cv --output {output}: cross-validation writes to a local directory; "
                           "copy the reports to a store afterwards")
     output = storage.to_location(output)
-    cfg = dataclasses.replace(settings.train, **overrides)  # validates the overrides before any work
+    cfg = override(settings, "train", **overrides).train  # checks the overrides before any work
     seed = cfg.seed if seed is None else seed
     features = FeatureSet.open(features)  # once: every fold's training and tests take this handle
     recipe = features.recipe

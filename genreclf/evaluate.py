@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from genreclf.config import EvaluateSettings, Settings, load_settings
+from genreclf.config import Settings, load_settings, override
 from genreclf.errors import ConfigError
 from genreclf.formats.bundle import SPLIT_FILE, calibration_of, check_recipe, load_bundle_info, load_model, read_json
 from genreclf.formats.featureset import FeatureSet
@@ -28,7 +28,7 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
     from genreclf.ml.tfsetup import configure_tensorflow
 
     settings = settings or load_settings()
-    batch_size = EvaluateSettings(batch_size).batch_size if batch_size else settings.evaluate.batch_size
+    batch_size = override(settings, "evaluate", batch_size=batch_size or None).evaluate.batch_size
     named = bundle_dir
     if tracking.is_model_uri(bundle_dir):  # models:/NAME/VERSION: the bundle inside, fetched; the reports elsewhere
         if not output:

@@ -7,7 +7,7 @@
 import argparse
 import sys
 
-from genreclf.cli import EPILOG, add_conf, run_main
+from genreclf.cli import EPILOG, add_conf, add_setting_flags, run_main
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,8 +29,7 @@ def parser() -> argparse.ArgumentParser:
                         "with [train] settings; fold bundles are kept and reused by a rerun)")
     p.add_argument("--seed", type=int, help="with --cv: seed of the folds (default [train] seed)")
     p.add_argument("--output", metavar="DIR", help="where reports go (default BUNDLE/evaluation)")
-    p.add_argument("--batch-size", type=int, metavar="WINDOWS",
-                   help="windows per model call (overrides [evaluate] batch_size)")
+    add_setting_flags(p, "evaluate", ["batch_size"], metavars={"batch_size": "WINDOWS"})
     p.add_argument("--no-calibration", dest="calibrate", action="store_false",
                    help="ignore the bundle's temperature: the reference's plain mean of window softmaxes")
     add_conf(p)
@@ -46,15 +45,14 @@ def evaluate(args, settings):
         from genreclf.crossval import run_crossval
 
         overrides = {} if args.calibrate else {"calibration": "none"}
-        run_crossval(args.features, args.output, args.cv, settings=settings, seed=args.seed,
-                     batch_size=args.batch_size, **overrides)
+        run_crossval(args.features, args.output, args.cv, settings=settings, seed=args.seed, **overrides)
         return
     if not args.model:
         raise ConfigError("give --model BUNDLE to evaluate a bundle, or --cv K to cross-validate")
     from genreclf.evaluate import run_evaluate
 
-    run_evaluate(args.model, args.features, output=args.output, split=args.split, batch_size=args.batch_size,
-                 calibrate=args.calibrate, settings=settings)
+    run_evaluate(args.model, args.features, output=args.output, split=args.split, calibrate=args.calibrate,
+                 settings=settings)
 
 
 def main(argv=None) -> int:

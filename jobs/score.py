@@ -11,12 +11,8 @@ from genreclf.cli import run_main, score_parser
 
 
 def score(args, settings, spark):
-    import dataclasses
-
     from genreclf.score import run_score
 
-    if args.precision:
-        settings = dataclasses.replace(settings, score=dataclasses.replace(settings.score, precision=args.precision))
     run_score(spark, args.model, args.output, inputs=args.input, features=args.features, csv=args.csv,
               overwrite=args.overwrite, incremental=args.incremental, settings=settings,
               calibrate=args.calibrate, break_lock=args.break_lock)

@@ -9,7 +9,7 @@ import subprocess
 import time
 import urllib.request
 
-from tests import hostenv
+from tests import hostenv, submit
 
 
 def free_port() -> int:
@@ -58,8 +58,9 @@ class StandaloneCluster:
                 f"-Dspark.worker.resource.gpu.discoveryScript={script}")
 
     def _launch(self, name, *args):
-        env = hostenv.launch_env(SPARK_HOME=self.home, SPARK_LOCAL_IP="127.0.0.1",
-                   SPARK_LOG_DIR=self.workdir, SPARK_WORKER_DIR=os.path.join(self.workdir, "work"))
+        env = hostenv.launch_env(SPARK_HOME=self.home, SPARK_LOCAL_IP="127.0.0.1", SPARK_DAEMON_JAVA_OPTS=" ".join(
+            filter(None, [os.environ.get("SPARK_DAEMON_JAVA_OPTS"), submit.JVM_OPTIONS])),
+                                 SPARK_LOG_DIR=self.workdir, SPARK_WORKER_DIR=os.path.join(self.workdir, "work"))
         if self.gpus and name.startswith("worker"):
             env["SPARK_WORKER_OPTS"] = " ".join(filter(None, [env.get("SPARK_WORKER_OPTS"), self._gpu_options()]))
         log = open(os.path.join(self.workdir, f"{name}.log"), "w")

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.cluster
 
 # Executors sized to the small workers: 1 core and 1 GB each.
 SMALL = ["--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1",
-         "--conf", "spark.driver.memory=1g", "--conf", "spark.python.worker.memory=256m"]
+         "--conf", "spark.driver.memory=1g", "--conf", "spark.python.worker.memory=256m",
+         "--conf", f"spark.executor.extraJavaOptions={spark_submit.JVM_OPTIONS}"]
 # Scores compared across runs within 1e-6 are computed in float32 on every CPU (auto may be bfloat16).
 FLOAT32 = ("--precision", "float32")
 

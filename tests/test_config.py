@@ -186,12 +186,19 @@ def test_an_output_that_cannot_be_written_is_refused_before_spark_starts(tmp_pat
 
 
 def test_every_train_setting_has_its_flag_and_no_job_argument_shares_a_settings_name():
-    """Was: a [train] setting named ``model`` took train's --model (the bundle path) as its value."""
-    from jobs.train import TRAIN_FLAGS, parser
+    """Was: a [train] setting named ``model`` took train's --model (the bundle path) as its value.
+    Each setting's flag sets that setting alone, and its help is the setting's comment in config."""
+    from genreclf.cli import setting_values
+    from genreclf.config import TrainSettings, field_docs
+    from jobs.train import TRAIN_KEYS, parser
 
-    dests = {a.dest for a in parser()._actions}
-    job_arguments = {"features", "model", "overwrite", "break_lock", "conf", "help", "verbose"}
-    assert set(TRAIN_FLAGS) <= dests and not set(TRAIN_FLAGS) & job_arguments
+    flags = {option: a for a in parser()._actions for option in a.option_strings}
+    for key in TRAIN_KEYS:
+        flag = flags[f"--{key.replace('_', '-')}"]
+        assert flag.dest == f"setting:train:{key}" and flag.help.startswith(field_docs(TrainSettings)[key]), key
+    args = parser().parse_args(["--features", "f", "--model", "m", "--batch-size", "7", "--no-calibration"])
+    assert (args.features, args.model) == ("f", "m")
+    assert setting_values(args) == {"train": {"batch_size": 7, "calibration": "none"}}
 
 
 @pytest.mark.parametrize("job,where", [("featurize", "input"), ("featurize", "output"), ("featurize", "catalogue"),
