@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from genreclf.audio.synth import encode, synthesize
-from tests import hostenv
+from tests import hostenv, submit
 from tests.corpus import LABELLED_TRAINING
 
 hostenv.pin_test_process()
@@ -61,6 +61,7 @@ def spark(tmp_path_factory):
     with hostenv.launching():  # the JVM and its Python workers: the environment the suite started with
         session = (SparkSession.builder.master("local[2]").appName("genreclf-tests")
                    .config("spark.driver.memory", "2g")
+                   .config("spark.driver.extraJavaOptions", submit.JVM_OPTIONS)
                    .config("spark.sql.execution.arrow.maxRecordsPerBatch", "32")
                    .config("spark.sql.shuffle.partitions", "4")
                    .config("spark.ui.enabled", "false")
