@@ -5,9 +5,11 @@
 """
 
 import argparse
+import dataclasses
 import sys
 
 from genreclf.cli import add_break_lock, add_conf, add_setting_flags, run_main
+from genreclf.config import TrainSettings
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,16 +41,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_keys() -> tuple:
-    import dataclasses
-
-    from genreclf.config import TrainSettings
-
-    return tuple(f.name for f in dataclasses.fields(TrainSettings))
-
-
 #: Every [train] key has its flag (--KEY); run_main lays them over the settings.
-TRAIN_KEYS = _train_keys()
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 
 
 def train(args, settings):

@@ -60,9 +60,8 @@ class FeatureSet:
     reads the commit record; ``recipe``, :meth:`tracks` and :meth:`windows` come from them."""
 
     def __init__(self, location: str):
-        self.location = storage.to_location(location)  # what messages name
-        self.url = storage.to_url(location)
-        self.fs, self.base = storage.filesystem(self.url)  # the one resolution of the location
+        root = storage.Location.open(location)  # the one resolution of the location
+        self.location, self.url, self.fs, self.base = root.location, root.url, root.fs, root.path
         self.windows_url = storage.join(self.url, WINDOWS_DIR)
         self.record = self._read_record()  # {"files", "recipe", "run_id"}, None before the first commit
         self._checked = None  # the tracks table once checked: cross-validation's folds each ask for it

@@ -98,10 +98,9 @@ class ScoreOutput:
                 self.root.child(name).delete()
         return self.run_dir(run_id)
 
-    def remove_uncommitted(self) -> int:
-        """Delete run directories no commit names (killed or failed runs; the caller holds the lock)
-        and staging directories of earlier versions; returns how many."""
-        record = self.committed()
+    def remove_uncommitted(self, record: dict | None) -> int:
+        """Delete run directories the commit ``record`` (:meth:`committed`) does not name (killed or
+        failed runs; the caller holds the lock) and staging directories of earlier versions; returns how many."""
         current = record["run"] if record else None
         stale = [e for e in self.root.list() if e.type == pa.fs.FileType.Directory and (
             (e.base_name.startswith(RUN_PREFIX) and e.base_name != current)

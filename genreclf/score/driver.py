@@ -302,8 +302,8 @@ def _score_locked(spark, job: _Job, bundle, run_id, inputs, features, incrementa
     staging = directory.child(SCORES_DIR)
     writer = CompactWriter(staging, job.run)
     try:
-        out.remove_uncommitted()
         record = out.committed()
+        out.remove_uncommitted(record)
         base = (record or {}).get("run_id", "")
         if features:
             tracks = features.tracks(check=True)

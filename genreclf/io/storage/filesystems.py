@@ -102,9 +102,7 @@ def delete(location: str) -> None:
 
 def delete_files(location: str, paths) -> None:
     """Delete files given as paths within the filesystem of ``location``."""
-    fs, _ = filesystem(location)
-    for path in paths:
-        _delete(fs, path, pafs.FileType.File)
+    Location.open(location).delete_files(paths)
 
 
 def _delete(fs, path: str, kind=None) -> None:
@@ -126,14 +124,14 @@ def _move(fs, src: str, dst: str) -> None:
 
 def list_dir(location: str) -> list:
     """FileInfos directly in a directory (none when it does not exist)."""
-    fs, path = filesystem(location)
-    return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return Location.open(location).list()
 
 
 class Location:
     """A user location opened once: its URL, its filesystem and its path there, resolved here and
     then asked for its parts (:meth:`child`) and single steps, never resolved again by the caller.
-    What the on-disk formats' handles (a score output, a featurize output) are built on."""
+    What the on-disk formats' handles (:class:`~genreclf.formats.scoreoutput.ScoreOutput`,
+    :class:`~genreclf.formats.featureset.FeatureSet`) are built on."""
 
     __slots__ = ("url", "fs", "path")
 
