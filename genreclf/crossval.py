@@ -19,7 +19,7 @@ import pandas as pd
 
 from genreclf.config import Settings, load_settings, override
 from genreclf.errors import ConfigError
-from genreclf.formats.bundle import SPLIT_FILE, load_bundle_info, load_model, read_json, write_json
+from genreclf.formats.bundle import SPLIT_FILE, Bundle, read_json, write_json
 from genreclf.formats.featureset import FeatureSet, Windows
 from genreclf.io import storage, tracking
 from genreclf.ml.calibration import fit_temperatures, track_probabilities
@@ -75,10 +75,10 @@ def _fold_bundle(fold_dir: str, features: FeatureSet, test_ids: list, settings: 
     return bundle
 
 
-def _temperatures(model, bundle: str, windows: Windows, recipe, labels: list, batch_size: int, workers: int) -> dict:
+def _temperatures(model, bundle: Bundle, windows: Windows, recipe, labels: list, batch_size: int, workers: int) -> dict:
     """Each mode's temperature fitted on the fold bundle's validation tracks (split.json), as train
     does, by this code: a rerun re-reports reused bundles with the current calibration."""
-    val = read_json(os.path.join(bundle, SPLIT_FILE))["val"]
+    val = bundle.read_json(SPLIT_FILE)["val"]
     if not val:
         return {"track": 1.0, "window": 1.0}
     ids, window_labels, probs = predict_windows(model, WindowSet(windows, recipe, track_ids=val, labels=labels),
@@ -100,10 +100,10 @@ def _run_fold(i, fold_dir, features, windows, test_ids, settings, labels, overri
     Returns (its rows of the per-fold table, {variant: track probabilities}, the test tracks' labels)."""
     import keras
 
-    bundle = _fold_bundle(fold_dir, features, test_ids, settings, labels, overrides, recipe)
-    info = load_bundle_info(bundle)
+    bundle = Bundle.open(_fold_bundle(fold_dir, features, test_ids, settings, labels, overrides, recipe))
+    info = bundle.info
     keras.backend.clear_session()
-    model = load_model(bundle, len(info["labels"]))
+    model = bundle.model()
     test = WindowSet(windows, recipe, track_ids=test_ids, labels=labels)
     ids, window_labels, probs = predict_windows(model, test, batch_size=batch_size, workers=workers)
     codes, _, y_tracks = track_codes(ids, window_labels, labels)

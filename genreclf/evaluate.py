@@ -8,7 +8,7 @@ import time
 
 from genreclf.config import Settings, load_settings, override
 from genreclf.errors import ConfigError
-from genreclf.formats.bundle import SPLIT_FILE, calibration_of, check_recipe, load_bundle_info, load_model, read_json
+from genreclf.formats.bundle import SPLIT_FILE, Bundle
 from genreclf.formats.featureset import FeatureSet
 from genreclf.io import storage, tracking
 from genreclf.ml.pipeline import WindowSet
@@ -34,28 +34,28 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
         if not output:
             raise ConfigError(f"--model {bundle_dir} is read-only: give --output DIR for the reports")
         bundle_dir = tracking.fetch_model(bundle_dir, settings.mlflow)
-    info = load_bundle_info(bundle_dir)
+    bundle = Bundle.open(bundle_dir, named=named)
     features = FeatureSet.open(features)
     recipe = features.recipe
-    check_recipe(info, recipe, features.location)
-    labels = info["labels"]
+    bundle.check_recipe(recipe, features.location)
+    labels = bundle.labels
     tracks = usable_tracks(features.tracks(check=True), labels)
     if split == "val":
-        split_path = storage.join(bundle_dir, SPLIT_FILE)
-        if not storage.is_file(split_path):
-            raise ConfigError(f"{bundle_dir} records no validation split; use --split all")
-        tracks = tracks[tracks["track_id"].isin(read_json(split_path)["val"])]
+        recorded = bundle.read_json(SPLIT_FILE)
+        if recorded is None:
+            raise ConfigError(f"{named} records no validation split; use --split all")
+        tracks = tracks[tracks["track_id"].isin(recorded["val"])]
     if tracks.empty:
         raise ConfigError(f"no labelled ok tracks to evaluate in {features.location} (split {split})")
     configure_tensorflow(training=False)
-    model = load_model(bundle_dir, len(labels))
+    model = bundle.model()
     started = time.time()
     windows = WindowSet(features.windows(), recipe, track_ids=tracks["track_id"], labels=labels)
     features.check_window_counts(tracks, windows.window_counts())
     ids, window_labels, probs = predict_windows(model, windows, batch_size=batch_size, workers=workers)
-    report = calibrated_report(ids, window_labels, probs, labels, *calibration_of(info, calibrate))
+    report = calibrated_report(ids, window_labels, probs, labels, *bundle.calibration(calibrate))
     report.update(split=split, features=features.url, elapsed_s=round(time.time() - started, 2))
-    out = output or storage.join(bundle_dir, "evaluation")
+    out = storage.Location.open(output) if output else bundle.root.child("evaluation")
     with storage.local_output(out) as local:
         write_reports(local, report, labels)
         with tracking.start(settings.mlflow, f"evaluate {storage.basename(named)}", tags={"genreclf.job": "evaluate"}
@@ -65,5 +65,5 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
             tracker.artifacts([os.path.join(local, name) for name in sorted(os.listdir(local))], "evaluation")
     for line in format_report(report).splitlines():
         log.info("evaluate %s", line)
-    log.info("evaluate: reports in %s", out)
+    log.info("evaluate: reports in %s", out.location)
     return report

@@ -296,10 +296,11 @@ def test_incremental_scores_only_new_and_changed_files(spark, trained, corpus, t
     for tid in ("techno0.mp3", "ambient2.mp3", "broken.mp3"):
         pd.testing.assert_series_equal(after.loc[tid], before.loc[tid])
 
-    places = resolutions(monkeypatch, out)
+    places, bundle_places = resolutions(monkeypatch, out, bundle)
     rerun = _incremental(spark, bundle, out, audio)
     monkeypatch.undo()
-    assert 1 <= len(places) <= 2, sorted(places)  # the output's handle (seen: the spy works); was one per step
+    assert 1 <= len(places) <= 2, sorted(places)  # the output's handle and its lock (seen: the spy works); was 8
+    assert 1 <= len(bundle_places) <= 2, sorted(bundle_places)  # the bundle's handle; was 3
     assert (rerun["kept"], rerun["scored"], rerun["dropped"]) == (n_files, 0, 0)
     pd.testing.assert_frame_equal(read_scores(str(out)).set_index("track_id"), after)
     assert not [d for d in os.listdir(out) if d.startswith(".") or d == "_genreclf.lock"]  # no staging or lock left

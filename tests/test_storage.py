@@ -53,3 +53,21 @@ def test_an_object_store_directory_is_replaced_new_objects_first(s3):
         assert not storage.exists("s3://replace/.bundle.x.tmp/a")
     finally:
         storage.configure({"endpoint_url": ""})
+
+
+@pytest.mark.pure
+def test_an_opened_location_goes_where_its_string_goes_and_is_not_resolved_again(tmp_path, monkeypatch):
+    """A Location is its URL as a string; the storage functions use its filesystem as it is, and
+    another process resolves it afresh (a filesystem need not pickle)."""
+    import pickle
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("x")
+    root = storage.Location.open(str(tmp_path / "d"))
+    assert root == storage.to_url(str(tmp_path / "d")) and root.location == str(tmp_path / "d")
+    monkeypatch.setattr(storage.filesystems, "to_url", lambda *_: pytest.fail("resolved again"))
+    assert storage.read_text(root.child("a.txt")) == "x" and storage.is_dir(root)
+    assert storage.filesystem(root.child("a.txt")) == (root.fs, root.path + "/a.txt")
+    monkeypatch.undo()
+    again = pickle.loads(pickle.dumps(root.child("a.txt")))
+    assert isinstance(again, storage.Location) and again.path == root.path + "/a.txt"

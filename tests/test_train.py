@@ -150,11 +150,16 @@ def test_reloaded_model_predicts_identically_in_a_fresh_process(bundle, tmp_path
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), here)
 
 
-def test_evaluate_job_agrees_with_training_report(bundle, tiny_features, tmp_path):
+def test_evaluate_job_agrees_with_training_report(bundle, tiny_features, tmp_path, monkeypatch):
+    """evaluate's numbers are train's; on its way the bundle and the features are each opened once."""
     from genreclf.evaluate import run_evaluate
 
     out, report = bundle
+    bundle_places, feature_places = resolutions(monkeypatch, out, tiny_features)
     again = run_evaluate(str(out), str(tiny_features), output=str(tmp_path / "eval"))
+    monkeypatch.undo()
+    assert sorted(bundle_places) == ["genreclf/formats/bundle.py:open"]  # was 4: info, split, model, reports
+    assert sorted(feature_places) == ["genreclf/formats/featureset.py:__init__"]
     assert again["tracks"]["accuracy"] == pytest.approx(report["tracks"]["accuracy"])
     assert again["windows"]["log_loss"] == pytest.approx(report["windows"]["log_loss"], rel=1e-4)
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()

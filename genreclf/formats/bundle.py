@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -54,18 +55,91 @@ def write_training_record(directory: str, *, labels: list, recipe: Recipe, histo
         temperatures_fitted=temperatures, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **facts))
 
 
+class Bundle:
+    """A model bundle opened once: its location resolved, ``bundle.json`` read and checked; then
+    asked for its labels, recipe, calibration, files, local copy (fetched once) and model.
+    ``named``: what messages call it (the user's ``models:/...`` URI when this is its fetched copy)."""
+
+    def __init__(self, root: storage.Location, info: dict, named: str):
+        self.root, self.info, self.named = root, info, named
+        self._local = None
+
+    @classmethod
+    def open(cls, location, *, named: str | None = None) -> "Bundle":
+        """The bundle at ``location`` (a local path or URL), with a clear error when it is not one."""
+        if isinstance(location, Bundle):
+            return location
+        root = storage.Location.open(location)
+        named = named or (root.location if isinstance(location, storage.Location) else location)
+        return cls(root, _read_info(root, named), named)
+
+    @property
+    def labels(self) -> list:
+        return self.info["labels"]
+
+    @property
+    def genre_labels(self) -> list | None:
+        """A tagger's genre tags (``genre`` is the top of these); None for a genre model."""
+        return self.info.get("genre_labels")
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe.from_dict(self.info["recipe"])
+
+    def calibration(self, enabled: bool = True) -> tuple:
+        return calibration_of(self.info, enabled)
+
+    def check_recipe(self, recipe: Recipe, where: str) -> None:
+        check_recipe(self.info, recipe, where)
+
+    def read_json(self, name: str):
+        """One of the bundle's JSON files (``split.json``, ``metrics.json``...); None when absent."""
+        try:
+            return read_json(self.root.child(name))
+        except FileNotFoundError:
+            return None
+
+    def local(self, every_file: bool = False) -> str:
+        """A local directory holding the bundle's model.keras and bundle.json (``every_file``: all its
+        files): the bundle itself when local, else a copy fetched once (storage.fetch_dir)."""
+        if every_file:
+            return storage.fetch_dir(self.root)
+        if self._local is None:
+            self._local = storage.fetch_dir(self.root, names={MODEL_FILE, BUNDLE_FILE})
+        return self._local
+
+    def digest(self) -> str:
+        """The content digest of model.keras and bundle.json: names a shipped copy and identifies the
+        model in a score output's run record."""
+        digest = hashlib.sha256()
+        for name in (MODEL_FILE, BUNDLE_FILE):
+            with open(os.path.join(self.local(), name), "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()[:16]
+
+    def model(self, check_labels: bool = True):
+        """The bundle's Keras model, checked to predict one class per label (``check_labels``)."""
+        return _keras_model(self.local(), len(self.labels) if check_labels else None, self.named)
+
+
 def load_bundle_info(bundle_dir: str) -> dict:
-    """bundle.json of a bundle directory (a local path or URL), with a clear error when it is not one."""
-    path = storage.join(bundle_dir, BUNDLE_FILE)
+    """bundle.json of a bundle directory (a local path or URL), checked (:meth:`Bundle.open`)."""
+    return Bundle.open(bundle_dir).info
+
+
+def _read_info(root: storage.Location, named: str) -> dict:
+    """bundle.json of the bundle at ``root``, checked: a clear error when it is not a bundle or is damaged."""
+    path = storage.join(named, BUNDLE_FILE)
     try:
-        found = storage.is_file(path) and storage.is_file(storage.join(bundle_dir, MODEL_FILE))
+        found = root.child(BUNDLE_FILE).is_file() and root.child(MODEL_FILE).is_file()
     except OSError as e:
-        raise ConfigError(f"model bundle {bundle_dir} cannot be reached: {storage.describe(e)}") from None
+        raise ConfigError(f"model bundle {named} cannot be reached: {storage.describe(e)}") from None
     if not found:
-        raise ConfigError(f"{bundle_dir} is not a genreclf model bundle (needs {BUNDLE_FILE} and {MODEL_FILE}); "
+        raise ConfigError(f"{named} is not a genreclf model bundle (needs {BUNDLE_FILE} and {MODEL_FILE}); "
                           "make one with ./spark-submit.sh train")
     try:
-        info = read_json(path)
+        info = read_json(root.child(BUNDLE_FILE))
     except ValueError as e:
         raise _damaged(path, f"is not valid JSON ({str(e).splitlines()[0][:80]})") from None
     labels = info.get("labels") if isinstance(info, dict) else None
@@ -102,16 +176,20 @@ def calibration_of(info: dict, enabled: bool = True) -> tuple:
     return info["calibration"], float(info.get("temperature", 1.0))
 
 
-def load_model(bundle_dir: str, n_labels: int | None = None, *, named: str | None = None):
-    """The bundle's Keras model (checked to predict ``n_labels`` classes when given); a remote bundle is
-    fetched to a local cache once (storage.fetch_dir). A damaged model.keras is one DamagedInputError
-    (naming the bundle as ``named``, when ``bundle_dir`` is a local copy)."""
+def load_model(bundle_dir: str, n_labels: int | None = None):
+    """The Keras model of the bundle at ``bundle_dir`` (checked to predict ``n_labels`` classes when
+    given), without reading its bundle.json (:meth:`Bundle.model` for an opened bundle)."""
+    return _keras_model(storage.fetch_dir(bundle_dir, names={MODEL_FILE, BUNDLE_FILE}), n_labels, bundle_dir)
+
+
+def _keras_model(local: str, n_labels: int | None, named: str):
+    """model.keras of the local bundle directory ``local``; a damaged one is one DamagedInputError
+    naming the bundle as ``named`` (where the user's bundle is, when ``local`` is its copy)."""
     import zipfile
 
     import keras
 
-    local = storage.fetch_dir(bundle_dir, names={MODEL_FILE, BUNDLE_FILE})
-    path, named = os.path.join(local, MODEL_FILE), storage.join(named or bundle_dir, MODEL_FILE)
+    path, named = os.path.join(local, MODEL_FILE), storage.join(named, MODEL_FILE)
     if not zipfile.is_zipfile(path):
         raise _damaged(named, "is truncated or not a Keras archive")
     try:

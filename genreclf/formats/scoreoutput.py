@@ -49,7 +49,7 @@ class ScoreOutput:
         earlier version (``DIR/scores`` beside ``DIR/labels.json``) reads as run ``""``."""
         current = self.root.child(CURRENT_FILE)
         try:
-            return json.loads(storage.read_text(current.url))
+            return json.loads(storage.read_text(current))
         except FileNotFoundError:
             return {"run": "", "run_id": ""} if self.root.child(SCORES_DIR).exists() else None
         except ValueError:
@@ -90,7 +90,7 @@ class ScoreOutput:
         previous = self.committed()
         record = {"run": RUN_PREFIX + run_id, "run_id": run_id, "rows": rows, "labels": labels,
                   "submission": submission, "committed": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        storage.write_text(self.root.child(CURRENT_FILE).url, json.dumps(record, indent=2))
+        storage.write_text(self.root.child(CURRENT_FILE), json.dumps(record, indent=2))
         if previous is not None and previous["run"]:
             self.root.child(previous["run"]).delete()
         elif previous is not None:
@@ -108,7 +108,7 @@ class ScoreOutput:
         for entry in stale:
             self.root.child(entry.base_name).delete()
             log.info("score: removed %s of an interrupted run (never committed)", entry.base_name)
-        partial = storage.partial_files(self.url)  # a killed writer's hidden partial commit record
+        partial = storage.partial_files(self.root)  # a killed writer's hidden partial commit record
         self.root.delete_files(partial)
         return len(stale) + len(partial)
 

@@ -174,7 +174,7 @@ class CompactWriter:
         if self._writer is not None and self._file_bytes + table.nbytes > MAX_SCORE_FILE_MB << 20:
             self._close_file()
         if self._writer is None:
-            location = self.staging.child(f"part-{self.files:05d}.parquet").url
+            location = self.staging.child(f"part-{self.files:05d}.parquet")
             self._context = storage.direct_output(location)
             self._out = self._context.__enter__()
             self._writer = pq.ParquetWriter(self._out, SCORES_SCHEMA.with_metadata(
@@ -225,7 +225,7 @@ def read_dir(location, columns: list | None = None) -> pd.DataFrame:
 
 
 def write_labels(directory: storage.Location, labels: list) -> None:
-    storage.write_direct(directory.child(LABELS_FILE).url, json.dumps(labels, indent=2).encode())
+    storage.write_direct(directory.child(LABELS_FILE), json.dumps(labels, indent=2).encode())
 
 
 def write_submission(scores: pd.DataFrame, labels: list, location: str) -> None:

@@ -47,7 +47,7 @@ def write_record(out, key: str, table: pa.Table, attempt: int, wrote: dict | Non
     """A task's record, written last (after the files it names): the task counts as finished from here."""
     meta = dict(table.schema.metadata or {})
     meta[WROTE_KEY] = json.dumps(wrote or {}).encode()
-    with storage.atomic_output(_dir(out).child(f"{key}.parquet").url, tag=f"attempt-{attempt}") as f:
+    with storage.atomic_output(_dir(out).child(f"{key}.parquet"), tag=f"attempt-{attempt}") as f:
         pq.write_table(table.replace_schema_metadata(meta), f)
 
 

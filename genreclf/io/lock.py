@@ -86,7 +86,8 @@ class OutputLock:
 
     def __init__(self, location: str, run_id: str, *, break_lock: bool = False, stale_after_s: float = 86400.0,
                  job: str = ""):
-        self.location = location
+        self.where = storage.Location.open(location)  # resolved once, for taking, reading and removing it
+        self.location = self.where.location  # what messages name
         self.holder = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
                        "pid_start": _process_start(os.getpid()), "started": time.time(), "job": job}
         self.break_lock = break_lock
@@ -97,14 +98,14 @@ class OutputLock:
         payload = json.dumps(self.holder).encode()
         for _ in range(2):
             try:
-                created = storage.create_exclusive(self.location, payload)
+                created = storage.create_exclusive(self.where, payload)
             except OSError as e:
                 raise GenreclfError(f"cannot write to {storage.parent(self.location)}: {storage.describe(e)}") from None
             if created:
                 self.held = True
                 return self
             try:
-                other = json.loads(storage.read_text(self.location))
+                other = json.loads(storage.read_text(self.where))
             except (OSError, ValueError):
                 other = {}
             stale = stale_reason(other, self.stale_after_s)
@@ -119,7 +120,7 @@ class OutputLock:
             elif not self.break_lock:
                 raise LockedError(f"{self.location} is held by {who}, which looks gone ({stale}); "
                                   "rerun with --break-lock to take it over")
-            storage.delete(self.location)
+            storage.delete(self.where)
         raise LockedError(f"{self.location}: could not take the lock (another writer took it meanwhile)")
 
     def release(self) -> None:
@@ -127,7 +128,7 @@ class OutputLock:
         if self.held:
             self.held = False
             try:
-                storage.delete(self.location)
+                storage.delete(self.where)
             except OSError as e:
                 log.warning("could not remove the lock %s: %s", self.location, storage.describe(e))
 

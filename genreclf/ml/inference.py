@@ -130,7 +130,7 @@ def cast_model(model, precision: str):
 def load(bundle_dir: str, precision: str, threads: int):
     """(bundle info, model ready to predict, the precision it computes) for one worker process."""
     assigned, onednn = task_gpus(), prepare_process(precision)
-    from genreclf.formats.bundle import load_bundle_info, load_model
+    from genreclf.formats.bundle import Bundle
     from genreclf.ml.tfsetup import configure_tensorflow, onednn_enabled
 
     tf = configure_tensorflow(training=False, threads=threads, onednn=onednn)
@@ -139,9 +139,10 @@ def load(bundle_dir: str, precision: str, threads: int):
     if assigned and not gpus:
         log.warning("Spark gave this task GPU %s but TensorFlow sees none: computing on the CPU", ",".join(assigned))
     computed = resolve(precision, bool(gpus), capability, cpu_bf16=cpu_has_bf16() and onednn_enabled())
-    model = cast_model(load_model(bundle_dir), computed)
+    bundle = Bundle.open(bundle_dir)
+    model = cast_model(bundle.model(), computed)
     log.info("score model %s: %s, oneDNN %s", bundle_dir, computed, os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
-    return load_bundle_info(bundle_dir), model, computed
+    return bundle.info, model, computed
 
 
 def excerpt(n_windows: int, max_windows: int | None) -> slice:

@@ -14,7 +14,6 @@ and ``submission.csv`` and commits the run by one atomic write of ``current.json
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -25,9 +24,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from genreclf.config import Recipe, Settings, load_settings
+from genreclf.config import Settings, load_settings
 from genreclf.errors import ConfigError, GenreclfError, OutputExistsError, Reason
-from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, calibration_of, check_recipe, load_bundle_info
+from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, Bundle
 from genreclf.formats import taskrecords
 from genreclf.formats.featureset import FeatureSet
 from genreclf.formats.schema import STATUS_ERROR, STATUS_OK, summarize
@@ -69,17 +68,6 @@ FEATURES_TASK_BYTES = 1 << 30
 #: What each score task returns to the driver: its record's row count (the rows themselves are
 #: written), or the error that stops the run (a full disk, a bucket gone: StorageError).
 TASK_SCHEMA = "task string, rows long, error string"
-
-
-def bundle_digest(bundle_dir: str) -> str:
-    """A local bundle's content digest (model.keras and bundle.json): names the shipped archive and
-    identifies the model in the score output's run record."""
-    digest = hashlib.sha256()
-    for name in (MODEL_FILE, BUNDLE_FILE):
-        with open(os.path.join(bundle_dir, name), "rb") as f:  # a local copy (storage.fetch_dir)
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def ship_bundle(sc, bundle_dir: str, digest: str) -> tuple:
@@ -175,19 +163,17 @@ def _unscored(tracks, scored_ids: set) -> list:
             for t in tracks.itertuples(index=False) if t.track_id not in scored_ids]
 
 
-def _check_model(local_bundle: str, bundle: str, n_labels: int, digest: str) -> None:
+def _check_model(bundle: Bundle, digest: str) -> None:
     """Load the model once on the driver before any task: a damaged or mismatched model.keras is one
     clear error here, not a traceback from every executor. A bundle content (``digest``) that loaded
     once is not loaded again: a rerun's driver needs no TensorFlow (~3.5 s and ~400 MB saved)."""
-    from genreclf.formats.bundle import load_model
-
-    marker = os.path.join(tempfile.gettempdir(), f"genreclf-checked-{os.getuid()}", f"{digest}-{n_labels}")
+    marker = os.path.join(tempfile.gettempdir(), f"genreclf-checked-{os.getuid()}", f"{digest}-{len(bundle.labels)}")
     if os.path.exists(marker):
         return
     from genreclf.ml.tfsetup import configure_tensorflow
 
     configure_tensorflow(training=False)
-    load_model(local_bundle, n_labels, named=bundle)
+    bundle.model()
     os.makedirs(os.path.dirname(marker), exist_ok=True)
     open(marker, "w").close()
 
@@ -206,12 +192,9 @@ def _check_precision(spark, precision: str) -> None:
 class _Job:
     """What the driver knows of a score run before it takes the output's lock."""
 
-    labels: list
-    genre_labels: list | None  # a tagger's genre tags: ``genre`` is the top of these
-    recipe: Recipe
+    bundle: Bundle  # the model bundle, opened once (its local copy fetched once)
     calibration: tuple  # (mode, temperature)
     out: ScoreOutput  # the output, opened once
-    local_bundle: str
     digest: str
     run: dict  # what makes two runs' numbers comparable: --incremental keeps rows only of an equal record
     features: FeatureSet | None  # score --features: the featurize output, opened once
@@ -234,7 +217,7 @@ def run_score(spark, bundle: str, output: str, *, inputs: list | None = None, fe
     run_id = new_run_id()
     lock = job.out.lock(run_id, break_lock=break_lock, stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
-        rows, n_inputs, plan = _score_locked(spark, job, bundle, run_id, inputs, job.features, incremental, csv,
+        rows, n_inputs, plan = _score_locked(spark, job, run_id, inputs, job.features, incremental, csv,
                                              settings)
     finally:
         lock.release()
@@ -261,20 +244,21 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
     storage.refuse_credentials(bundle, output, features, *(inputs or ()))  # before any fetch or listing
     storage.configure(settings.storage.to_dict())
     _check_precision(spark, settings.score.precision)
+    named = bundle
     if pretrained.is_pretrained(bundle):  # a tagger of ours: its bundle made here, shipped as any other
         bundle = pretrained.tagger_bundle(bundle)
     elif tracking.is_model_uri(bundle):  # models:/NAME/VERSION, runs:/ID/model: the bundle inside, fetched once
         bundle = tracking.fetch_model(bundle, settings.mlflow)
-    info = load_bundle_info(bundle)
-    calibration = calibration_of(info, calibrate)
+    bundle = Bundle.open(bundle, named=named)
+    calibration = bundle.calibration(calibrate)
     if calibration[0] != "none":
         log.info("score: calibrated with temperature %.3f per %s (--no-calibration: the plain mean)",
                  calibration[1], calibration[0])
     features = FeatureSet.open(features) if features else None
     if features:
-        check_recipe(info, features.recipe, features.location)
+        bundle.check_recipe(features.recipe, features.location)
     out = ScoreOutput.open(output)
-    if out.url in {storage.to_url(bundle), features.url if features else None}:
+    if out.url in {bundle.root.url, features.url if features else None}:
         raise ConfigError(f"--output {output} is the job's own input: write scores to another directory")
     foreign = out.foreign_entries()
     if foreign:
@@ -283,15 +267,13 @@ def _prepare(spark, bundle, output, inputs, features, overwrite, incremental, se
     if out.committed() is not None and not (overwrite or incremental):
         raise OutputExistsError(f"{out.url} holds scores; pass --overwrite to replace them or --incremental to "
                                 "score only new and changed files")
-    local_bundle = storage.fetch_dir(bundle, names={MODEL_FILE, BUNDLE_FILE})
-    digest = bundle_digest(local_bundle)
+    digest = bundle.digest()
     run = {"bundle": digest, "precision": settings.score.precision, "calibration": list(calibration),
            "max_windows": settings.score.max_windows, "max_duration_s": settings.featurize.max_duration_s}
-    return _Job(info["labels"], info.get("genre_labels"), Recipe.from_dict(info["recipe"]), calibration, out,
-                local_bundle, digest, run, features)
+    return _Job(bundle, calibration, out, digest, run, features)
 
 
-def _score_locked(spark, job: _Job, bundle, run_id, inputs, features, incremental, csv, settings) -> tuple:
+def _score_locked(spark, job: _Job, run_id, inputs, features, incremental, csv, settings) -> tuple:
     """The run, under the output's lock: plan the tasks, keep those an interrupted run of the same
     plan finished, score the rest (each task writes its record), compact every row (kept, the
     driver's, the records') into the run's directory, check one row per input, write labels (and
@@ -342,27 +324,27 @@ def _score_locked(spark, job: _Job, bundle, run_id, inputs, features, incrementa
         killpoints.arm(out.root.path)  # the crash tests' kill points: this run's own steps
         todo = [i for i, k in enumerate(tasks.keys) if k not in finished]
         if todo:
-            _check_model(job.local_bundle, bundle, len(job.labels), job.digest)  # only when tasks run
-            name, shipped = ship_bundle(spark.sparkContext, job.local_bundle, job.digest)
-            options = _task_options(job.recipe, settings, job.calibration, out.url, job.run)
+            _check_model(job.bundle, job.digest)  # only when tasks run
+            name, shipped = ship_bundle(spark.sparkContext, job.bundle.local(), job.digest)
+            options = _task_options(job.bundle.recipe, settings, job.calibration, out.url, job.run)
             killpoints.note("tasks", out.root.path)  # they write task records
             run_tasks(tasks.frame(spark, name, options, todo),
                       f"score: {len(to_score)} of {n_inputs} files in {len(todo)} tasks (of {len(tasks.keys)})", "score")
-        writer.add(score_table(driver_rows, job.labels, job.run, job.genre_labels))
+        writer.add(score_table(driver_rows, job.bundle.labels, job.run, job.bundle.genre_labels))
         for _, table, _ in taskrecords.read_records(out.root, tasks.keys, SCORES_SCHEMA):
             writer.add(table)
         if features:  # ok tracks no task found windows for
-            writer.add(score_table(_unscored(to_score, set(writer.rows()["track_id"])), job.labels, job.run,
-                                   job.genre_labels))
+            writer.add(score_table(_unscored(to_score, set(writer.rows()["track_id"])), job.bundle.labels, job.run,
+                                   job.bundle.genre_labels))
         written = writer.close()
         if len(written) != n_inputs or written["track_id"].nunique() != n_inputs:
             raise GenreclfError(f"internal error: {n_inputs} inputs but {len(written)} score rows "
                                 f"({written['track_id'].nunique()} distinct); nothing was replaced")
-        write_labels(directory, job.labels)
+        write_labels(directory, job.bundle.labels)
         if csv:
             write_submission(read_dir(staging, columns=["track_id", "path", "status", "probability_vector"]),
-                             job.labels, directory.child(SUBMISSION_FILE).url)
-        out.commit(run_id, job.labels, len(written), csv)
+                             job.bundle.labels, directory.child(SUBMISSION_FILE))
+        out.commit(run_id, job.bundle.labels, len(written), csv)
         done = True
         taskrecords.remove_all(out.root)
         plan.files = writer.files

@@ -57,29 +57,29 @@ def run_train(features: str | FeatureSet, model_out: str, *, overwrite: bool = F
     storage.configure(settings.storage.to_dict())
     features = features if isinstance(features, FeatureSet) else FeatureSet.open(features)
     cfg = override(settings, "train", **overrides).train
-    if storage.exists(model_out):
+    out = storage.Location.open(model_out)  # the bundle's location, resolved once: passed down as it is
+    if out.exists():
         if not overwrite:
-            raise OutputExistsError(f"{model_out} already exists; pass --overwrite to replace it")
-        if storage.is_file(model_out) or (storage.list_dir(model_out)
-                                          and not storage.exists(storage.join(model_out, BUNDLE_FILE))):
-            raise OutputExistsError(f"{model_out} is not a model bundle (no {BUNDLE_FILE}); --overwrite replaces "
+            raise OutputExistsError(f"{out.location} already exists; pass --overwrite to replace it")
+        if out.is_file() or (out.list() and not out.child(BUNDLE_FILE).exists()):
+            raise OutputExistsError(f"{out.location} is not a model bundle (no {BUNDLE_FILE}); --overwrite replaces "
                                     "only a bundle: choose another --model directory")
     if register and not settings.mlflow.uri():
         raise ConfigError("--register needs MLflow tracking: set [mlflow] tracking_uri or MLFLOW_TRACKING_URI")
-    lock = OutputLock(storage.sibling(model_out, "lock"), new_run_id(), job="train",
+    lock = OutputLock(storage.sibling(out, "lock"), new_run_id(), job="train",
                       break_lock=break_lock, stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
-        with tracking.start(settings.mlflow, f"train {storage.basename(model_out)}", tags={"genreclf.job": "train"}
+        with tracking.start(settings.mlflow, f"train {storage.basename(out)}", tags={"genreclf.job": "train"}
                             ) as tracker:
-            _remove_dead_staging(model_out)
-            report = _train(features, model_out, settings, cfg, group_col, exclude_tracks, labels, resume)
-            log_training(tracker, model_out, settings, cfg, register, model=not exclude_tracks)
+            _remove_dead_staging(out)
+            report = _train(features, out, settings, cfg, group_col, exclude_tracks, labels, resume)
+            log_training(tracker, out, settings, cfg, register, model=not exclude_tracks)
         return report
     finally:
         lock.release()
 
 
-def _train(features: FeatureSet, model_out, settings, cfg, group_col, exclude_tracks, labels, resume=False) -> dict:
+def _train(features: FeatureSet, out: storage.Location, settings, cfg, group_col, exclude_tracks, labels, resume=False) -> dict:
     """run_train under the bundle's lock: split, fit, calibrate and report, then commit the bundle whole."""
     from genreclf.ml.tfsetup import configure_tensorflow
 
@@ -101,13 +101,13 @@ def _train(features: FeatureSet, model_out, settings, cfg, group_col, exclude_tr
              "%s reader, %d thread(s)", len(labels), len(train_ids), train_set.n_windows, len(val_ids),
              val_set.n_windows if val_set else 0, cfg.reader, workers)
 
-    where = checkpoint.location(model_out)
+    where = checkpoint.location(out)
     resumed = _checkpoints(where, resume, checkpoint.fingerprint(
         recipe, features.run_id, dataclasses.asdict(cfg), labels, val_ids,
         max(1, len(devices))))
     # The bundle is built in a local directory and committed whole at the end (storage.local_output):
     # a kill leaves the old bundle, never half of a new one.
-    with storage.local_output(model_out) as tmp:
+    with storage.local_output(out) as tmp:
         model, history, fit = fitter(cfg.network)(Fit(tmp, recipe, labels, train_set, val_set, cfg, workers, devices,
                                                       resumed))
         report, calibration, temperatures = _calibrate(tmp, model, val_set, labels, cfg, workers, features)
@@ -121,13 +121,13 @@ def _train(features: FeatureSet, model_out, settings, cfg, group_col, exclude_tr
             train_tracks=len(train_ids), val_tracks=len(val_ids), train_windows=train_set.n_windows,
             val_windows=val_set.n_windows if val_set else 0, **fit)
     storage.delete(where)  # the run is committed: its checkpoints are done with
-    log.info("train: bundle written to %s", model_out)
+    log.info("train: bundle written to %s", out.location)
     return report
 
 
-def _remove_dead_staging(model_out: str) -> None:
-    """Hidden bundle directories a killed run was building beside ``model_out`` (this run holds the lock)."""
-    for leftover in storage.staged_leftovers(model_out):
+def _remove_dead_staging(out: storage.Location) -> None:
+    """Hidden bundle directories a killed run was building beside ``out`` (this run holds the lock)."""
+    for leftover in storage.staged_leftovers(out):
         storage.delete(leftover)
         log.info("train: removed %s of an interrupted run", storage.basename(leftover))
 

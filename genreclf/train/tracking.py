@@ -7,11 +7,10 @@ import json
 import os
 
 from genreclf.config import Settings
-from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE
-from genreclf.io import storage
+from genreclf.formats.bundle import MODEL_FILE, Bundle
 
 
-def log_training(tracker, model_out: str, settings: Settings, cfg, register: str | None = None,
+def log_training(tracker, model_out, settings: Settings, cfg, register: str | None = None,
                  model: bool = True) -> None:
     """A committed bundle into an MLflow run: the recipe and [train] settings as params, each epoch's
     metrics (step = epoch), the validation metrics and temperature, the reports and plots as
@@ -19,9 +18,8 @@ def log_training(tracker, model_out: str, settings: Settings, cfg, register: str
     registered as ``register``."""
     if not tracker.active:
         return
-    local = storage.fetch_dir(model_out)
-    with open(os.path.join(local, BUNDLE_FILE)) as f:
-        info = json.load(f)
+    bundle = Bundle.open(model_out)
+    local, info = bundle.local(every_file=True), bundle.info
     tracker.params({"recipe": info["recipe"], "train": dataclasses.asdict(cfg), "features": info.get("trained_on"),
                     "labels": len(info["labels"]), "replicas": info.get("replicas", 1)})
     with open(os.path.join(local, "history.json")) as f:

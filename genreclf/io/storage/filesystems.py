@@ -29,7 +29,10 @@ def _s3():
 
 def filesystem(url: str):
     """(pyarrow FileSystem, path within it) for a location; filesystems are reused per process.
-    A location holding a credential is refused (:func:`refuse_credentials`)."""
+    A location holding a credential is refused (:func:`refuse_credentials`). An opened
+    :class:`Location` answers with its own (nothing resolved again)."""
+    if isinstance(url, Location):
+        return url.fs, url.path
     refuse_credentials(url)
     if not is_url(url):
         return _cached("local", "", lambda: pafs.LocalFileSystem()), os.path.abspath(os.path.expanduser(url))
@@ -127,16 +130,19 @@ def list_dir(location: str) -> list:
     return Location.open(location).list()
 
 
-class Location:
+class Location(str):
     """A user location opened once: its URL, its filesystem and its path there, resolved here and
     then asked for its parts (:meth:`child`) and single steps, never resolved again by the caller.
-    What the on-disk formats' handles (:class:`~genreclf.formats.scoreoutput.ScoreOutput`,
-    :class:`~genreclf.formats.featureset.FeatureSet`) are built on."""
+    It is its URL as a string, so it goes wherever a location string goes in this package, and
+    the storage functions given one use its filesystem as it is (:func:`filesystem`). What the
+    on-disk formats' handles (:class:`~genreclf.formats.scoreoutput.ScoreOutput`,
+    :class:`~genreclf.formats.featureset.FeatureSet`, :class:`~genreclf.formats.bundle.Bundle`)
+    are built on."""
 
-    __slots__ = ("url", "fs", "path")
-
-    def __init__(self, url: str, fs, path: str):
-        self.url, self.fs, self.path = url, fs, path
+    def __new__(cls, url: str, fs, path: str):
+        self = super().__new__(cls, url)
+        self.url, self.fs, self.path = str(url), fs, path
+        return self
 
     @classmethod
     def open(cls, location: str) -> "Location":
@@ -146,6 +152,9 @@ class Location:
         url = to_url(location)
         fs, path = filesystem(url)
         return cls(url, fs, path)
+
+    def __reduce__(self):  # to another process: resolved there (a filesystem may not pickle)
+        return Location.open, (self.url,)
 
     @property
     def location(self) -> str:
@@ -166,6 +175,9 @@ class Location:
     def exists(self) -> bool:
         return self.info().type != pafs.FileType.NotFound
 
+    def is_file(self) -> bool:
+        return self.info().type == pafs.FileType.File
+
     def list(self) -> list:
         """FileInfos directly in this directory (none when it does not exist)."""
         return self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
@@ -180,6 +192,3 @@ class Location:
 
     def __repr__(self) -> str:
         return f"Location({self.url!r})"
-
-    def __str__(self) -> str:
-        return self.url

@@ -87,7 +87,7 @@ def fetch_dir(location: str, names=None) -> str:
                and (names is None or e.base_name in names)]
     if not entries:
         raise FileNotFoundError(f"{location}: no files")
-    key = hashlib.sha1(repr([location] + sorted((e.base_name, e.size, e.mtime_ns) for e in entries)).encode())
+    key = hashlib.sha1(repr([str(location)] + sorted((e.base_name, e.size, e.mtime_ns) for e in entries)).encode())
     target = os.path.join(tempfile.gettempdir(), f"genreclf-fetched-{os.getuid()}", key.hexdigest()[:16])
     if not os.path.isdir(target):
         staged = f"{target}.{uuid.uuid4().hex[:6]}.tmp"
