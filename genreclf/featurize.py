@@ -112,50 +112,50 @@ def window_file_name(key: str) -> str:
     return f"part-{key}.parquet"
 
 
-def _prepare_output(out_url: str, recipe: Recipe, overwrite: bool, incremental: bool):
+def _prepare_output(out: storage.Location, recipe: Recipe, overwrite: bool, incremental: bool):
     """What the last commit of an existing output holds, and whether this run may change it:
     returns (the output's handle when it holds a commit, else None; prior tracks for --incremental or None)."""
-    previous = _check_output(out_url, overwrite or incremental)
+    previous = _check_output(out, overwrite or incremental)
     state = previous.record
     if state is None:
-        if storage.exists(storage.join(out_url, RECIPE_FILE)) and not overwrite:
-            raise OutputExistsError(f"{out_url} has a recipe.json but no tracks table: not a featurize output "
+        if out.child(RECIPE_FILE).exists() and not overwrite:
+            raise OutputExistsError(f"{out} has a recipe.json but no tracks table: not a featurize output "
                                     "of this version; pass --overwrite to replace it")
         return None, None  # nothing committed: window files there are a crashed run's, removed below
     if incremental:
         prior_recipe = previous.recipe
         if prior_recipe != recipe:
-            raise GenreclfError(f"{out_url} was featurized with a different recipe ({prior_recipe}); "
+            raise GenreclfError(f"{out} was featurized with a different recipe ({prior_recipe}); "
                                 "--incremental cannot mix recipes: use --overwrite or a new output")
         return previous, previous.tracks()
     return previous, None  # --overwrite (_check_output refused the rest)
 
 
-def _check_output(out_url: str, replacing: bool):
+def _check_output(out: storage.Location, replacing: bool):
     """The output as it is (its commit record, if any); refuses another kind of directory, and a featurize
     output unless ``replacing``."""
-    previous = FeatureSet.open(out_url)
+    previous = FeatureSet.open(out)
     state = previous.record
     ours = {WINDOWS_DIR, TRACKS_DIR, RECIPE_FILE, LOCK_FILE, taskrecords.TASKS_DIR}
-    foreign = [e.base_name for e in storage.list_dir(out_url) if e.base_name not in ours and not e.base_name.startswith(".")]
+    foreign = [e.base_name for e in out.list() if e.base_name not in ours and not e.base_name.startswith(".")]
     if state is None and foreign:
-        raise OutputExistsError(f"{out_url} is a non-empty directory that is not a featurize output (it holds "
+        raise OutputExistsError(f"{out} is a non-empty directory that is not a featurize output (it holds "
                                 f"{', '.join(sorted(foreign)[:5])}); featurize writes only into a new or empty "
                                 "directory or its own output: choose another --output")
     if state is not None and not replacing:
-        raise OutputExistsError(f"{out_url} already holds a featurize output; "
+        raise OutputExistsError(f"{out} already holds a featurize output; "
                                 "pass --overwrite to replace it or --incremental to add new files")
     return previous
 
 
-def _remove_orphans(windows_url: str, keep: set) -> int:
+def _remove_orphans(out: storage.Location, keep: set) -> int:
     """Delete window files that neither the commit nor a kept task record references, and hidden
     partial files (a crashed or killed run's); returns how many."""
-    orphans = [p for p in listed_window_files(windows_url) if p not in keep]
-    out_url = storage.parent(storage.to_location(windows_url))
-    for where in (windows_url, storage.join(out_url, TRACKS_DIR), out_url):  # a killed writer's hidden partial files
+    windows = out.child(WINDOWS_DIR)
+    orphans = [p for p in listed_window_files(windows) if p not in keep]
+    for where in (windows, out.child(TRACKS_DIR), out):  # a killed writer's hidden partial files
         orphans += storage.partial_files(where)
-    storage.delete_files(windows_url, orphans)
+    windows.delete_files(orphans)
     if orphans:
         log.info("featurize: removed %d files of an interrupted run (never committed)", len(orphans))
     return len(orphans)
@@ -188,10 +188,10 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     settings = settings or load_settings()
     storage.configure(settings.storage.to_dict())
     started = time.time()
-    out_url = storage.to_url(output)
+    out = storage.Location.open(output)  # the output, resolved once and passed down
 
-    _check_output(out_url, overwrite or incremental)  # before listing: not a million files for a one-line refusal
-    catalog = expand_inputs(inputs, exclude=(storage.to_location(output),))
+    _check_output(out, overwrite or incremental)  # before listing: not a million files for a one-line refusal
+    catalog = expand_inputs(inputs, exclude=(out.location,))
     table = catalog.entries
     unlabelled = 0
     if labels:
@@ -204,15 +204,15 @@ def run_featurize(spark, inputs: list, output: str, *, labels: str | None = None
     log.info("featurize: %d input files%s", n_inputs, f" ({len(catalog.skipped)} sidecar files passed over)" * bool(catalog.skipped))
 
     run_id = new_run_id()
-    lock = OutputLock(storage.join(out_url, LOCK_FILE), run_id, break_lock=break_lock, job="featurize",
+    lock = OutputLock(out.child(LOCK_FILE), run_id, break_lock=break_lock, job="featurize",
                       stale_after_s=settings.storage.lock_stale_after_s).acquire()
     try:
-        done = _featurize_locked(spark, table, out_url, run_id, settings, overwrite, incremental)
+        done = _featurize_locked(spark, table, out, run_id, settings, overwrite, incremental)
     finally:
         lock.release()
     summary = {**summarize(done.pop("new_rows"), time.time() - started, n_inputs=n_inputs,
                            skipped=len(catalog.skipped), unchanged=n_inputs - done["to_process"]),
-               "output": out_url, "unlabelled": unlabelled, "driver_peak_rss_mb": round(peak_rss_mb()), **done}
+               "output": out.url, "unlabelled": unlabelled, "driver_peak_rss_mb": round(peak_rss_mb()), **done}
     for line in format_summary(summary).splitlines():
         log.info(line)
     return summary
@@ -237,14 +237,14 @@ def _concat(*frames) -> pd.DataFrame:
     return pa.concat_tables([TRACKS_SCHEMA.empty_table(), *tables]).to_pandas()
 
 
-def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, incremental) -> dict:
+def _featurize_locked(spark, table, out, run_id, settings, overwrite, incremental) -> dict:
     """The run, under the output's lock: plan the tasks, keep those an interrupted run of the same
     plan finished, run the rest, check, commit, then drop what the commit superseded. A kill
     before the commit leaves the previous commit whole (its files untouched), and the finished
     tasks' outputs for the rerun."""
     recipe = settings.recipe
-    windows_url = storage.join(out_url, WINDOWS_DIR)
-    previous, prior = _prepare_output(out_url, recipe, overwrite, incremental)
+    windows = out.child(WINDOWS_DIR)
+    previous, prior = _prepare_output(out, recipe, overwrite, incremental)
     state, old_files = (previous.record, list(previous.windows().paths)) if previous else (None, [])
     kept = pd.DataFrame(columns=TRACKS_SCHEMA.names)
     stale: list = []
@@ -263,42 +263,42 @@ def _featurize_locked(spark, table, out_url, run_id, settings, overwrite, increm
     groups, keys = _plan_tasks(live, state, settings, default_parallelism(spark) if len(live) else 1)
     log.info("featurize: %d files to open in %d tasks ([featurize] task_mb = %d, files_per_task = %d)", len(live),
              len(keys), settings.featurize.task_mb, settings.featurize.files_per_task)
-    finished = taskrecords.finished(out_url) & set(keys)
-    taskrecords.remove_others(out_url, finished)
-    present = set(listed_window_files(windows_url))
-    resumed_files = {f"{storage.filesystem(windows_url)[1]}/{window_file_name(k)}" for k in finished}
-    _remove_orphans(windows_url, set(old_files) | (resumed_files & present))
+    finished = taskrecords.finished(out) & set(keys)
+    taskrecords.remove_others(out, finished)
+    present = set(listed_window_files(windows))
+    resumed_files = {f"{windows.path}/{window_file_name(k)}" for k in finished}
+    _remove_orphans(out, set(old_files) | (resumed_files & present))
     if finished:
         log.info("featurize: resuming: %d of %d tasks' outputs kept (an interrupted run of the same plan)",
                  len(finished), len(keys))
-    killpoints.arm(storage.filesystem(out_url)[1])  # the crash tests' kill points: this run's own steps
+    killpoints.arm(out.path)  # the crash tests' kill points: this run's own steps
     files = list(old_files) if prior is not None else []  # --overwrite: the old files go after the commit
     superseded = []
     if stale:
-        files, superseded, removed = without_tracks(windows_url, files, stale, run_id)
+        files, superseded, removed = without_tracks(windows, files, stale, run_id)
         log.info("featurize --incremental: %d changed files: %d old windows left out", len(stale), removed)
 
     todo = [(g, k) for g, k in zip(groups, keys) if k not in finished]
     if todo:
-        _run_tasks(spark, live, todo, out_url, settings, len(keys))
-    new_rows, new_files = _read_records(out_url, windows_url, keys, listing_rows)
+        _run_tasks(spark, live, todo, out, settings, len(keys))
+    new_rows, new_files = _read_records(out, windows, keys, listing_rows)
     if set(new_rows["path"]) != set(table["path"]) or len(new_rows) != len(table):
         missing = set(table["path"]) - set(new_rows["path"])
         raise GenreclfError(f"internal error: {len(table)} files to featurize but {len(new_rows)} status rows "
                             f"(missing e.g. {sorted(missing)[:3]}); nothing was committed")
-    counts, row_groups = window_facts(windows_url, new_files)
+    counts, row_groups = window_facts(windows, new_files)
     _check_invariant(counts, new_rows)
     files = sorted(set(files) | set(new_files))
     if not files:  # no file had audio: an empty dataset still has a schema
-        files = [write_empty(windows_url, run_id)]
+        files = [write_empty(windows, run_id)]
     tracks = _concat(kept, new_rows) if len(kept) else new_rows
-    write_dataset_metadata(windows_url, recipe, files, row_groups)
+    write_dataset_metadata(windows, recipe, files, row_groups)
     log.info("featurize: committing %d tracks and %d window files", len(tracks), len(files))
-    commit(out_url, tracks, [storage.basename(p) for p in files], recipe, run_id)
+    commit(out, tracks, [storage.basename(p) for p in files], recipe, run_id)
     # After the commit: what it no longer references (--overwrite's old files, rewritten files), the task records.
-    storage.delete_files(windows_url, sorted((set(old_files) | set(superseded)) - set(files)))
-    _write_recipe_copy(out_url, recipe)
-    taskrecords.remove_all(out_url)
+    windows.delete_files(sorted((set(old_files) | set(superseded)) - set(files)))
+    _write_recipe_copy(out, recipe)
+    taskrecords.remove_all(out)
     return {"new_rows": new_rows, "to_process": len(table), "answered_at_listing": len(listing_rows),
             "tasks": len(keys), "tasks_kept": len(finished)}
 
@@ -316,45 +316,45 @@ def _plan_tasks(live: pd.DataFrame, state, settings: Settings, parallelism: int)
     return groups, [taskrecords.task_key(base, decides, records[a:b]) for a, b in groups]
 
 
-def _run_tasks(spark, live: pd.DataFrame, todo: list, out_url: str, settings: Settings, n_tasks: int) -> None:
+def _run_tasks(spark, live: pd.DataFrame, todo: list, out: storage.Location, settings: Settings, n_tasks: int) -> None:
     """Run the tasks ``todo`` [((start, stop), key)] over the rows of ``live``; a task's storage
     failure stops the run as one error."""
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
     fs_settings = settings.featurize
-    fn = functools.partial(_partition_fn, recipe_json=json.dumps(settings.recipe.to_dict()), out_url=out_url,
+    fn = functools.partial(_partition_fn, recipe_json=json.dumps(settings.recipe.to_dict()), out_url=out.url,
                            row_group_size_mb=fs_settings.row_group_size_mb, max_duration_s=fs_settings.max_duration_s,
                            storage_options=storage.options())
     frame = entries_frame(spark, live, [g for g, _ in todo], [k for _, k in todo])
     schema = StructType([StructField("task", StringType()), StructField("rows", LongType()),
                          StructField("error", StringType())])
-    killpoints.note("tasks", storage.filesystem(out_url)[1])  # they write window files and task records
+    killpoints.note("tasks", out.path)  # they write window files and task records
     n_files = sum(b - a for (a, b), _ in todo)
     run_tasks(frame.mapInPandas(fn, schema=schema), f"featurize: {n_files} files in {len(todo)} tasks (of {n_tasks})",
               "featurize")
 
 
-def _read_records(out_url: str, windows_url: str, keys: list, listing_rows: pd.DataFrame) -> tuple:
+def _read_records(out: storage.Location, windows: storage.Location, keys: list, listing_rows: pd.DataFrame) -> tuple:
     """(the run's status rows, its window files): the listing's rows and every task's record."""
-    base = storage.filesystem(windows_url)[1]
-    present = set(listed_window_files(windows_url))
+    base = windows.path
+    present = set(listed_window_files(windows))
     tables, files = [listing_rows], []
-    for key, table, wrote in taskrecords.read_records(out_url, keys, TRACKS_SCHEMA):
+    for key, table, wrote in taskrecords.read_records(out, keys, TRACKS_SCHEMA):
         tables.append(table)
         if wrote.get("window_file"):
             files.append(f"{base}/{wrote['window_file']}")
             if files[-1] not in present:  # removed by hand since its task finished: redo that task
-                taskrecords.remove_others(out_url, set(keys) - {key})
-                raise DamagedInputError(f"{storage.located(windows_url, files[-1])}, written by a finished task, is "
+                taskrecords.remove_others(out, set(keys) - {key})
+                raise DamagedInputError(f"{storage.located(windows, files[-1])}, written by a finished task, is "
                                         "missing (nothing was committed; that task's record was removed): rerun the "
                                         "same command to redo it")
     return _concat(*tables), files
 
 
-def _write_recipe_copy(out_url: str, recipe: Recipe) -> None:
+def _write_recipe_copy(out: storage.Location, recipe: Recipe) -> None:
     """``recipe.json``, a readable copy of the recipe the commit records (rewritten only when it changes)."""
     text = json.dumps({**recipe.to_dict(), "genreclf_version": __version__}, indent=2, sort_keys=True)
-    location = storage.join(out_url, RECIPE_FILE)
+    location = out.child(RECIPE_FILE)
     try:
         if storage.read_text(location) == text:
             return

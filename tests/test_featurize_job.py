@@ -12,6 +12,7 @@ from genreclf.errors import OutputExistsError
 from genreclf.featurize import run_featurize
 from genreclf.formats.featureset import read_recipe, read_tracks
 from genreclf.io.storage import to_url
+from tests.spies import resolutions
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,9 @@ def test_rerun_into_existing_output_refuses_then_overwrites(spark, tmp_path, mak
     assert sorted(read_tracks(str(out))["track_id"]) == ["a.mp3", "b.mp3"]
 
 
-def test_incremental_skips_unchanged_and_replaces_changed_without_duplicates(spark, tmp_path, make_audio):
+def test_incremental_skips_unchanged_and_replaces_changed_without_duplicates(spark, tmp_path, make_audio, monkeypatch):
+    """--incremental processes only what changed; on its way the output is opened once and its
+    handle passed down (its lock, its windows and task records are its children)."""
     audio = tmp_path / "in"
     audio.mkdir()
     make_audio(audio / "a.mp3", 4.5)
@@ -108,7 +111,10 @@ def test_incremental_skips_unchanged_and_replaces_changed_without_duplicates(spa
     make_audio(audio / "b.mp3", 6.0, seed=1)  # changed: 3 windows instead of 2
     os.utime(audio / "b.mp3", (1e9, 1e9))
     make_audio(audio / "broken.mp3", 3.0)  # an earlier error, now fixed: retried
+    places = resolutions(monkeypatch, out)
     summary = run_featurize(spark, [str(audio)], str(out), incremental=True)
+    monkeypatch.undo()
+    assert sorted(places) == ["genreclf/featurize.py:run_featurize"]  # was 18 places in 6 modules
     assert summary["unchanged_skipped"] == 1 and summary["processed"] == 3
 
     tracks = read_tracks(str(out)).set_index("track_id")

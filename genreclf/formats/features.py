@@ -68,7 +68,7 @@ def commit(output: str, tracks: pd.DataFrame, files: list, recipe: Recipe, run_i
         pq.write_table(table, out)
 
 
-def write_dataset_metadata(windows_url: str, recipe: Recipe, files: list, row_groups: dict | None = None) -> None:
+def write_dataset_metadata(windows_url, recipe: Recipe, files: list, row_groups: dict | None = None) -> None:
     """petastorm's dataset metadata (``_common_metadata``: the pickled Unischema and the row groups
     per file), written with pyarrow so that any store works (petastorm's ``materialize_dataset``
     needs a legacy filesystem and a Spark job); ``make_reader``/``make_batch_reader`` read it.
@@ -81,8 +81,9 @@ def write_dataset_metadata(windows_url: str, recipe: Recipe, files: list, row_gr
 
     from petastorm.etl.dataset_metadata import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
 
-    fs, base = storage.filesystem(windows_url)
-    known = {f"{base}/{name}": n for name, n in _previous_row_groups(windows_url, ROW_GROUPS_PER_FILE_KEY).items()}
+    windows = storage.Location.open(windows_url)  # the handle when given one: nothing resolved again
+    fs, base = windows.fs, windows.path
+    known = {f"{base}/{name}": n for name, n in _previous_row_groups(windows, ROW_GROUPS_PER_FILE_KEY).items()}
     known.update(row_groups or {})
 
     def count(path):
@@ -96,14 +97,14 @@ def write_dataset_metadata(windows_url: str, recipe: Recipe, files: list, row_gr
     schema = window_arrow_schema().with_metadata({
         UNISCHEMA_KEY: pickle.dumps(window_schema(recipe)),
         ROW_GROUPS_PER_FILE_KEY: json.dumps(counts).encode()})
-    with storage.atomic_output(storage.join(windows_url, "_common_metadata")) as out:
+    with storage.atomic_output(windows.child("_common_metadata")) as out:
         pq.write_metadata(schema, out)
 
 
-def _previous_row_groups(windows_url: str, key: bytes) -> dict:
+def _previous_row_groups(windows: storage.Location, key: bytes) -> dict:
     """{file name: row groups} of the last ``_common_metadata`` ({} when there is none or it is unreadable)."""
     try:
-        with storage.open_input(storage.join(windows_url, "_common_metadata")) as f:
+        with storage.open_input(windows.child("_common_metadata")) as f:
             meta = pq.read_schema(f).metadata or {}
         return json.loads(meta.get(key, b"{}"))
     except (OSError, ValueError, pa.ArrowInvalid):

@@ -61,8 +61,8 @@ class FeatureSet:
 
     def __init__(self, location: str):
         root = storage.Location.open(location)  # the one resolution of the location
-        self.location, self.url, self.fs, self.base = root.location, root.url, root.fs, root.path
-        self.windows_url = storage.join(self.url, WINDOWS_DIR)
+        self.root, self.location, self.url, self.fs, self.base = root, root.location, root.url, root.fs, root.path
+        self.windows_url = root.child(WINDOWS_DIR)  # a Location: readers given it resolve nothing
         self.record = self._read_record()  # {"files", "recipe", "run_id"}, None before the first commit
         self._checked = None  # the tracks table once checked: cross-validation's folds each ask for it
 
@@ -192,9 +192,9 @@ class FeatureSet:
         return Windows(storage.to_url(local), fs, base, tuple(sorted(os.path.join(local, n) for n in wanted)))
 
 
-def tracks_file(output: str) -> str:
-    """The one file of ``tracks/``: the commit record of a featurize output."""
-    return storage.join(storage.to_url(output), TRACKS_DIR, TRACKS_FILE)
+def tracks_file(output) -> storage.Location:
+    """The one file of ``tracks/``: the commit record of a featurize output (a location or its handle)."""
+    return storage.Location.open(output).child(TRACKS_DIR, TRACKS_FILE)
 
 
 def _window_paths(record: dict | None, base: str, windows_url: str) -> list:
