@@ -81,7 +81,7 @@ SETTING_DEST = "setting:"
 
 def add_setting_flags(p, section: str, keys=None, *, metavars: dict | None = None, group=None) -> None:
     """A flag ``--KEY`` for each key of ``[section]`` (every key when None): its help is the setting's
-    comment in genreclf/config.py (written once there), its choices the setting's vocabulary, its
+    comment in genreclf/config/sections.py (written once there), its choices the setting's vocabulary, its
     type the default's; :func:`run_main` lays the values given over the settings (config.override)."""
     defaults, docs, choices = SECTIONS[section](), field_docs(SECTIONS[section]), CHOICES.get(section, {})
     for key in keys or [f.name for f in dataclasses.fields(SECTIONS[section])]:
@@ -147,11 +147,11 @@ def _run_main(parser, body, argv, spark_app, writes, rerun_hint) -> int:
     setup_logging("DEBUG" if args.verbose else None)
     log = logging.getLogger(f"genreclf.{parser.prog.split()[-1]}")
     try:
-        settings = load_settings(getattr(args, "conf", None))
-        for section, values in setting_values(args).items():
-            settings = override(settings, section, **values)
         from genreclf.io import storage
 
+        settings = load_settings(getattr(args, "conf", None), read_text=storage.read_text)
+        for section, values in setting_values(args).items():
+            settings = override(settings, section, **values)
         storage.configure(settings.storage.to_dict())
         for name in writes:
             if getattr(args, name, None):
@@ -179,3 +179,24 @@ def _run_main(parser, body, argv, spark_app, writes, rerun_hint) -> int:
         log.exception("internal error (not a problem with your input or settings): a rerun is safe, since outputs "
                       "are committed only when complete; please report it with the traceback below")
         return 1
+
+
+def print_settings(argv=None) -> int:
+    """Print the settings in force: ``python -m genreclf.config [--conf FILE]`` (FILE a path or URL)."""
+    import sys
+
+    from genreclf.config import describe, load_settings
+    from genreclf.errors import GenreclfError
+    from genreclf.io import storage
+
+    p = argparse.ArgumentParser(prog="python -m genreclf.config",
+                                description="Print every setting in force (defaults <- conf/genreclf.toml <- --conf) "
+                                            "as TOML, each key with its meaning.")
+    p.add_argument("--conf", metavar="TOML", help="a preset or settings file layered on conf/genreclf.toml")
+    args = p.parse_args(argv)
+    try:
+        print(describe(load_settings(args.conf, read_text=storage.read_text)))
+    except GenreclfError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -22,11 +22,12 @@ def test_settings_load_in_layers_each_listing_only_its_changes(tmp_path, monkeyp
     import dataclasses
 
     from genreclf import config
+    from genreclf.config import layers
 
     site, preset = tmp_path / "site.toml", tmp_path / "preset.toml"
     site.write_text('[train]\nepochs = 7\n[score]\nbatch_size = 32\n[labels]\ngenres = ["a", "b"]\n')
     preset.write_text("[train]\npatience = 2\n[score]\nbatch_size = 16\n")
-    monkeypatch.setattr(config, "DEFAULT_CONF", str(site))
+    monkeypatch.setattr(layers, "DEFAULT_CONF", str(site))
     layered = load_settings(str(preset))
     assert layered.train == dataclasses.replace(TrainSettings(), epochs=7, patience=2)
     assert layered.score == dataclasses.replace(ScoreSettings(), batch_size=16)
@@ -34,7 +35,7 @@ def test_settings_load_in_layers_each_listing_only_its_changes(tmp_path, monkeyp
     assert layered.genres == ("a", "b")
     assert load_settings().train == dataclasses.replace(TrainSettings(), epochs=7)
     assert load_settings(str(site)) == load_settings()  # the site file named again is one layer
-    monkeypatch.setattr(config, "DEFAULT_CONF", str(tmp_path / "absent.toml"))
+    monkeypatch.setattr(layers, "DEFAULT_CONF", str(tmp_path / "absent.toml"))
     assert load_settings() == config.Settings()
 
 
@@ -60,7 +61,8 @@ def test_every_setting_has_its_meaning_beside_its_default():
     """``python -m genreclf.config`` prints each key with the comment beside its default."""
     import dataclasses
 
-    from genreclf.config import SECTIONS, describe, field_docs, main
+    from genreclf.cli import print_settings
+    from genreclf.config import SECTIONS, describe, field_docs
 
     for cls in SECTIONS.values():
         assert set(field_docs(cls)) == {f.name for f in dataclasses.fields(cls)}, cls.__name__
@@ -70,7 +72,7 @@ def test_every_setting_has_its_meaning_beside_its_default():
     data = tomllib.loads(describe(settings))  # a complete settings file: it loads back to the same settings
     assert {name: cls(**data[name]) for name, cls in SECTIONS.items()} == {n: getattr(settings, n) for n in SECTIONS}
     assert tuple(data["labels"]["genres"]) == settings.genres
-    assert main([]) == 0
+    assert print_settings([]) == 0
 
 
 @pytest.mark.parametrize("cls, values, message", [
@@ -81,7 +83,7 @@ def test_every_setting_has_its_meaning_beside_its_default():
     (FeaturizeSettings, {"row_group_size_mb": 4096}, "[featurize] row_group_size_mb = 4096 is not allowed"),
     (ScoreSettings, {"batch_size": 0}, "[score] batch_size = 0 is not allowed: must be an integer in [1, 2048]"),
     (ScoreSettings, {"batch_size": 10**12}, "[score] batch_size = 1000000000000 is not allowed: must be an integer in "
-                                            "[1, 2048] (windows; the bound keeps memory in check: see genreclf/config.py)"),
+                                            "[1, 2048] (windows; the bound keeps memory in check: see genreclf/config/sections.py)"),
     (EvaluateSettings, {"batch_size": 4096}, "[evaluate] batch_size = 4096 is not allowed: must be an integer in [1, 2048]"),
     (TrainSettings, {"batch_size": 8192}, "[train] batch_size = 8192 is not allowed: must be an integer in [1, 4096]"),
     (TrainSettings, {"shuffle_buffer": 10**6}, "[train] shuffle_buffer = 1000000 is not allowed: must be an integer in "

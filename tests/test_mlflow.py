@@ -9,9 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from genreclf.config import Settings
+from genreclf.config import MlflowSettings, Settings
 from genreclf.errors import ConfigError
-from genreclf.io.tracking import MlflowSettings
 from tests.corpus import LABELLED_TRAINING
 
 NAME = "genre-test"

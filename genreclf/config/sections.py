@@ -1,24 +1,18 @@
-"""One place for each fact: the feature recipe and the job settings.
-
-The :class:`Recipe` is the reference solution's preprocessing (see ``../shared/REFERENCE.md``); it is
-written next to every dataset and into every model bundle so that a model is never applied to
-features made another way. The dataclasses below hold the only defaults, each with its meaning in
-the comment beside it; settings files layer over them (:func:`load_settings`), and
-``python -m genreclf.config`` prints what is in force.
+"""The settings of the jobs, a dataclass per section of a settings file: the only defaults, each with
+its meaning in the comment beside it (flags take their help from it), the vocabulary of each key
+that has one, and the bounds that keep memory in check. ``genreclf.config.layers`` lays files and
+flags over them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 
-from genreclf.errors import ConfigError, check_fields, one_of
-from genreclf.io.storage import StorageSettings
-from genreclf.io.tracking import MlflowSettings
+from genreclf.config.recipe import Recipe
+from genreclf.errors import check_fields, one_of
 
 #: The 16 top-level genres of FMA / the crowdAI challenge, in the submission's column order.
 FMA_GENRES = (
@@ -27,102 +21,8 @@ FMA_GENRES = (
     "Soul-RnB", "Spoken",
 )
 
-DEFAULT_CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "genreclf.toml")
-
-
 #: Precisions a score may be computed in ([score] precision; genreclf.ml.inference resolves auto).
 SCORE_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-#: Window functions of the STFT: the reference's symmetric Hann (``scipy.signal.hanning``), and the
-#: periodic Hann of librosa and musicnn.
-WINDOW_FUNCTIONS = ("hann-symmetric", "hann")
-#: Front-ends (genreclf.audio.stft.window_features): STFT magnitudes over linear frequency (the
-#: reference), or a power mel spectrogram of ``n_mels`` Slaney bands (musicnn's input).
-FRONTENDS = ("stft", "mel")
-#: Magnitude compressions (genreclf.audio.stft.compress): none (the reference), log1p(C*|X|), decibels,
-#: and musicnn's log10(1 + 10000 x) of the float16-cast power.
-MAGNITUDES = ("linear", "log", "db", "musicnn")
-#: Floor of the "db" magnitude (-100 dB): silence maps to -100, not -inf.
-DB_FLOOR = 1e-5
-#: Stored feature dtypes.
-FEATURE_DTYPES = ("float16", "float32")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How audio becomes model input: mono at ``sample_rate``, windows, one STFT magnitude per window.
-
-    Defaults are the reference implementation's: 3 s windows every 1.5 s at 22050 Hz, a centred
-    reflect-padded STFT with a symmetric 1024-point Hann window and hop 512, the first 128 of its
-    130 frames, stored as (128 time x 513 frequency) linear magnitudes.
-    """
-
-    sample_rate: int = 22050  # Hz, mono: every file is decoded and resampled to this
-    window: int = 66150  # samples, 3 s
-    hop: int = 33075  # samples, 1.5 s
-    min_window_fraction: float = 0.9  # a window is kept when at least this much of it is audio
-    n_fft: int = 1024  # STFT size: n_fft // 2 + 1 frequency bins (513)
-    stft_hop: int = 512  # samples between STFT frames
-    frames: int = 128  # STFT frames kept per window (the first 128 of 130)
-    window_function: str = "hann-symmetric"  # the reference's scipy.signal.hanning; "hann": periodic (librosa's)
-    frontend: str = "stft"  # "stft": magnitudes over 513 linear bins (the reference); "mel": power mel bands
-    n_mels: int = 96  # mel bands (frontend "mel" only; Slaney scale and norm, as librosa)
-    magnitude: str = "linear"  # "linear" (the reference), "log": log1p(log_scale*|X|), "db": 20*log10(max(|X|, DB_FLOOR))
-    log_scale: float = 100.0  # C of the "log" magnitude (unused otherwise)
-    dtype: str = "float16"  # stored precision of the features (halves storage vs float32)
-
-    def __post_init__(self):
-        check_fields(self, "recipe", {
-            "sample_rate": (lambda v: isinstance(v, int) and 1000 <= v <= 384000, "an integer in [1000, 384000] (Hz)"),
-            "n_fft": (lambda v: isinstance(v, int) and 16 <= v <= 65536, "an integer in [16, 65536]"),
-            "window": (lambda v: isinstance(v, int) and v >= self.n_fft,
-                       f"an integer of samples >= n_fft ({self.n_fft})"),
-            "hop": (lambda v: isinstance(v, int) and v >= 1, "an integer of samples >= 1"),
-            "min_window_fraction": (lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "a number in (0, 1]"),
-            "stft_hop": (lambda v: isinstance(v, int) and v >= 1, "an integer of samples >= 1"),
-            "frames": (lambda v: isinstance(v, int) and 4 <= v <= self.window // self.stft_hop + 1,
-                       f"an integer in [4, window // stft_hop + 1 = {self.window // self.stft_hop + 1}] "
-                       "(the model's first convolution spans 4 frames; a window holds no more)"),
-            "window_function": (lambda v: v in WINDOW_FUNCTIONS, one_of(WINDOW_FUNCTIONS)),
-            "frontend": (lambda v: v in FRONTENDS, one_of(FRONTENDS)),
-            "n_mels": (lambda v: isinstance(v, int) and 1 <= v <= self.n_fft // 2 + 1,
-                       f"an integer in [1, n_fft // 2 + 1 = {self.n_fft // 2 + 1}]"),
-            "magnitude": (lambda v: v in MAGNITUDES and (v != "musicnn" or self.frontend == "mel"),
-                          one_of(MAGNITUDES) + ' ("musicnn" with frontend "mel")'),
-            "log_scale": (lambda v: isinstance(v, (int, float)) and 0 < v < float("inf"), "a number > 0"),
-            "dtype": (lambda v: v in FEATURE_DTYPES, one_of(FEATURE_DTYPES)),
-        })
-
-    @property
-    def bins(self) -> int:
-        """Frequency bins of the one-sided STFT."""
-        return self.n_fft // 2 + 1
-
-    @property
-    def bands(self) -> int:
-        """Frequency rows of the features: mel bands, or the STFT's bins."""
-        return self.n_mels if self.frontend == "mel" else self.bins
-
-    @property
-    def min_window_samples(self) -> int:
-        """Fewest decoded samples a (zero-padded) window may hold: 59535 for the defaults."""
-        return int(round(self.window * self.min_window_fraction))
-
-    @property
-    def shape(self) -> tuple:
-        """Shape of one window's features: (frames, bands)."""
-        return (self.frames, self.bands)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
-
 
 # Upper bounds that protect memory, refused before any work (a batch of 1e12 was accepted once).
 # A reference window is 128 x 513 values: 0.25 MB as float32 input, and its layer outputs sum to
@@ -152,7 +52,7 @@ MAX_ROW_GROUP_MB = 256
 
 def _count_up_to(limit: int, what: str):
     return (lambda v: isinstance(v, int) and 1 <= v <= limit,
-            f"an integer in [1, {limit}] ({what}; the bound keeps memory in check: see genreclf/config.py)")
+            f"an integer in [1, {limit}] ({what}; the bound keeps memory in check: see genreclf/config/sections.py)")
 
 
 @dataclass(frozen=True)
@@ -263,6 +163,57 @@ class EvaluateSettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    """How object stores are reached ([storage]; genreclf.io.storage keeps the options in force); credentials come from the environment
+    (AWS_ACCESS_KEY_ID / AWS_PROFILE ...), never from a config file."""
+
+    endpoint_url: str = ""  # S3-compatible endpoint (MinIO, Ceph...), e.g. "http://10.0.0.5:9000"; "" = AWS
+    region: str = ""  # S3 region; "" = the environment's (AWS_REGION / AWS_DEFAULT_REGION / profile)
+    retries: int = 3  # further attempts after a transient read error (connection reset, throttling)
+    retry_backoff_s: float = 0.5  # first wait; doubles per retry
+    read_ahead_kb: int = 1024  # remote reads are buffered in requests of this size
+    list_progress_s: float = 5.0  # a progress line this often while listing a large input
+    lock_stale_after_s: float = 86400.0  # an output lock this old may be broken (--break-lock)
+
+    def __post_init__(self):
+        check_fields(self, "storage", {
+            "endpoint_url": (lambda v: isinstance(v, str) and (v == "" or re.match(r"^https?://[^/]+/?$", v)),
+                             'a URL "http://host:port" or "https://host" (or "" for AWS)'),
+            "region": (lambda v: isinstance(v, str), "a region name (or empty)"),
+            "retries": (lambda v: isinstance(v, int) and 0 <= v <= 20, "an integer in [0, 20]"),
+            "retry_backoff_s": (lambda v: isinstance(v, (int, float)) and 0 <= v <= 60, "seconds in [0, 60]"),
+            "read_ahead_kb": (lambda v: isinstance(v, int) and 4 <= v <= 262144, "an integer in [4, 262144] (KiB)"),
+            "list_progress_s": (lambda v: isinstance(v, (int, float)) and v > 0, "seconds > 0"),
+            "lock_stale_after_s": (lambda v: isinstance(v, (int, float)) and v > 0, "seconds > 0"),
+        })
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    """Where runs and models are logged ([mlflow]); credentials come from the environment
+    (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD), never from a config file."""
+
+    tracking_uri: str = ""  # an MLflow tracking server, e.g. "http://mlflow:5000"; "" = MLFLOW_TRACKING_URI, or none
+    experiment: str = ""  # the experiment runs go to; "" = MLFLOW_EXPERIMENT_NAME, else "genreclf"
+
+    def __post_init__(self):
+        check_fields(self, "mlflow", {
+            "tracking_uri": (lambda v: isinstance(v, str), 'a URI such as "http://host:5000" (or "")'),
+            "experiment": (lambda v: isinstance(v, str), "an experiment name (or empty)"),
+        })
+
+    def uri(self) -> str:
+        """The tracking URI in force ("" = tracking off)."""
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+
+    def experiment_name(self) -> str:
+        return self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "") or "genreclf"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a job reads from configuration."""
 
@@ -285,100 +236,3 @@ SECTIONS = {"recipe": Recipe, "featurize": FeaturizeSettings, "score": ScoreSett
 CHOICES = {"score": {"precision": SCORE_PRECISIONS},
            "train": {"network": TRAIN_NETWORKS, "labels_from": LABEL_SOURCES, "reader": READERS,
                      "precision": TRAIN_PRECISIONS, "calibration": CALIBRATION_MODES, "class_weight": CLASS_WEIGHTS}}
-
-
-def override(settings: Settings, section: str, **values) -> Settings:
-    """``settings`` with keys of ``[section]`` replaced: the last layer (CLI flags, a caller's keywords),
-    the one way one is applied. None values are skipped (a flag not given); an unknown key is refused
-    and the values are checked as a settings file's are."""
-    values = {k: v for k, v in values.items() if v is not None}
-    if not values:
-        return settings
-    known = {f.name for f in dataclasses.fields(SECTIONS[section])}
-    if set(values) - known:
-        raise ConfigError(f"unknown [{section}] setting(s) {sorted(set(values) - known)}; known: {sorted(known)}")
-    return dataclasses.replace(settings, **{section: dataclasses.replace(getattr(settings, section), **values)})
-
-
-def _read_layer(path: str) -> dict:
-    """One settings file's tables, checked for unknown sections and keys."""
-    from genreclf.io import storage
-
-    try:
-        data = tomllib.loads(storage.read_text(path))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = set(data) - set(SECTIONS) - {"labels"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown sections {sorted(unknown)}; known: {sorted([*SECTIONS, 'labels'])}")
-    for name, table in data.items():
-        known = {f.name for f in dataclasses.fields(SECTIONS[name])} if name in SECTIONS else {"genres"}
-        if set(table) - known:
-            raise ConfigError(f"{path}: [{name}] has unknown keys {sorted(set(table) - known)}; known: {sorted(known)}")
-    return data
-
-
-def load_settings(path: str | None = None) -> Settings:
-    """The settings in layers, each listing only what it changes: the dataclasses' defaults, then
-    ``conf/genreclf.toml`` (this installation's changes) when present, then ``path`` (``--conf``: a
-    preset or a run's own file, a local path or URL). CLI flags are the last layer (:func:`override`)."""
-    layers = [DEFAULT_CONF] if os.path.exists(DEFAULT_CONF) else []
-    if path and not (os.path.exists(path) and layers and os.path.samefile(path, DEFAULT_CONF)):
-        layers.append(path)
-    merged: dict = {}
-    for layer in layers:
-        for name, table in _read_layer(layer).items():
-            merged.setdefault(name, {}).update(table)
-    sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
-    return Settings(**sections, genres=tuple(merged.get("labels", {}).get("genres", FMA_GENRES)))
-
-
-def field_docs(cls) -> dict:
-    """{key: the comment beside its default in ``cls``'s source}: each setting's meaning, written once."""
-    import inspect
-
-    docs = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"^    (\w+): [^=]+= .*?  # (.*)$", line)
-        if m:
-            docs[m.group(1)] = m.group(2)
-    return docs
-
-
-def describe(settings: Settings) -> str:
-    """``settings`` as a complete TOML file, each key with its meaning (``python -m genreclf.config``)."""
-    out = []
-    for name, cls in SECTIONS.items():
-        section, docs = getattr(settings, name), field_docs(cls)
-        out.append(f"[{name}]")
-        for f in dataclasses.fields(cls):
-            value = json.dumps(getattr(section, f.name))
-            doc = docs.get(f.name, "")
-            out.append(f"{f.name} = {value}" + (f"  # {doc}" if doc else ""))
-        out.append("")
-    out += ["[labels]", "genres = " + json.dumps(list(settings.genres)), ""]
-    return "\n".join(out)
-
-
-def main(argv=None) -> int:
-    """Print the settings in force: ``python -m genreclf.config [--conf FILE]``."""
-    import argparse
-    import sys
-
-    p = argparse.ArgumentParser(prog="python -m genreclf.config",
-                                description="Print every setting in force (defaults <- conf/genreclf.toml <- --conf) "
-                                            "as TOML, each key with its meaning.")
-    p.add_argument("--conf", metavar="TOML", help="a preset or settings file layered on conf/genreclf.toml")
-    args = p.parse_args(argv)
-    try:
-        print(describe(load_settings(args.conf)))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,9 +19,9 @@ import shutil
 import tempfile
 import urllib.request
 import warnings
-from dataclasses import dataclass
 
-from genreclf.errors import ConfigError, GenreclfError, check_fields
+from genreclf.config import MlflowSettings
+from genreclf.errors import ConfigError, GenreclfError
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +31,6 @@ MODEL_URI_SCHEMES = ("models:/", "runs:/")
 BUNDLE_ARTIFACT = "bundle"
 #: MLflow's longest param value (characters).
 MAX_PARAM = 6000
-
-
-@dataclass(frozen=True)
-class MlflowSettings:
-    """Where runs and models are logged ([mlflow]); credentials come from the environment
-    (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD), never from a config file."""
-
-    tracking_uri: str = ""  # an MLflow tracking server, e.g. "http://mlflow:5000"; "" = MLFLOW_TRACKING_URI, or none
-    experiment: str = ""  # the experiment runs go to; "" = MLFLOW_EXPERIMENT_NAME, else "genreclf"
-
-    def __post_init__(self):
-        check_fields(self, "mlflow", {
-            "tracking_uri": (lambda v: isinstance(v, str), 'a URI such as "http://host:5000" (or "")'),
-            "experiment": (lambda v: isinstance(v, str), "an experiment name (or empty)"),
-        })
-
-    def uri(self) -> str:
-        """The tracking URI in force ("" = tracking off)."""
-        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-
-    def experiment_name(self) -> str:
-        return self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "") or "genreclf"
 
 
 def is_model_uri(location: str) -> bool:

@@ -23,7 +23,7 @@ single steps), :mod:`.failures` (errors in words), :mod:`.listing`, :mod:`.readi
 """
 
 from genreclf.io.storage.settings import (
-    StorageSettings, configure, ENDPOINT_VARIABLES, endpoint_url, options,
+    configure, ENDPOINT_VARIABLES, endpoint_url, options,
 )
 from genreclf.io.storage.locations import (
     is_url, is_local, to_url, to_location, join, parent, basename, resolve, relative, CREDENTIAL_VARIABLES,
@@ -50,7 +50,7 @@ from genreclf.io.storage.transfers import (
 )
 
 __all__ = [
-    "StorageSettings", "configure", "ENDPOINT_VARIABLES", "endpoint_url", "options", "is_url", "is_local",
+    "configure", "ENDPOINT_VARIABLES", "endpoint_url", "options", "is_url", "is_local",
     "to_url", "to_location", "join", "parent", "basename", "resolve", "relative", "CREDENTIAL_VARIABLES",
     "redact", "refuse_credentials", "sibling", "hidden_name", "Location", "filesystem", "located", "info", "exists", "is_dir", "is_file",
     "delete", "delete_files", "list_dir", "describe", "NotARegularFile", "no_space", "writing", "walk_files",
