@@ -149,7 +149,7 @@ def _run_main(parser, body, argv, spark_app, writes, rerun_hint) -> int:
     try:
         from genreclf.io import storage
 
-        settings = load_settings(getattr(args, "conf", None), read_text=storage.read_text)
+        settings = load_settings(getattr(args, "conf", None))  # a URL too: read through storage
         for section, values in setting_values(args).items():
             settings = override(settings, section, **values)
         storage.configure(settings.storage.to_dict())
@@ -187,7 +187,7 @@ def print_settings(argv=None) -> int:
 
     from genreclf.config import describe, load_settings
     from genreclf.errors import GenreclfError
-    from genreclf.io import storage
+    from genreclf.io import storage  # noqa: F401 (lends config its reader: --conf may be a URL)
 
     p = argparse.ArgumentParser(prog="python -m genreclf.config",
                                 description="Print every setting in force (defaults <- conf/genreclf.toml <- --conf) "
@@ -195,7 +195,7 @@ def print_settings(argv=None) -> int:
     p.add_argument("--conf", metavar="TOML", help="a preset or settings file layered on conf/genreclf.toml")
     args = p.parse_args(argv)
     try:
-        print(describe(load_settings(args.conf, read_text=storage.read_text)))
+        print(describe(load_settings(args.conf)))
     except GenreclfError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -31,15 +31,31 @@ def override(settings: Settings, section: str, **values) -> Settings:
     return dataclasses.replace(settings, **{section: dataclasses.replace(getattr(settings, section), **values)})
 
 
-def _read_local(path: str) -> str:
+#: The reader of settings files (location -> text) lent by the storage layer, which sits above config:
+#: genreclf.io.storage hands its ``read_text`` over when imported (as every job and stage does), so that
+#: a layer may be any location it reads (s3://, gs://, hdfs://...). Until then files are read locally.
+_LENT: list = []
+
+
+def use_reader(read_text) -> None:
+    """Read settings files with ``read_text`` from now on (called by genreclf.io.storage on import)."""
+    _LENT[:] = [read_text]
+
+
+def _read_text(path: str) -> str:
+    if _LENT:
+        return _LENT[0](path)
+    if "://" in path:
+        raise ConfigError(f"config file {path}: a URL is read through the storage layer; import genreclf.io.storage "
+                          "first (every job does)")
     with open(path, encoding="utf-8") as f:
         return f.read()
 
 
-def _read_layer(path: str, read_text) -> dict:
+def _read_layer(path: str) -> dict:
     """One settings file's tables, checked for unknown sections and keys."""
     try:
-        data = tomllib.loads(read_text(path))
+        data = tomllib.loads(_read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
@@ -54,19 +70,16 @@ def _read_layer(path: str, read_text) -> dict:
     return data
 
 
-def load_settings(path: str | None = None, *, read_text=None) -> Settings:
+def load_settings(path: str | None = None) -> Settings:
     """The settings in layers, each listing only what it changes: the dataclasses' defaults, then
     ``conf/genreclf.toml`` (this installation's changes) when present, then ``path`` (``--conf``: a
-    preset or a run's own file). CLI flags are the last layer (:func:`override`). Files are read by
-    ``read_text`` (location -> text): a local read by default; the command line passes the storage
-    layer's, so that ``--conf`` may be a URL (config sits below io and reads no URL itself)."""
-    read_text = read_text or _read_local
+    preset or a run's own file, a local path or URL). CLI flags are the last layer (:func:`override`)."""
     layers = [DEFAULT_CONF] if os.path.exists(DEFAULT_CONF) else []
     if path and not (os.path.exists(path) and layers and os.path.samefile(path, DEFAULT_CONF)):
         layers.append(path)
     merged: dict = {}
     for layer in layers:
-        for name, table in _read_layer(layer, read_text).items():
+        for name, table in _read_layer(layer).items():
             merged.setdefault(name, {}).update(table)
     sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
     return Settings(**sections, genres=tuple(merged.get("labels", {}).get("genres", FMA_GENRES)))

@@ -59,3 +59,9 @@ __all__ = [
     "direct_output", "create_exclusive", "check_writable", "replace_dir", "upload_dir", "local_output",
     "download", "fetch_dir",
 ]
+
+# Settings files (--conf, conf/genreclf.toml) may be any location this layer reads; config sits below
+# io and reads no URL itself, so the reader is lent to it here.
+from genreclf.config import layers as _config_layers  # noqa: E402
+
+_config_layers.use_reader(read_text)
