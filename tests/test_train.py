@@ -83,6 +83,18 @@ def test_train_writes_a_complete_bundle(bundle, tiny_features):
     assert report["tracks"]["n"] == 3 and report["windows"]["n"] == val_windows(out, tiny_features)
 
 
+def test_the_bundles_network_uses_no_tensorflow_only_option(bundle):
+    """A synchronized BatchNormalization (training across replicas) builds only under TensorFlow: the
+    bundle leaves it out, so its model.keras loads on any Keras 3 backend (a GPU node with JAX only)."""
+    import zipfile
+
+    out, _ = bundle
+    with zipfile.ZipFile(out / "model.keras") as z:
+        layers = json.loads(z.read("config.json"))["config"]["layers"]
+    assert any(layer["class_name"] == "BatchNormalization" for layer in layers)
+    assert not [layer["config"]["name"] for layer in layers if layer["config"].get("synchronized")]
+
+
 def test_the_bundle_is_calibrated_on_its_validation_tracks(bundle):
     """The default: a temperature fitted on validation tracks, applied to each track's mean; it can
     only lower the validation log loss it was fitted on and leaves accuracy as it was."""

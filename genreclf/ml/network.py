@@ -3,7 +3,8 @@
 Input (frames=128, bins=513, 1) -> BatchNorm -> Conv2D(256, (4, bins)) = shortcut -> 4 x Conv2D(256,
 (4, 1), same) -> concat with the shortcut -> average and max pooling over all 125 time steps ->
 Dropout 0.2 -> Dense 480 -> Dropout 0.2 -> Dense 240 -> Dropout 0.2 -> softmax. No Lambda layers,
-so the saved ``.keras`` file loads in any worker.
+so the saved ``.keras`` file loads in any worker, and on any Keras 3 backend (TensorFlow, JAX, PyTorch):
+the bundle's network is built with ``training=False`` (see :func:`build_model`).
 """
 
 from __future__ import annotations
@@ -17,20 +18,26 @@ ADADELTA_LEARNING_RATE = 1.0
 DROPOUT = 0.2
 
 
-def build_model(input_shape: tuple, n_classes: int, input_dtype: str = "float32", dropout: float = DROPOUT):
+def build_model(input_shape: tuple, n_classes: int, input_dtype: str = "float32", dropout: float = DROPOUT, *,
+                training: bool = True):
     """The reference network for windows of ``input_shape`` = (frames, bins, 1).
 
     ``input_dtype`` is the stored feature dtype (float16 by default recipe): windows travel in it
     to the device, halving host-to-device bytes, and the first layer (BatchNorm) casts them to its
     compute dtype. Casting float16 to float32 is exact, so float32 results equal the reference's.
     ``dropout`` is active in training only: the saved model predicts the same whatever its rate.
+    ``training``: the first BatchNormalization takes its statistics over every replica's batch
+    (``synchronized``, an option only TensorFlow can build: other backends train without it);
+    ``training=False`` leaves it out, which changes nothing in inference and lets the saved network
+    load under ``KERAS_BACKEND=jax`` or ``torch``.
     """
     import keras
     from keras import layers
 
     frames, bins = input_shape[0], input_shape[1]
     inputs = keras.Input(shape=input_shape, name="stft", dtype=input_dtype)
-    x = layers.BatchNormalization(synchronized=True)(inputs)  # across replicas: the global batch's statistics
+    synchronized = training and keras.backend.backend() == "tensorflow"  # across replicas: the global batch's statistics
+    x = layers.BatchNormalization(synchronized=synchronized)(inputs)
     x = layers.Conv2D(256, kernel_size=(4, bins), activation="relu")(x)
     shortcut = x
     for _ in range(4):

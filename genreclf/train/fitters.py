@@ -88,7 +88,7 @@ def fit_reference(fit: Fit) -> tuple:
                         shuffle=False, class_weight=weights, initial_epoch=first)  # tf_dataset shuffles itself
     hist, facts = _fitted(tmp, history, train_set.n_windows, time.time() - started,
                           prior=state["history"] if state else None)
-    model = as_float32(model, recipe, len(labels), distributed=n_replicas > 1)  # the bundle: float32, one device
+    model = as_float32(model, recipe, len(labels))  # the bundle: float32, one device, any Keras backend
     model.save(os.path.join(tmp, MODEL_FILE))  # the best weights (restored by early stopping)
     return model, hist, {**facts, "optimizer": "Adadelta", "learning_rate": 1.0, "resumed_after_epoch": first,
                          "global_batch": cfg.batch_size * n_replicas,
@@ -168,17 +168,16 @@ def class_weights(counts) -> dict:
     return {i: (total / (present * c) if c else 1.0) for i, c in enumerate(counts)}
 
 
-def as_float32(model, recipe, n_classes: int, distributed: bool = False):
-    """The same weights in a float32 single-device model: a mixed-precision model's variables are
-    float32 already, so the bundle scores in float32 wherever it goes (precision at inference is
-    chosen at load), and a model trained on several replicas is the same single-device model."""
+def as_float32(model, recipe, n_classes: int):
+    """The bundle's network: the same weights in a float32, single-device, backend-neutral model (a
+    mixed-precision model's variables are float32 already, so the bundle scores in float32 wherever it
+    goes, precision at inference being chosen at load; a model of several replicas is the same
+    single-device model; its BatchNormalization is not synchronized, so it loads on any Keras backend)."""
     import keras
 
-    if keras.mixed_precision.dtype_policy().name == "float32" and not distributed:
-        return model
     from genreclf.ml.network import build_model
 
-    keras.mixed_precision.set_global_policy("float32")
-    plain = build_model((recipe.frames, recipe.bands, 1), n_classes, recipe.dtype)
+    keras.mixed_precision.set_global_policy("float32")  # from here on: the reports predict in float32 too
+    plain = build_model((recipe.frames, recipe.bands, 1), n_classes, recipe.dtype, training=False)
     plain.set_weights(model.get_weights())
     return plain
