@@ -31,20 +31,7 @@ import sys
 import threading
 import time
 
-from benchmarks.scoring import cpu_name as _model_name
-
-
-def cpu_name() -> str:
-    """The CPU as /proc/cpuinfo names it, with its family/model and the flags our figures depend on."""
-    facts = {}
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            facts.setdefault(key.strip(), value.strip())
-            if not line.strip():
-                break
-    flags = [x for x in ("avx512_bf16", "amx_bf16", "avx2") if x in facts.get("flags", "").split()]
-    return f"{_model_name()} (family {facts.get('cpu family')} model {facts.get('model')}; {', '.join(flags)})"
+from benchmarks.host import cpu_name
 
 log = logging.getLogger("genreclf.bench.scale")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

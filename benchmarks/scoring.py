@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+from benchmarks.host import cpu_name
 from benchmarks.run import R, floor_loop, link_inputs, make_bundle, make_corpus, spark_session
 
 log = logging.getLogger("genreclf.bench")
@@ -90,16 +91,6 @@ def gflop_per_track(bundle: str, per_track: int) -> float:
         elif kind == "Dense":
             macs += layer.units * layer.input.shape[-1]
     return 2 * macs * per_track / 1e9
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-
-        return platform.processor() or "unknown CPU"
 
 
 def run_musicnn(out: str, tracks: int, res: dict) -> None:
