@@ -11,7 +11,8 @@ DEMO    := demo-output
 
 CORPUS  ?= ../shared/corpus-train
 CONF    ?= conf/genreclf.toml
-CV_OUT  ?= cv-output/$(basename $(notdir $(CONF)))
+REPEAT  ?= 1
+CV_OUT  ?= cv-output/$(basename $(notdir $(CONF)))$(if $(filter-out 1,$(REPEAT)),-x$(REPEAT))
 
 .PHONY: install install-gpu demo test bench bench-scale crossval pack clean help
 help:
@@ -19,7 +20,7 @@ help:
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks"
 	@echo "make bench-scale - catalogues of 10 k to 1 M rows, a killed and resumed run, 1 M tracks extrapolated (~30 min)"
-	@echo "make crossval [CONF=conf/quality.toml] - 5-fold artist-grouped cross-validation on $(CORPUS) (~30-45 min)"
+	@echo "make crossval [CONF=conf/musicnn.toml] [REPEAT=5] - 5-fold artist-grouped cross-validation on $(CORPUS), REPEAT times (~30-45 min each)"
 	@echo "make pack   - build/genreclf-env.tar.gz: the runtime environment for executors (--archives ...#env)"
 	@echo "make install-gpu - a GPU training node's environment (.venv-gpu; then make test GPU=1 ...)"
 	@echo "make clean  - remove build outputs and demo output (keeps .venv)"
@@ -106,12 +107,13 @@ test: install
 	  [ -f $(PACK) ] || { tail -n 20 build/pack.log; echo "make pack failed (build/pack.log)" >&2; exit 1; }
 	$(PY) -m pytest -m cluster
 
-# Featurize the labelled corpus with CONF's recipe, then cross-validate CONF's training (docs/quality.md).
-# A rerun re-featurizes (~15 s) and reuses the fold bundles trained with the same recipe and settings.
+# Featurize the labelled corpus with CONF's recipe, then cross-validate CONF's training (docs/quality.md),
+# REPEAT times with reshuffled folds (the same folds for every CONF). A rerun re-featurizes (~15 s) and
+# reuses the fold bundles trained with the same recipe and settings.
 crossval: install
 	./spark-submit.sh featurize --input $(CORPUS)/clips --labels $(CORPUS)/MANIFEST.csv \
 	    --output $(CV_OUT)/features --conf $(CONF) --overwrite
-	./spark-submit.sh evaluate --cv 5 --features $(CV_OUT)/features --output $(CV_OUT) --conf $(CONF)
+	./spark-submit.sh evaluate --cv 5 --repeat $(REPEAT) --features $(CV_OUT)/features --output $(CV_OUT) --conf $(CONF)
 
 bench: install
 	$(PY) -m benchmarks.run --out bench-output

@@ -1,4 +1,5 @@
-"""K-fold cross-validation on featurize output: folds grouped by artist and stratified by label.
+"""K-fold cross-validation on featurize output: folds grouped by artist and stratified by label,
+repeated R times with other shuffles (``--repeat R``) so that two recipes compare on equal ground.
 
 Each fold trains a full bundle (``run_train``: its own inner, artist-grouped validation split for
 early stopping and the temperature) on the other folds' tracks and is tested on its own. Every
@@ -35,6 +36,20 @@ log = logging.getLogger(__name__)
 VARIANTS = (("uncalibrated", "none"), ("temperature per track", "track"), ("temperature per window", "window"))
 METRICS = ("accuracy", "macro_f1", "log_loss", "ece")
 FOLDS_FILE = "folds.json"
+#: Most repetitions of the K folds (each trains K bundles).
+MAX_REPEATS = 100
+
+
+def repeated_folds(tracks: pd.DataFrame, k: int, seed: int, repeats: int = 1) -> list:
+    """[(repeat, fold, train_ids, test_ids)]: repetition r (from 1) is :func:`cv_folds` shuffled with
+    ``seed + r - 1``, so every track is tested once per repetition, and the folds depend only on the
+    tracks (ids, labels, artists), K, the seed and R: the same for every recipe or network compared."""
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= MAX_REPEATS:
+        raise ConfigError(f"--repeat {repeats!r} is not allowed: must be an integer in [1, {MAX_REPEATS}] "
+                          "(repetitions of the K folds)")
+    tracks = tracks.sort_values("track_id", kind="stable").reset_index(drop=True)  # not the table's row order
+    return [(r, i, train, test) for r in range(1, repeats + 1)
+            for i, (train, test) in enumerate(cv_folds(tracks, k, seed + r - 1), 1)]
 
 
 def cv_folds(tracks: pd.DataFrame, k: int, seed: int, group_col: str = "group") -> list:
@@ -121,10 +136,11 @@ def _run_fold(i, fold_dir, features, windows, test_ids, settings, labels, overri
 
 
 def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings | None = None, seed: int | None = None,
-                 batch_size: int | None = None, workers: int = 1, **overrides) -> dict:
-    """Cross-validate the training recipe on ``features``; writes OUTPUT/cv.json, cv.csv, cv.md and
-    the pooled confusion matrix and reliability diagram. Returns the summary. With MLflow tracking
-    on, one run holds the summary and a nested run per fold."""
+                 repeats: int = 1, batch_size: int | None = None, workers: int = 1, **overrides) -> dict:
+    """Cross-validate the training recipe on ``features``, ``repeats`` times over; writes OUTPUT/cv.json,
+    cv.csv, cv.md and the pooled confusion matrix and reliability diagram. Returns the summary: mean ± sd
+    over the folds (one repetition) or over the repetitions' means (several: the spread that decides
+    whether two recipes differ). With MLflow tracking on, one run holds the summary and a nested run per fold."""
     from genreclf.ml.plots import confusion, reliability_diagram
 
     settings = settings or load_settings()
@@ -140,54 +156,59 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
     tracks = features.tracks(check=True)
     labels = choose_labels(tracks, cfg.labels_from, settings)
     usable = usable_tracks(tracks, labels).reset_index(drop=True)
-    folds = cv_folds(usable, k, seed)
+    folds = repeated_folds(usable, k, seed, repeats)
     artist = usable.set_index("track_id")["group"] if "group" in usable else None
-    log.info("crossval: %d tracks, %d labels, %d folds (grouped by artist, stratified by label), seed %d",
-             len(usable), len(labels), k, seed)
+    log.info("crossval: %d tracks, %d labels, %d folds (grouped by artist, stratified by label)%s, seed %d",
+             len(usable), len(labels), k, f" x {repeats} repetitions" if repeats > 1 else "", seed)
     windows = features.windows()
     os.makedirs(output, exist_ok=True)
     started = time.time()
     with tracking.start(settings.mlflow, f"evaluate --cv {k} {storage.basename(output)}",
                         tags={"genreclf.job": "evaluate --cv"}) as tracker:
         rows, pooled, pooled_y = [], {name: [] for name, _ in VARIANTS}, []
-        for i, (train_ids, test_ids) in enumerate(folds, 1):
+        for r, i, train_ids, test_ids in folds:
             counts = usable.set_index("track_id").loc[test_ids, "label"].value_counts().to_dict()
-            log.info("crossval: fold %d/%d: %d training tracks, %d test tracks %s", i, k, len(train_ids),
-                     len(test_ids), counts)
+            named = f"repetition {r}/{repeats}, fold {i}/{k}" if repeats > 1 else f"fold {i}/{k}"
+            log.info("crossval: %s: %d training tracks, %d test tracks %s", named, len(train_ids), len(test_ids), counts)
             if artist is not None:
                 assert not set(artist.loc[test_ids].dropna()) & set(artist.loc[train_ids].dropna()), "artist leak"
-            with tracking.start(settings.mlflow, f"fold {i}", tags={"genreclf.job": "evaluate --cv"}) as fold_run:
-                fold_rows, fold_probs, y_tracks = _run_fold(i, os.path.join(output, f"fold-{i}"), features,
-                                                            windows, test_ids, settings, labels, overrides,
-                                                            recipe, batch_size, workers)
-                fold_run.params({"fold": i, "test_tracks": len(test_ids), "train_tracks": len(train_ids)})
+            fold_dir = os.path.join(output, *([f"repeat-{r}"] if repeats > 1 else []), f"fold-{i}")
+            with tracking.start(settings.mlflow, named, tags={"genreclf.job": "evaluate --cv"}) as fold_run:
+                fold_rows, fold_probs, y_tracks = _run_fold(i, fold_dir, features, windows, test_ids, settings, labels,
+                                                            overrides, recipe, batch_size, workers)
+                fold_run.params({"repeat": r, "fold": i, "test_tracks": len(test_ids), "train_tracks": len(train_ids)})
                 fold_run.metrics({row["variant"]: {m: row[m] for m in METRICS} for row in fold_rows})
-            rows += fold_rows
+            rows += [{"repeat": r, **row} for row in fold_rows]
             pooled_y.append(y_tracks)
             for name, probs in fold_probs.items():
                 pooled[name].append(probs)
         table = pd.DataFrame(rows)
-        summary = table.groupby("variant", sort=False)[list(METRICS)].agg(["mean", "std"])
+        per_repeat = table.groupby(["variant", "repeat"], sort=False)[list(METRICS)].mean()
+        over = per_repeat if repeats > 1 else table  # the repetitions' means, or the folds
+        summary = over.groupby("variant", sort=False)[list(METRICS)].agg(["mean", "std"])
         y_all = np.concatenate(pooled_y)
         pooled_reports = {name: classification_report(y_all, np.concatenate(p), labels) for name, p in pooled.items()}
         chosen = next(name for name, mode in VARIANTS if mode == cfg.calibration)
         confusion(np.asarray(pooled_reports[chosen]["confusion_matrix"]), labels,
-                  os.path.join(output, "confusion_matrix.png"), title=f"pooled over {k} folds ({chosen})")
+                  os.path.join(output, "confusion_matrix.png"), title=f"pooled over {len(folds)} folds ({chosen})")
         reliability_diagram({name: r["reliability"] for name, r in pooled_reports.items()},
-                            os.path.join(output, "reliability.png"), title=f"reliability, pooled over {k} folds")
+                            os.path.join(output, "reliability.png"), title=f"reliability, pooled over {len(folds)} folds")
         table.to_csv(os.path.join(output, "cv.csv"), index=False)
         mean_sd = {v: {m: [float(summary.loc[v, (m, "mean")]), float(summary.loc[v, (m, "std")])] for m in METRICS}
                    for v in summary.index}
         result = {
-            "features": features.url, "k": k, "seed": seed, "labels": labels, "recipe": recipe.to_dict(),
-            "train": {**dataclasses.asdict(settings.train), **overrides}, "folds": [{"test": te} for _, te in folds],
-            "per_fold": rows, "pooled": pooled_reports, "mean_sd": mean_sd,
+            "features": features.url, "k": k, "repeats": repeats, "seed": seed, "labels": labels,
+            "recipe": recipe.to_dict(), "train": {**dataclasses.asdict(settings.train), **overrides},
+            "folds": [{"repeat": r, "fold": i, "test": te} for r, i, _, te in folds],
+            "per_fold": rows, "per_repeat": {v: {m: per_repeat.loc[v, m].tolist() for m in METRICS}
+                                             for v in per_repeat.index.get_level_values(0).unique()},
+            "pooled": pooled_reports, "mean_sd": mean_sd, "mean_sd_over": "repeats" if repeats > 1 else "folds",
             "elapsed_s": round(time.time() - started, 1),
         }
         write_json(os.path.join(output, "cv.json"), result)
         markdown = format_table(result)
         storage.write_text(storage.join(storage.to_url(output), "cv.md"), markdown + "\n")
-        tracker.params({"k": k, "seed": seed, "features": result["features"], "recipe": result["recipe"],
+        tracker.params({"k": k, "repeats": repeats, "seed": seed, "features": result["features"], "recipe": result["recipe"],
                         "train": result["train"]})
         tracker.metrics({"mean": {v: {m: cells[m][0] for m in METRICS} for v, cells in mean_sd.items()},
                          "sd": {v: {m: cells[m][1] for m in METRICS} for v, cells in mean_sd.items()}})
@@ -195,13 +216,17 @@ def run_crossval(features: str, output: str, k: int = 5, *, settings: Settings |
                                                              "reliability.png")], "cv")
     for line in markdown.splitlines():
         log.info("crossval %s", line)
-    log.info("crossval: %d folds in %.0f s; reports in %s", k, result["elapsed_s"], output)
+    log.info("crossval: %d folds in %.0f s; reports in %s", len(folds), result["elapsed_s"], output)
     return result
 
 
 def format_table(result: dict) -> str:
-    """Mean ± sd over the folds per variant, as a Markdown table (track level)."""
-    head = "| variant | accuracy | macro-F1 | log loss | ECE |\n|---|---|---|---|---|"
+    """Mean ± sd per variant (over the folds, or over the repetitions' means), as a Markdown table (track level)."""
+    repeats = result.get("repeats", 1)
+    over = (f"{repeats} repetitions of {result['k']} artist-grouped folds (sd of the repetitions' means)"
+            if repeats > 1 else f"{result['k']} artist-grouped folds (sd over the folds)")
+    head = f"Track level, mean ± sd over {over}, seed {result['seed']}.\n\n" \
+           "| variant | accuracy | macro-F1 | log loss | ECE |\n|---|---|---|---|---|"
     lines = [head]
     for variant, cells in result["mean_sd"].items():
         lines.append(f"| {variant} | " + " | ".join(f"{cells[m][0]:.3f} ± {cells[m][1]:.3f}" for m in METRICS) + " |")

@@ -1,7 +1,7 @@
 """evaluate: a model bundle on featurize output, or K-fold cross-validation of training itself.
 
     ./spark-submit.sh evaluate --model out/model --features out/features [--split val|all]
-    ./spark-submit.sh evaluate --cv 5 --features out/features --output out/cv [--conf conf/quality.toml]
+    ./spark-submit.sh evaluate --cv 5 --features out/features --output out/cv [--repeat 5] [--conf conf/musicnn.toml]
 """
 
 import argparse
@@ -16,7 +16,8 @@ def parser() -> argparse.ArgumentParser:
                                             "calibration error, per-class precision/recall, confusion matrix and "
                                             "reliability diagram (CSV, PNG) of a bundle; or, with --cv K, K-fold "
                                             "cross-validation of the training recipe (folds grouped by artist, "
-                                            "stratified by label), mean ± sd over the folds.",
+                                            "stratified by label), mean ± sd over the folds (or, with --repeat R, over R "
+                                            "repetitions of them).",
                                 epilog=EPILOG)
     p.add_argument("--model", metavar="BUNDLE",
                    help="the bundle to evaluate, or an MLflow model URI (models:/NAME/VERSION; then give --output) "
@@ -28,6 +29,9 @@ def parser() -> argparse.ArgumentParser:
                    help="train and test K times, each fold's tracks held out once (needs --output; trains "
                         "with [train] settings; fold bundles are kept and reused by a rerun)")
     p.add_argument("--seed", type=int, help="with --cv: seed of the folds (default [train] seed)")
+    p.add_argument("--repeat", type=int, default=1, metavar="R",
+                   help="with --cv: R repetitions of the K folds, shuffled with seeds SEED..SEED+R-1 (the same folds "
+                        "for every recipe: compare presets on equal ground); mean ± sd over the repetitions' means")
     p.add_argument("--output", metavar="DIR", help="where reports go (default BUNDLE/evaluation)")
     add_setting_flags(p, "evaluate", ["batch_size"], metavars={"batch_size": "WINDOWS"})
     p.add_argument("--no-calibration", dest="calibrate", action="store_false",
@@ -45,8 +49,11 @@ def evaluate(args, settings):
         from genreclf.crossval import run_crossval
 
         overrides = {} if args.calibrate else {"calibration": "none"}
-        run_crossval(args.features, args.output, args.cv, settings=settings, seed=args.seed, **overrides)
+        run_crossval(args.features, args.output, args.cv, settings=settings, seed=args.seed, repeats=args.repeat,
+                     **overrides)
         return
+    if args.repeat != 1:
+        raise ConfigError("--repeat R repeats cross-validation: give it with --cv K")
     if not args.model:
         raise ConfigError("give --model BUNDLE to evaluate a bundle, or --cv K to cross-validate")
     from genreclf.evaluate import run_evaluate

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genreclf.crossval import cv_folds
+from genreclf.crossval import cv_folds, repeated_folds
 from genreclf.errors import ConfigError
 from genreclf.ml.calibration import apply_temperature, fit_temperature, track_probabilities
 from genreclf.ml.metrics import log_loss, reliability
@@ -95,6 +95,23 @@ def test_folds_never_share_an_artist_or_a_track(k, seed):
         assert set(train) | set(test) == set(tracks["track_id"])
         assert not set(artist[list(test)].dropna()) & set(artist[list(train)].dropna())
     assert cv_folds(tracks, k, seed) == folds  # seeded
+
+
+def test_repetitions_reshuffle_the_folds_and_depend_only_on_the_tracks():
+    """--repeat R: repetition r is the folds of seed + r - 1 (each track tested once per repetition); the
+    same tracks give the same folds whatever else differs (their order, the features' recipe)."""
+    tracks = _catalogue(0)
+    folds = repeated_folds(tracks, 3, 7, repeats=3)
+    assert [(r, i) for r, i, _, _ in folds] == [(r, i) for r in (1, 2, 3) for i in (1, 2, 3)]
+    ordered = tracks.sort_values("track_id").reset_index(drop=True)
+    for r in (1, 2, 3):
+        assert [(tr, te) for rr, _, tr, te in folds if rr == r] == cv_folds(ordered, 3, 7 + r - 1)
+    assert len({tuple(te) for *_, te in folds}) > 3  # the repetitions are shuffled differently
+    shuffled = tracks.sample(frac=1, random_state=1).reset_index(drop=True)
+    assert repeated_folds(shuffled, 3, 7, 3) == folds  # the tracks table's row order plays no part
+    for bad in (0, 101, 1.5, True):
+        with pytest.raises(ConfigError, match="--repeat"):
+            repeated_folds(tracks, 3, 7, bad)
 
 
 def test_too_many_folds_for_the_artists_is_refused():

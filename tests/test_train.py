@@ -107,21 +107,32 @@ def test_the_bundle_is_calibrated_on_its_validation_tracks(bundle):
 
 
 def test_cross_validation_trains_and_tests_every_fold(tiny_features, tmp_path):
-    """evaluate --cv: each track tested once, by a model that never saw it; mean ± sd per variant
+    """evaluate --cv 2 --repeat 2: in each repetition each track tested once, by a model that never saw
+    it; mean ± sd per variant over the repetitions' means, each recomputed here from the per-fold rows
     (here with balanced class weights, which the folds pass on to training)."""
-    from genreclf.crossval import VARIANTS, run_crossval
+    from genreclf.crossval import METRICS, VARIANTS, run_crossval
 
-    result = run_crossval(str(tiny_features), str(tmp_path / "cv"), 2, epochs=1, batch_size=8, val_fraction=0.34,
-                          class_weight="balanced")
-    tested = [t for fold in result["folds"] for t in fold["test"]]
-    assert sorted(tested) == sorted(_ok_tracks(tiny_features)["track_id"])  # every labelled ok track, once
-    for i, fold in enumerate(result["folds"], 1):
-        val = json.loads((tmp_path / "cv" / f"fold-{i}" / "model" / "split.json").read_text())["val"]
+    result = run_crossval(str(tiny_features), str(tmp_path / "cv"), 2, repeats=2, epochs=1, batch_size=8,
+                          val_fraction=0.34, class_weight="balanced")
+    ok = sorted(_ok_tracks(tiny_features)["track_id"])
+    assert len(result["folds"]) == 4 and result["repeats"] == 2 and result["mean_sd_over"] == "repeats"
+    for r in (1, 2):
+        tested = [t for fold in result["folds"] if fold["repeat"] == r for t in fold["test"]]
+        assert sorted(tested) == ok  # every labelled ok track, once per repetition
+    for fold in result["folds"]:
+        model = tmp_path / "cv" / f"repeat-{fold['repeat']}" / f"fold-{fold['fold']}" / "model"
+        val = json.loads((model / "split.json").read_text())["val"]
         assert not set(val) & set(fold["test"])
-        info = load_bundle_info(str(tmp_path / "cv" / f"fold-{i}" / "model"))
+        info = load_bundle_info(str(model))
         assert info["excluded_tracks"] == len(fold["test"]) and info["class_weight"] == "balanced"
     assert set(result["mean_sd"]) == {name for name, _ in VARIANTS}
-    assert len(result["per_fold"]) == 2 * len(VARIANTS)
+    assert len(result["per_fold"]) == 4 * len(VARIANTS)
+    for name, _ in VARIANTS:
+        for m in METRICS:
+            means = [np.mean([row[m] for row in result["per_fold"] if row["variant"] == name and row["repeat"] == r])
+                     for r in (1, 2)]
+            assert result["per_repeat"][name][m] == pytest.approx(means)
+            assert result["mean_sd"][name][m] == pytest.approx([np.mean(means), np.std(means, ddof=1)], nan_ok=True)
     for name in ("cv.json", "cv.csv", "cv.md", "confusion_matrix.png", "reliability.png"):
         assert (tmp_path / "cv" / name).is_file(), name
     assert "| uncalibrated |" in (tmp_path / "cv" / "cv.md").read_text()
