@@ -14,6 +14,7 @@ from genreclf.ml import pretrained
 pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "musicnn.npz")
+VGG_FIXTURE = os.path.join(os.path.dirname(FIXTURE), "musicnn_vgg.npz")
 
 
 @pytest.mark.parametrize("model", ["MSD_musicnn", "MTT_musicnn"])
@@ -31,6 +32,23 @@ def test_the_keras_network_gives_the_original_graphs_outputs(model):
     key = model.split("_")[0].lower()
     np.testing.assert_allclose(tags, fixture[f"{key}_tags"], atol=1e-4)
     np.testing.assert_allclose(penultimate, fixture[f"{key}_penultimate"], atol=1e-4)
+    assert len(pretrained.labels(model)) == tags.shape[1] == 50
+
+
+@pytest.mark.parametrize("model", ["MSD_vgg", "MTT_vgg"])
+def test_the_keras_vgg_gives_the_original_graphs_outputs(model):
+    """tests/fixtures/musicnn_vgg.npz holds the wheel's original VGG graphs' sigmoid tags and last pooled
+    map on musicnn.npz's three mel patches (made by tests/fixtures/make_vgg_fixture.py)."""
+    from genreclf.ml.musicnn import build_vgg, load_weights
+    from genreclf.ml.tfsetup import configure_tensorflow
+
+    configure_tensorflow(training=False)
+    fixture = np.load(VGG_FIXTURE)
+    network = build_vgg()
+    load_weights(network, pretrained.checkpoint(model))
+    tags, *_, pool5 = network.predict(np.load(FIXTURE)["x"][..., None], verbose=0)  # the musicnn test's patches
+    np.testing.assert_allclose(tags, fixture[f"{model.lower()}_tags"], atol=1e-4)
+    np.testing.assert_allclose(pool5, fixture[f"{model.lower()}_pool5"], atol=1e-4)
     assert len(pretrained.labels(model)) == tags.shape[1] == 50
 
 

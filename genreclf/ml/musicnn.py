@@ -13,6 +13,11 @@ Input: patches of 187 frames x 96 mel bands (3 s at 16 kHz, log10(1 + 10000 x) o
   "penultimate" embedding), batch norm, dense 50 (logits; sigmoid gives the tags).
 
 Batch norms are TF1 layers': epsilon 1e-3. Dropout (0.5, training only) is left out: inference only.
+
+The wheel's two VGG baselines (MSD_vgg, MTT_vgg; :func:`build_vgg`), same input: batch norm of the input,
+then five 3 x 3 convolutions of 128 filters ('same', ReLU, batch norm), each followed by max pooling
+(4 x 1 stride 2, then 2 x 2 stride 2 three times, then 4 x 4 stride 4, all 'valid'): 92 x 48, 46 x 24,
+23 x 12, 11 x 6 and 2 x 1 maps of 128; flattened (256), dense 50 (logits). Dropout is left out as above.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ TEMPORAL = ((128, "conv2d_2", "batch_normalization_3"), (64, "conv2d_3", "batch_
             (32, "conv2d_4", "batch_normalization_5"))
 MIDEND = (("conv2d_5", "batch_normalization_6"), ("conv2d_6", "batch_normalization_7"),
           ("conv2d_7", "batch_normalization_8"))
+#: The VGG baselines' blocks: (convolution, batch norm, max pooling size, its strides), in graph order.
+VGG_BLOCKS = (("1CNN", "batch_normalization_1", (4, 1), (2, 2)), ("2CNN", "batch_normalization_2", (2, 2), (2, 2)),
+              ("3CNN", "batch_normalization_3", (2, 2), (2, 2)), ("4CNN", "batch_normalization_4", (2, 2), (2, 2)),
+              ("5CNN", "batch_normalization_5", (4, 4), (4, 4)))
 
 
 def build_musicnn(n_tags: int = 50, filters_midend: int = 64, units_backend: int = 200):
@@ -78,6 +87,24 @@ def build_musicnn(n_tags: int = 50, filters_midend: int = 64, units_backend: int
     penultimate = bn("batch_normalization_10")(layers.Dense(units_backend, activation="relu", name="dense")(flat))
     tags = layers.Dense(n_tags, activation="sigmoid", name="dense_1")(penultimate)
     return keras.Model(inp, [tags, penultimate], name="musicnn")
+
+
+def build_vgg(n_tags: int = 50, filters: int = 128):
+    """A VGG baseline of the wheel: (n, 187, 96, 1) mel patches -> (tag probabilities (n, n_tags), the
+    pooled maps of its five blocks (n, 92, 48, 128) ... (n, 2, 1, 128))."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((*PATCH, 1), name="mel")
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, name="batch_normalization")(inp)
+    pools = []
+    for conv, norm, size, strides in VGG_BLOCKS:
+        x = layers.Conv2D(filters, (3, 3), padding="same", activation="relu", name=conv)(x)
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, name=norm)(x)
+        x = layers.MaxPooling2D(size, strides=strides)(x)
+        pools.append(x)
+    tags = layers.Dense(n_tags, activation="sigmoid", name="dense")(layers.Flatten()(x))
+    return keras.Model(inp, [tags, *pools], name="musicnn_vgg")
 
 
 def load_weights(model, checkpoint: str) -> None:

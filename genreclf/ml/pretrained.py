@@ -1,4 +1,5 @@
-"""Pretrained weights, installed from the package registry and checked: musicnn's MSD and MTT taggers.
+"""Pretrained weights, installed from the package registry and checked: musicnn's MSD and MTT taggers,
+and the wheel's two VGG baselines trained on the same tags (MSD_vgg, MTT_vgg).
 
 ``python -m genreclf.ml.pretrained install`` (run by ``make install``) downloads the ``musicnn==0.1.0``
 wheel without its dependencies (it pins numpy < 1.17 and is TF1 code: it is never installed), checks
@@ -39,9 +40,15 @@ MODELS = {
     "MTT_musicnn": {".index": ("model.index", "da2d7bb670b2b31e9bc441bb1bd75eca31b5b061f963cc1f9630c1aff3238f57"),
                     ".data-00000-of-00001": ("model.data-00000-of-00001",
                                              "041f3935e981a65cea739842d30c188d3a7d2adf4410955c8668eb3de4a5acab")},
+    "MSD_vgg": {".index": ("model.index", "50e499238457558bba9f34f8b84d4afb8279afd43520cdf0a4fdf805a49c9ca3"),
+                ".data-00000-of-00001": ("model.data-00000-of-00001",
+                                         "9683d756b8311146534f333502ebf4a2a78a3e320c54ab0411dff6186d8375fc")},
+    "MTT_vgg": {".index": ("model.index", "4b0d3d2d02bbe0919c063c1fb74bfa9018ac3517e362d681b07444d4207a5f5f"),
+                ".data-00000-of-00001": ("model.data-00000-of-00001",
+                                         "458f5c8bcecc086a3bba3dce83809df6da6e0a3560a59ddd84711bf3d5fd8303")},
 }
 #: The tag lists in the wheel's configuration.py, per model.
-LABEL_LISTS = {"MSD_musicnn": "MSD_LABELS", "MTT_musicnn": "MTT_LABELS"}
+LABEL_LISTS = {"MSD_musicnn": "MSD_LABELS", "MTT_musicnn": "MTT_LABELS", "MSD_vgg": "MSD_LABELS", "MTT_vgg": "MTT_LABELS"}
 INSTALL_COMMAND = "make install (or: python -m genreclf.ml.pretrained install)"
 #: ``score --model pretrained:NAME``: the taggers as bundles, scored with no labels of the user's.
 TAGGERS = {"musicnn-msd": "MSD_musicnn", "musicnn-mtt": "MTT_musicnn"}
@@ -72,7 +79,7 @@ def _sha256(path: str) -> str:
 
 
 def checkpoint(model: str) -> str:
-    """The checked checkpoint prefix of ``model`` (MSD_musicnn or MTT_musicnn) for tf.train.load_checkpoint."""
+    """The checked checkpoint prefix of ``model`` (a key of :data:`MODELS`) for tf.train.load_checkpoint."""
     if model not in MODELS:
         raise ConfigError(f"no pretrained model {model!r}; known: {sorted(MODELS)}")
     folder = os.path.join(data_dir(), "musicnn", model)
