@@ -195,8 +195,10 @@ def print_settings(argv=None) -> int:
     p.add_argument("--conf", metavar="TOML", help="a preset or settings file layered on conf/genreclf.toml")
     args = p.parse_args(argv)
     try:
-        print(describe(load_settings(args.conf)))
+        print(describe(load_settings(args.conf)), flush=True)
     except GenreclfError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # read by `head` or a pager that quit: nothing more to say, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
     return 0

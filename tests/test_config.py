@@ -75,6 +75,21 @@ def test_every_setting_has_its_meaning_beside_its_default():
     assert print_settings([]) == 0
 
 
+def test_printing_the_settings_into_a_pipe_that_closes_early_is_quiet():
+    """``python -m genreclf.config | head -1`` when head has gone before the first line is written: the reader
+    closes its end at once, so the write fails for sure; no traceback, exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "-m", "genreclf.config"], cwd=root, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0 and not err.strip(), err
+
+
 @pytest.mark.parametrize("cls, values, message", [
     (FeaturizeSettings, {"files_per_task": 0}, "[featurize] files_per_task = 0 is not allowed: must be an integer in "
                                                "[1, 100000] (files; the bound keeps memory in check"),
