@@ -14,6 +14,7 @@ which cost what trained ones cost. Prints windows/s and tracks/s (a 30 s track i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -65,33 +66,33 @@ def _rate(step, batch: int, seconds: float) -> float:
     return calls * batch / (time.perf_counter() - started)
 
 
-def _networks(policy: str):
-    """(reference CNN, musicnn) built under the Keras dtype ``policy``, for inference."""
+@contextlib.contextmanager
+def _policy(precision: str):
+    """Networks built inside compute in ``precision`` (its Keras dtype policy); float32 again after."""
     import keras
 
-    from genreclf.config import Recipe
-    from genreclf.ml.musicnn import build_musicnn
-    from genreclf.ml.network import build_model
+    from genreclf.config import POLICIES
 
-    keras.mixed_precision.set_global_policy(policy)
+    keras.mixed_precision.set_global_policy(POLICIES[precision])
     try:
-        r = Recipe()
-        return build_model((r.frames, r.bands, 1), 16, r.dtype, training=False), build_musicnn()
+        yield
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
 def measure(*, seconds: float, batch: int, train_batch: int, precisions: tuple) -> list:
     """One row per (what, precision): windows/s and tracks/s."""
-    import keras
-
+    from genreclf.config import Recipe
+    from genreclf.ml.musicnn import build_musicnn
     from genreclf.ml.network import build_model, compile_model
 
+    r = Recipe()
     rng = np.random.default_rng(0)
     rows = []
     for precision in precisions:
-        policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[precision]
-        reference, musicnn = _networks(policy)
+        with _policy(precision):
+            reference, musicnn = build_model((r.frames, r.bands, 1), 16, r.dtype, training=False), build_musicnn()
+            model = compile_model(build_model((r.frames, r.bands, 1), 16, r.dtype))  # to train
         x = rng.random((batch, *reference.input_shape[1:]), np.float32).astype(reference.inputs[0].dtype)
         rate = _rate(lambda: reference.predict_on_batch(x), batch, seconds)
         rows.append(("reference CNN inference", precision, rate, rate / REFERENCE_WINDOWS))
@@ -99,11 +100,6 @@ def measure(*, seconds: float, batch: int, train_batch: int, precisions: tuple) 
         rate = _rate(lambda: musicnn.predict_on_batch(x), batch, seconds)
         rows.append(("musicnn inference", precision, rate, rate / MUSICNN_PATCHES))
 
-        keras.mixed_precision.set_global_policy(policy)
-        try:
-            model = compile_model(build_model(reference.input_shape[1:], 16, reference.inputs[0].dtype))
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
         x = rng.random((train_batch, *reference.input_shape[1:]), np.float32).astype(reference.inputs[0].dtype)
         y = np.eye(16, dtype=np.float32)[rng.integers(0, 16, train_batch)]
         rate = _rate(lambda: model.train_on_batch(x, y), train_batch, seconds)

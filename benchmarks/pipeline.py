@@ -295,7 +295,8 @@ def rows(res: dict) -> list:
 
 def _auto_training_precision() -> str:
     """What ``[train] precision = "auto"`` trains in on this machine's CPU (genreclf.ml.inference.resolve)."""
-    from genreclf.ml.inference import POLICIES, resolve
+    from genreclf.config import POLICIES
+    from genreclf.ml.inference import resolve
 
     return POLICIES[resolve("auto", has_gpu=False, training=True)]
 

@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from genreclf.ml.inference import POLICIES, TrackBatcher, cast_model, prefetch, resolve
+from genreclf.config import POLICIES
+from genreclf.ml.inference import TrackBatcher, cast_model, prefetch, resolve
 
 pytestmark = pytest.mark.pure  # no Spark, no training: pytest -m pure
 

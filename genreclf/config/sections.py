@@ -23,6 +23,8 @@ FMA_GENRES = (
 
 #: Precisions a score may be computed in ([score] precision; genreclf.ml.inference resolves auto).
 SCORE_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+#: Keras dtype policies of each computed precision (16-bit compute, float32 weights).
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 # Upper bounds that protect memory, refused before any work (a batch of 1e12 was accepted once).
 # A reference window is 128 x 513 values: 0.25 MB as float32 input, and its layer outputs sum to

@@ -31,12 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from genreclf.config import POLICIES
 from genreclf.ml.calibration import track_probabilities
 
 log = logging.getLogger(__name__)
 
-#: Keras dtype policies of each computed precision.
-POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 #: CPU flags (Linux /proc/cpuinfo) of native bfloat16 arithmetic.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 

@@ -161,7 +161,8 @@ def _policy(tf, requested: str) -> str:
     (genreclf.ml.inference.resolve, shared with scoring), set for this process."""
     import keras
 
-    from genreclf.ml.inference import POLICIES, resolve
+    from genreclf.config import POLICIES
+    from genreclf.ml.inference import resolve
 
     policy = requested
     if requested == "auto":
