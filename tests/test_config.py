@@ -39,7 +39,7 @@ def test_settings_load_in_layers_each_listing_only_its_changes(tmp_path, monkeyp
     assert load_settings() == config.Settings()
 
 
-@pytest.mark.parametrize("preset", ["quality.toml", "gpu.toml", "musicnn.toml"])
+@pytest.mark.parametrize("preset", ["quality.toml", "gpu.toml", "musicnn.toml", "musicnn-fusion.toml"])
 def test_a_shipped_preset_lists_only_what_it_changes(preset):
     import os
     import tomllib
@@ -48,13 +48,44 @@ def test_a_shipped_preset_lists_only_what_it_changes(preset):
 
     path = os.path.join(os.path.dirname(DEFAULT_CONF), preset)
     data = tomllib.loads(open(path).read())
-    defaults, loaded = Settings(), load_settings(path)
+    base = data.pop("base", None)  # a preset on another: what it changes is relative to that one
+    defaults, loaded = (load_settings(os.path.join(os.path.dirname(path), base)) if base else Settings(),
+                        load_settings(path))
     assert data
     for section, table in data.items():
         for key, value in table.items():
             assert value != getattr(getattr(defaults, section), key), f"{preset} restates [{section}] {key}"
             assert getattr(getattr(loaded, section), key) == value
     assert set(data) <= set(SECTIONS)
+
+
+def test_a_preset_on_a_base_file_changes_only_what_it_lists(tmp_path):
+    """``base = FILE``: that file's settings first (relative to this file), then this file's; a loop is refused."""
+    import dataclasses
+
+    (tmp_path / "one.toml").write_text('[train]\nepochs = 7\npatience = 2\n')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "two.toml").write_text('base = "../one.toml"\n[train]\npatience = 3\n')
+    assert load_settings(str(tmp_path / "sub" / "two.toml")).train == dataclasses.replace(
+        load_settings().train, epochs=7, patience=3)
+    (tmp_path / "one.toml").write_text('base = "sub/two.toml"\n')
+    with pytest.raises(ConfigError, match="base files form a loop"):
+        load_settings(str(tmp_path / "sub" / "two.toml"))
+    (tmp_path / "three.toml").write_text("base = 3\n")
+    with pytest.raises(ConfigError, match="base = 3 must be the path of a settings file"):
+        load_settings(str(tmp_path / "three.toml"))
+
+
+def test_the_recommended_preset_is_the_fast_one_with_a_second_backbone():
+    import os
+
+    from genreclf.config import DEFAULT_CONF
+
+    fast, best = (load_settings(os.path.join(os.path.dirname(DEFAULT_CONF), n))
+                  for n in ("musicnn.toml", "musicnn-fusion.toml"))
+    assert best.recipe == fast.recipe and best.train.network == fast.train.network == "musicnn"
+    assert fast.train.names("backbones") == ("musicnn-msd",)
+    assert best.train.names("backbones") == ("musicnn-msd", "musicnn-mtt")
 
 
 def test_every_setting_has_its_meaning_beside_its_default():
@@ -121,6 +152,13 @@ def test_printing_the_settings_into_a_pipe_that_closes_early_is_quiet():
     (FeaturizeSettings, {"max_duration_s": float("nan")}, "[featurize] max_duration_s = nan is not allowed"),
     (TrainSettings, {"reader_workers": 10**6}, "[train] reader_workers = 1000000 is not allowed: must be an integer in "
                                                "[0, 32]"),
+    (TrainSettings, {"backbones": "musicnn-msd,openl3"}, "[train] backbones = 'musicnn-msd,openl3' is not allowed: must "
+                                                        "be distinct comma-separated names among musicnn-msd, musicnn-mtt"),
+    (TrainSettings, {"backbones": "vgg-mtt,vgg-mtt"}, "[train] backbones = 'vgg-mtt,vgg-mtt' is not allowed"),
+    (TrainSettings, {"head_layers": ""}, "[train] head_layers = '' is not allowed: must be distinct comma-separated "
+                                         "names among penultimate, midend, tags"),
+    (TrainSettings, {"head_c": 0}, "[train] head_c = 0 is not allowed: must be a number > 0"),
+    (TrainSettings, {"fusion": "stack"}, "[train] fusion = 'stack' is not allowed: must be 'concat' or 'late'"),
 ])
 def test_a_wrong_value_names_its_key(cls, values, message):
     with pytest.raises(ConfigError) as e:

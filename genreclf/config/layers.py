@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import posixpath
 import re
 import tomllib
 
@@ -60,14 +61,42 @@ def _read_layer(path: str) -> dict:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = set(data) - set(SECTIONS) - {"labels"}
+    unknown = set(data) - set(SECTIONS) - {"labels", BASE_KEY}
     if unknown:
-        raise ConfigError(f"{path}: unknown sections {sorted(unknown)}; known: {sorted([*SECTIONS, 'labels'])}")
+        raise ConfigError(f"{path}: unknown sections {sorted(unknown)}; known: {sorted([*SECTIONS, 'labels'])} "
+                          f"(and {BASE_KEY} = FILE before them)")
+    if BASE_KEY in data and not isinstance(data[BASE_KEY], str):
+        raise ConfigError(f"{path}: {BASE_KEY} = {data[BASE_KEY]!r} must be the path of a settings file (relative to "
+                          "this one's directory)")
     for name, table in data.items():
+        if name == BASE_KEY:
+            continue
         known = {f.name for f in dataclasses.fields(SECTIONS[name])} if name in SECTIONS else {"genres"}
         if set(table) - known:
             raise ConfigError(f"{path}: [{name}] has unknown keys {sorted(set(table) - known)}; known: {sorted(known)}")
     return data
+
+
+#: A settings file's top-level key naming the file it changes (read first, itself perhaps on a base):
+#: a preset that differs from another in a few keys lists only those.
+BASE_KEY = "base"
+
+
+def _with_bases(path: str, seen: tuple = ()) -> dict:
+    """The tables of ``path`` laid over those of its base file, and its base's base ..."""
+    path = path if "://" in path else os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"config file {path}: {BASE_KEY} files form a loop ({' -> '.join([*seen, path])})")
+    data = _read_layer(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    beside = (posixpath.join(posixpath.dirname(path), base) if "://" in path
+              else os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), base)))
+    merged = {name: dict(table) for name, table in _with_bases(beside, (*seen, path)).items()}
+    for name, table in data.items():
+        merged.setdefault(name, {}).update(table)
+    return merged
 
 
 def load_settings(path: str | None = None) -> Settings:
@@ -79,7 +108,7 @@ def load_settings(path: str | None = None) -> Settings:
         layers.append(path)
     merged: dict = {}
     for layer in layers:
-        for name, table in _read_layer(layer).items():
+        for name, table in _with_bases(layer).items():
             merged.setdefault(name, {}).update(table)
     sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
     return Settings(**sections, genres=tuple(merged.get("labels", {}).get("genres", FMA_GENRES)))

@@ -57,6 +57,14 @@ def _count_up_to(limit: int, what: str):
             f"an integer in [1, {limit}] ({what}; the bound keeps memory in check: see genreclf/config/sections.py)")
 
 
+def _names_of(value, vocabulary: tuple) -> bool:
+    """A comma-separated list of distinct names from ``vocabulary`` (at least one)."""
+    if not isinstance(value, str):
+        return False
+    names = [n.strip() for n in value.split(",")]
+    return all(n in vocabulary for n in names) and len(set(names)) == len(names)
+
+
 @dataclass(frozen=True)
 class FeaturizeSettings:
     """Knobs of the featurize job; defaults in ``conf/genreclf.toml``."""
@@ -103,8 +111,17 @@ TRAIN_PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CALIBRATION_MODES = ("track", "window", "none")
 #: Loss weights per class: equal (the reference), or inverse to the class's share of training windows.
 CLASS_WEIGHTS = ("none", "balanced")
-#: What train fits: the reference CNN from scratch, or a softmax head on the frozen pretrained musicnn.
+#: What train fits: the reference CNN from scratch, or a softmax head on frozen pretrained backbones.
 TRAIN_NETWORKS = ("reference", "musicnn")
+#: The pretrained backbones a head can sit on ([train] backbones): the musicnn wheel's four checkpoints.
+BACKBONES = ("musicnn-msd", "musicnn-mtt", "vgg-msd", "vgg-mtt")
+#: Which layers of each backbone feed the head ([train] head_layers): the embedding before the tags
+#: (musicnn's 200-d dense, VGG's flattened last pooled map), the pooled mid-end (musicnn's 1506 max and
+#: mean of its mid-end, VGG's mean and max of its fourth block), the 50 tag probabilities.
+HEAD_LAYERS = ("penultimate", "midend", "tags")
+#: How heads on several backbones are combined: one head on their features side by side, or one head
+#: per backbone with their log-probabilities averaged (late fusion).
+FUSIONS = ("concat", "late")
 #: Window readers of the training pipeline (genreclf.ml.pipeline).
 READERS = ("arrow", "petastorm")
 #: Where the label list comes from: the sorted labels of the data, or [labels] genres.
@@ -115,8 +132,12 @@ LABEL_SOURCES = ("data", "conf")
 class TrainSettings:
     """Knobs of the trainer; defaults in ``conf/genreclf.toml`` ``[train]``, each overridable by a flag."""
 
-    network: str = "reference"  # "reference": the 4th-place CNN from scratch; "musicnn": a genre head on the frozen pretrained musicnn (features of conf/musicnn.toml's recipe)
-    epochs: int = 30  # most epochs; early stopping may end sooner
+    network: str = "reference"  # "reference": the 4th-place CNN from scratch; "musicnn": a genre head on frozen pretrained backbones (features of conf/musicnn.toml's recipe)
+    backbones: str = "musicnn-msd"  # musicnn heads: the pretrained backbones, comma-separated (musicnn-msd, musicnn-mtt, vgg-msd, vgg-mtt), each run once per window
+    head_layers: str = "penultimate"  # musicnn heads: the layers of each backbone the head reads, comma-separated (penultimate, midend, tags)
+    fusion: str = "concat"  # musicnn heads on several backbones: "concat" = one head on their features side by side; "late" = a head each, log-probabilities averaged
+    head_c: float = 0.001  # musicnn heads: inverse L2 strength (scikit-learn's C) of the softmax regression on standardised features; smaller = smoother (chosen by 5 x 5 cross-validation, docs/quality.md)
+    epochs: int = 30  # most epochs of the reference network; early stopping may end sooner
     batch_size: int = 128  # windows per step (the reference: 128)
     dropout: float = 0.2  # the reference network's dropout rate before each dense layer (training only)
     val_fraction: float = 0.2  # share of tracks (whole artists/albums when known) held out for validation
@@ -151,7 +172,15 @@ class TrainSettings:
             "cache_dir": (lambda v: isinstance(v, str), "a directory path (or empty)"),
             "calibration": (lambda v: v in CALIBRATION_MODES, one_of(CALIBRATION_MODES)),
             "class_weight": (lambda v: v in CLASS_WEIGHTS, one_of(CLASS_WEIGHTS)),
+            "backbones": (lambda v: _names_of(v, BACKBONES), "distinct comma-separated names among " + ", ".join(BACKBONES)),
+            "head_layers": (lambda v: _names_of(v, HEAD_LAYERS), "distinct comma-separated names among " + ", ".join(HEAD_LAYERS)),
+            "fusion": (lambda v: v in FUSIONS, one_of(FUSIONS)),
+            "head_c": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
         })
+
+    def names(self, key: str) -> tuple:
+        """A comma-separated setting (backbones, head_layers) as its names, in order."""
+        return tuple(n.strip() for n in getattr(self, key).split(","))
 
 
 @dataclass(frozen=True)
@@ -236,5 +265,5 @@ SECTIONS = {"recipe": Recipe, "featurize": FeaturizeSettings, "score": ScoreSett
 
 #: The vocabulary of each setting that has one (its flag's choices).
 CHOICES = {"score": {"precision": SCORE_PRECISIONS},
-           "train": {"network": TRAIN_NETWORKS, "labels_from": LABEL_SOURCES, "reader": READERS,
+           "train": {"network": TRAIN_NETWORKS, "fusion": FUSIONS, "labels_from": LABEL_SOURCES, "reader": READERS,
                      "precision": TRAIN_PRECISIONS, "calibration": CALIBRATION_MODES, "class_weight": CLASS_WEIGHTS}}
