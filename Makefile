@@ -8,6 +8,8 @@ VENV    ?= $(if $(filter 1,$(GPU)),.venv-gpu,.venv)
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat $(RUNTIME) requirements-base.txt requirements-dev.txt requirements-mlflow.txt setup.py genreclf/ml/pretrained.py spark-submit.sh | cksum | cut -d' ' -f1)
 DEMO    := demo-output
+# The recommended preset (README, docs/quality.md): a genre head on two pretrained musicnn backbones.
+RECOMMENDED := conf/musicnn-fusion.toml
 
 CORPUS  ?= ../shared/corpus-train
 CONF    ?= conf/genreclf.toml
@@ -20,7 +22,7 @@ help:
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks"
 	@echo "make bench-scale - catalogues of 10 k to 1 M rows, a killed and resumed run, 1 M tracks extrapolated (~30 min)"
-	@echo "make crossval [CONF=conf/musicnn.toml] [REPEAT=5] - 5-fold artist-grouped cross-validation on $(CORPUS), REPEAT times (~30-45 min each)"
+	@echo "make crossval [CONF=$(RECOMMENDED)] [REPEAT=5] - 5-fold artist-grouped cross-validation on $(CORPUS), REPEAT times (~30-45 min each)"
 	@echo "make pack   - build/genreclf-env.tar.gz: the runtime environment for executors (--archives ...#env)"
 	@echo "make install-gpu - a GPU training node's environment (.venv-gpu; then make test GPU=1 ...)"
 	@echo "make clean  - remove build outputs and demo output (keeps .venv)"
@@ -69,12 +71,12 @@ demo: install
 	./spark-submit.sh train --features $(DEMO)/features --model $(DEMO)/model --epochs 6 --batch-size 32 --overwrite
 	./spark-submit.sh score --model $(DEMO)/model --input $(DEMO)/corpus --output $(DEMO)/scores --csv --overwrite
 	./spark-submit.sh evaluate --model $(DEMO)/model --features $(DEMO)/features
-# The recommended model (README, docs/quality.md): a genre head on the pretrained musicnn, same corpus.
+# The recommended model: a genre head on pretrained musicnn backbones, same corpus.
 	./spark-submit.sh featurize --input $(DEMO)/corpus --labels $(DEMO)/corpus/labels.csv \
-	    --output $(DEMO)/features-musicnn --conf conf/musicnn.toml --overwrite
-	./spark-submit.sh train --features $(DEMO)/features-musicnn --model $(DEMO)/model-musicnn --conf conf/musicnn.toml \
+	    --output $(DEMO)/features-musicnn --conf $(RECOMMENDED) --overwrite
+	./spark-submit.sh train --features $(DEMO)/features-musicnn --model $(DEMO)/model-musicnn --conf $(RECOMMENDED) \
 	    --overwrite
-	./spark-submit.sh evaluate --model $(DEMO)/model-musicnn --features $(DEMO)/features-musicnn --conf conf/musicnn.toml
+	./spark-submit.sh evaluate --model $(DEMO)/model-musicnn --features $(DEMO)/features-musicnn --conf $(RECOMMENDED)
 	@for m in model model-musicnn; do $(PY) -c "import json, sys; t = json.load(open(sys.argv[1]))['tracks']; \
 	    print(f'demo {sys.argv[2]}: validation track-level accuracy {t[\"accuracy\"]:.3f} on {t[\"n\"]} tracks, ' \
 	          f'log loss {t[\"log_loss\"]:.4f}')" $(DEMO)/$$m/evaluation/metrics.json \
@@ -83,7 +85,7 @@ demo: install
 	@echo "  $(DEMO)/features/windows   petastorm dataset of STFT windows"
 	@echo "  $(DEMO)/features/tracks    one status row per input file"
 	@echo "  $(DEMO)/model              model bundle (model.keras, bundle.json, metrics, curves, confusion matrix)"
-	@echo "  $(DEMO)/model-musicnn      the recommended model: a genre head on the pretrained musicnn (conf/musicnn.toml)"
+	@echo "  $(DEMO)/model-musicnn      the recommended model: a genre head on pretrained musicnn backbones ($(RECOMMENDED))"
 	@echo "  $(DEMO)/scores/current.json  names the committed run directory $(DEMO)/scores/run-*/, holding:"
 	@echo "      scores/         one row per file: genre, confidence, probabilities"
 	@echo "      submission.csv  crowdAI layout: file_id + one column per genre"

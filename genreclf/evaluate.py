@@ -25,7 +25,7 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
                  settings: Settings | None = None) -> dict:
     """Evaluate a bundle on ``features`` (its validation tracks, or ``split='all'``); writes the reports.
     ``batch_size``: windows per model call (default ``[evaluate] batch_size``)."""
-    from genreclf.ml.tfsetup import configure_tensorflow
+    from genreclf.ml.tfsetup import ONEDNN_FLOAT32_NETWORKS, configure_tensorflow
 
     settings = settings or load_settings()
     batch_size = override(settings, "evaluate", batch_size=batch_size or None).evaluate.batch_size
@@ -47,7 +47,7 @@ def run_evaluate(bundle_dir: str, features: str, *, output: str | None = None, s
         tracks = tracks[tracks["track_id"].isin(recorded["val"])]
     if tracks.empty:
         raise ConfigError(f"no labelled ok tracks to evaluate in {features.location} (split {split})")
-    configure_tensorflow(training=False)
+    configure_tensorflow(training=False, onednn=bundle.network in ONEDNN_FLOAT32_NETWORKS)
     model = bundle.model()
     started = time.time()
     windows = WindowSet(features.windows(), recipe, track_ids=tracks["track_id"], labels=labels)

@@ -213,3 +213,35 @@ def test_featurize_and_score_on_s3_from_the_cluster(cluster, data, local_run, s3
     for tid in remote_scores.index[remote_scores["status"] == "ok"]:
         np.testing.assert_allclose(remote_scores.loc[tid, "probability_vector"],
                                    local_scores.loc[tid, "probability_vector"], atol=1e-6)
+
+
+def test_the_recommended_preset_scores_mp3_on_the_cluster(cluster, data, tmp_path):
+    """conf/musicnn-fusion.toml (two pretrained backbones, one head): featurized and trained locally, then
+    scored from mp3 on the cluster, both backbones in one task on the same decoded audio: each track's
+    probabilities are its windows' mean through the bundle, recomputed here from the featurized windows."""
+    from genreclf.config import DEFAULT_CONF
+    from genreclf.formats.bundle import Bundle, load_bundle_info
+    from genreclf.formats.featureset import FeatureSet
+    from genreclf.ml.pipeline import WindowSet
+
+    _, audio = data
+    preset = ["--conf", os.path.join(os.path.dirname(DEFAULT_CONF), "musicnn-fusion.toml")]
+    features, bundle, scores = tmp_path / "features", tmp_path / "bundle", tmp_path / "scores"
+    submit("featurize", "--input", str(audio), "--labels", str(audio / "labels.csv"), "--output", str(features),
+           *preset, extra=["--master", "local[2]"])
+    submit("train", "--features", str(features), "--model", str(bundle), "--val-fraction", "0.25", *preset)
+    assert load_bundle_info(str(bundle))["feature_dims"] == [200, 200]
+    submit("score", "--model", str(bundle), "--input", str(audio), "--output", str(scores), *preset, *FLOAT32,
+           master=cluster.url)
+    remote = read_scores(str(scores)).set_index("track_id")
+    assert remote.index.is_unique and len(remote) == 10 and (remote["status"] == "ok").sum() == 8
+
+    model = Bundle.open(str(bundle)).model()
+    opened = FeatureSet.open(str(features))
+    ids, probs = [], []
+    for b in WindowSet(opened.windows(), opened.recipe).batches(16, shuffle=False):
+        ids.append(b.track_ids)
+        probs.append(model.predict(np.asarray(b.x, np.float32)[..., None], verbose=0))
+    expected = pd.DataFrame(np.concatenate(probs)).groupby(np.concatenate(ids)).mean()
+    for tid in remote.index[remote["status"] == "ok"]:
+        np.testing.assert_allclose(remote.loc[tid, "probability_vector"], expected.loc[tid].to_numpy(), atol=1e-5)

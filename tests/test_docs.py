@@ -42,11 +42,11 @@ def test_every_relative_link_resolves_from_the_file_that_holds_it(doc):
 
 def test_one_preset_is_called_recommended_everywhere():
     """The README names the recommended preset; no doc recommends another (was: quality.toml in two)."""
-    recommended = set(re.findall(r"`(conf/\w+\.toml)` recommended", README))
+    recommended = set(re.findall(r"`(conf/[\w-]+\.toml)` recommended", README))
     assert len(recommended) == 1, recommended
     for doc in ["README.md", *DOCS]:
         for line in open(os.path.join(ROOT, doc)):
-            presets = [(m.start(), m.group()) for m in re.finditer(r"conf/\w+\.toml", line)]
+            presets = [(m.start(), m.group()) for m in re.finditer(r"conf/[\w-]+\.toml", line)]
             for word in re.finditer(r"(?i)recommend", line) if presets else ():
                 nearest = min(presets, key=lambda p: abs(p[0] - word.start()))[1]  # what the word is said of
                 assert nearest in recommended, f"{doc}: {line.strip()}"

@@ -108,8 +108,9 @@ def test_auto_precision_follows_the_cpu_flags_given(monkeypatch, flags, native):
     monkeypatch.setenv(CPU_FLAGS_ENV, flags)
     assert cpu_has_bf16() is native
     assert resolve("auto", has_gpu=False) == ("bfloat16" if native else "float32")
-    assert prepare_process("auto") is native  # oneDNN only for bfloat16 on the CPU
+    assert prepare_process("auto") is native  # oneDNN for bfloat16 on the CPU
     assert prepare_process("float32") is False and prepare_process("bfloat16") is True
+    assert prepare_process("float32", "musicnn") is True  # and for the pretrained backbones' float32
     # Native bfloat16 on a CPU needs oneDNN's kernels too: without them, auto computes float32.
     assert resolve("auto", has_gpu=False, cpu_bf16=False) == "float32"
     # GPUs decide by compute capability, whatever the CPU.

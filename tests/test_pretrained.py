@@ -75,13 +75,13 @@ def test_transfer_training_through_the_whole_pipeline_with_the_musicnn_preset(sp
     from genreclf.train import run_train
 
     settings = load_settings(DEFAULT_CONF.replace("genreclf.toml", "musicnn.toml"))
-    settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, epochs=40, patience=40))
     features, bundle = tmp_path / "features", tmp_path / "bundle"
     run_featurize(spark, [str(labelled.audio)], str(features), labels=str(labelled.audio / "labels.csv"),
                   settings=settings)
     report = run_train(str(features), str(bundle), settings=settings, val_fraction=0.34, seed=1)
     info = load_bundle_info(str(bundle))
-    assert info["network"] == "musicnn" and info["optimizer"] == "Adam" and "musicnn" in info["credit"]
+    assert info["network"] == "musicnn" and info["optimizer"] == "L-BFGS" and "musicnn" in info["credit"]
+    assert info["backbone"] == "pretrained:musicnn-msd (frozen)" and info["feature_dims"] == [200]
     assert info["labels"] == ["ambient", "jazz", "techno"] and info["recipe"] == RECIPE.to_dict()
     assert report["tracks"]["n"] == 3
     run_score(spark, str(bundle), str(tmp_path / "scores"), inputs=[str(labelled.audio)], settings=settings)
@@ -91,4 +91,32 @@ def test_transfer_training_through_the_whole_pipeline_with_the_musicnn_preset(sp
     np.testing.assert_allclose([sum(p.values()) for p in ok["probabilities"]], 1.0, atol=1e-5)
     again = run_evaluate(str(bundle), str(features), output=str(tmp_path / "evaluation"), settings=settings)
     assert again["tracks"]["accuracy"] == pytest.approx(report["tracks"]["accuracy"])
+    _late_fusion_is_the_heads_mean_log_probabilities(features, tmp_path / "late", settings)
+
+
+def _late_fusion_is_the_heads_mean_log_probabilities(features, bundle, settings):
+    """A head each on musicnn's penultimate layer and VGG's (a second checkpoint of the wheel), fused late:
+    the bundle gives softmax(mean of the heads' log-softmax), recomputed here from its own layers."""
+    import keras
+
+    from genreclf.formats.bundle import Bundle, load_bundle_info
+    from genreclf.formats.featureset import FeatureSet
+    from genreclf.ml.pipeline import WindowSet
+    from genreclf.train import run_train
+
+    run_train(str(features), str(bundle), settings=settings, val_fraction=0.34, seed=1, backbones="musicnn-msd,vgg-msd",
+              fusion="late")
+    info = load_bundle_info(str(bundle))
+    assert info["fusion"] == "late" and info["feature_dims"] == [200, 256]
+    model = Bundle.open(str(bundle)).model()
+    opened = FeatureSet.open(str(features))
+    x = next(WindowSet(opened.windows(), opened.recipe).batches(8, shuffle=False)).x[..., None].astype(np.float32)
+    logps = []
+    for name in ("musicnn_msd", "vgg_msd"):
+        kernel, bias = model.get_layer(f"genre_{name}").get_weights()
+        z = np.asarray(model.get_layer(name).predict(x, verbose=0), np.float64) @ kernel + bias
+        logps.append(z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) - z.max(1, keepdims=True))
+    fused = np.exp(np.mean(logps, axis=0))
+    np.testing.assert_allclose(model.predict(x, verbose=0), fused / fused.sum(1, keepdims=True), atol=1e-5)
+    keras.backend.clear_session()
 

@@ -86,6 +86,12 @@ class Bundle:
     def recipe(self) -> Recipe:
         return Recipe.from_dict(self.info["recipe"])
 
+    @property
+    def network(self) -> str:
+        """The network family ([train] network): "reference", or "musicnn" for a head on the pretrained
+        backbones and for the taggers (``pretrained:``)."""
+        return self.info.get("network") or ("musicnn" if self.info.get("kind") == "tagger" else "reference")
+
     def calibration(self, enabled: bool = True) -> tuple:
         return calibration_of(self.info, enabled)
 

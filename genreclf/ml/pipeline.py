@@ -84,6 +84,7 @@ class WindowSet:
         if isinstance(windows, str):
             url = storage.to_url(windows)
             windows = Windows(url, *storage.filesystem(url), tuple(window_files(url)))
+        self._windows = windows
         self.url, self._fs, self._paths = windows.url, windows.fs, windows.paths
         self.recipe = recipe
         self.labels = list(labels) if labels is not None else []
@@ -120,6 +121,10 @@ class WindowSet:
                                         labels[rows].astype(np.int32),
                                         starts[rows] if starts is not None else None))
         return pieces
+
+    def subset(self, track_ids) -> "WindowSet":
+        """The windows of ``track_ids`` (some of this set's tracks), from the same files, same labels."""
+        return WindowSet(self._windows, self.recipe, track_ids=track_ids, labels=self.labels, mmap=self._mmap)
 
     def window_counts(self):
         """Windows per track id (a pandas Series)."""

@@ -3,7 +3,9 @@
 oneDNN is chosen here, never left to TensorFlow's default: TensorFlow turns it on by itself on CPUs
 with AVX-512 VNNI / BF16 or AMX and off on AVX2-only CPUs, so the same job would run other kernels
 (and give other last digits) on another host. genreclf uses it only where it pays: bfloat16
-inference on a CPU with native bfloat16 (its AMX / AVX-512 BF16 kernels). Elsewhere it is off:
+inference on a CPU with native bfloat16 (its AMX / AVX-512 BF16 kernels), and the pretrained backbones'
+float32 inference (:data:`ONEDNN_FLOAT32_NETWORKS`; a head on them is fitted outside TensorFlow). Elsewhere
+it is off:
 oneDNN's Conv2DBackpropInput is pathological for the reference's (4 x 513) kernel on a 1-channel
 input (measured 9.3 s vs 0.19 s per 32-window batch, 2-core CPU), and float32 inference measured
 300 vs 100 ms per track (2-core AMD EPYC, AVX2). ``TF_ENABLE_ONEDNN_OPTS`` set by the user wins;
@@ -46,6 +48,13 @@ def _import_tensorflow():
         for line in captured.read().decode(errors="replace").splitlines():
             log.debug("tensorflow: %s", line)
     return tf
+
+
+#: Networks whose float32 inference runs faster on a CPU with oneDNN's kernels than with TensorFlow's
+#: own: the pretrained backbones' wide convolutions (musicnn in float32 on the 2-core AMD EPYC Zen 4,
+#: one thread: 520 ms per 30 s track with oneDNN off, ~210 ms on). Not the reference CNN: its one-channel
+#: 4 x 513 kernel ran 300 ms per track with oneDNN and 100 ms without (2-core AMD EPYC, AVX2).
+ONEDNN_FLOAT32_NETWORKS = ("musicnn",)
 
 
 def onednn_enabled(value: str | None = None) -> bool:

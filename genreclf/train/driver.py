@@ -81,12 +81,14 @@ def run_train(features: str | FeatureSet, model_out: str, *, overwrite: bool = F
 
 def _train(features: FeatureSet, out: storage.Location, settings, cfg, group_col, exclude_tracks, labels, resume=False) -> dict:
     """run_train under the bundle's lock: split, fit, calibrate and report, then commit the bundle whole."""
-    from genreclf.ml.tfsetup import configure_tensorflow
+    from genreclf.ml.tfsetup import ONEDNN_FLOAT32_NETWORKS, configure_tensorflow
 
     recipe = features.recipe
     tracks = features.tracks(check=True)
     labels, train_ids, val_ids = _split(tracks, settings, cfg, group_col, exclude_tracks, labels)
-    tf = configure_tensorflow(training=True, precision="float32", cpu_devices=cfg.devices)
+    # A head's backbones only infer (no gradient through them): oneDNN's kernels pay there.
+    tf = configure_tensorflow(training=True, precision="float32", cpu_devices=cfg.devices,
+                              onednn=cfg.network in ONEDNN_FLOAT32_NETWORKS)
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     cfg = dataclasses.replace(cfg, precision=_policy(tf, cfg.precision))
     devices = replicas(tf, cfg.devices)
@@ -109,7 +111,7 @@ def _train(features: FeatureSet, out: storage.Location, settings, cfg, group_col
     # a kill leaves the old bundle, never half of a new one.
     with storage.local_output(out) as tmp:
         model, history, fit = fitter(cfg.network)(Fit(tmp, recipe, labels, train_set, val_set, cfg, workers, devices,
-                                                      resumed))
+                                                      resumed, features.run_id))
         report, calibration, temperatures = _calibrate(tmp, model, val_set, labels, cfg, workers, features)
         write_training_record(
             tmp, labels=labels, recipe=recipe, history=history, seed=cfg.seed, val_fraction=cfg.val_fraction,

@@ -1,6 +1,6 @@
 """The two ways train fits a model, each given one :class:`Fit` (where the bundle is built, the
 data, the settings): the reference CNN from scratch (:func:`fit_reference`) and a softmax head on
-the frozen musicnn backbone (:func:`fit_head`). Each returns (model, history, facts for bundle.json)."""
+frozen pretrained backbones (:func:`fit_head`). Each returns (model, history, facts for bundle.json)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from genreclf.config import Recipe, TrainSettings
 from genreclf.errors import ConfigError
@@ -33,6 +35,7 @@ class Fit:
     workers: int  # reader threads
     devices: list  # one replica each ([] : the default device)
     resumed: dict  # {"where", "fingerprint", "state"}: the checkpoint this run writes and continues from
+    run_id: str = ""  # the featurize run read (a head's backbone features are kept per run)
 
 
 def fitter(network: str):
@@ -107,58 +110,90 @@ def _fitted(tmp, history, n_windows: int, train_s: float, prior: dict | None = N
     return hist, {"epochs_run": epochs_run, "train_seconds": round(train_s, 1), "windows_per_s": round(windows_per_s, 1)}
 
 
-#: The head on the frozen backbone: Adam at Keras's default rate (a linear softmax on 200 features).
-HEAD_LEARNING_RATE = 1e-3
-
-
 def fit_head(fit: Fit) -> tuple:
-    """A softmax head fitted on the frozen musicnn (MSD) backbone's 200-d penultimate features, computed
-    once per window; the bundle's model is backbone + head, weights inside (executors need no wheel)."""
-    tmp, recipe, labels, train_set, val_set, cfg, workers = (fit.tmp, fit.recipe, fit.labels, fit.train_set,
-                                                             fit.val_set, fit.cfg, fit.workers)
+    """A genre head on frozen pretrained backbones ([train] backbones, head_layers, fusion, head_c:
+    genreclf.ml.heads), their features computed once per window (and kept for the next fit on the same
+    featurize run in this process: cross-validation's folds); the bundle's model is backbones + head,
+    weights inside (executors need no wheel)."""
     import keras
-    import numpy as np
 
-    from genreclf.ml import musicnn, pretrained
+    from genreclf.ml import backbones, musicnn, pretrained
+    from genreclf.ml.heads import fit_softmax
 
+    tmp, recipe, labels, cfg = fit.tmp, fit.recipe, fit.labels, fit.cfg
     if recipe != musicnn.RECIPE:
         raise ConfigError("[train] network = 'musicnn' needs features of musicnn's recipe: featurize with "
                           "--conf conf/musicnn.toml")
-    backbone = musicnn.build_musicnn()
-    musicnn.load_weights(backbone, pretrained.checkpoint("MSD_musicnn"))
-    backbone.trainable = False
-    embed = keras.Model(backbone.inputs, backbone.outputs[1])
-
-    def embedded(windows):
-        xs, ys = [], []
-        for b in windows.batches(cfg.batch_size, shuffle=False, workers=workers):
-            xs.append(np.asarray(embed.predict_on_batch(np.asarray(b.x, np.float32)[..., None])))
-            ys.append(b.y)
-        return np.concatenate(xs), keras.utils.to_categorical(np.concatenate(ys), len(labels))
-
+    names, layers = cfg.names("backbones"), cfg.names("head_layers")
+    extractors = [backbones.extractor(n, layers) for n in names]
     started = time.time()
-    x_train, y_train = embedded(train_set)
-    validation = embedded(val_set) if val_set else None
-    log.info("train: musicnn features of %d windows in %.0f s", len(x_train) + (len(validation[0]) if validation else 0),
-             time.time() - started)
-    keras.utils.set_random_seed(cfg.seed)
-    head = keras.layers.Dense(len(labels), activation="softmax", name="genre")
-    features = keras.Input((x_train.shape[1],))
-    head_model = keras.Model(features, head(features))
-    head_model.compile(optimizer=keras.optimizers.Adam(HEAD_LEARNING_RATE), loss="categorical_crossentropy",
-                       metrics=["accuracy"])
-    monitor = "val_loss" if validation else "loss"
-    weights = class_weights(train_set.label_counts()) if cfg.class_weight == "balanced" else None
+    x_train, y_train = _features(fit, names, extractors, fit.train_set)
+    validation = _features(fit, names, extractors, fit.val_set) if fit.val_set else None
+    log.info("train: features of %s (%s) for %d windows in %.0f s", ", ".join(names), ", ".join(layers),
+             len(y_train) + (len(validation[1]) if validation else 0), time.time() - started)
+    weights = None
+    if cfg.class_weight == "balanced":
+        by_class = class_weights(fit.train_set.label_counts())
+        weights = np.array([by_class[int(c)] for c in y_train])
+    groups = [list(range(len(names)))] if cfg.fusion == "concat" else [[i] for i in range(len(names))]
     started = time.time()
-    history = head_model.fit(x_train, y_train, validation_data=validation, epochs=cfg.epochs,
-                             batch_size=cfg.batch_size, verbose=2, class_weight=weights, callbacks=[
-                                 keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
-                                                               restore_best_weights=True)])
-    hist, facts = _fitted(tmp, history, len(x_train), time.time() - started)
-    model = keras.Model(backbone.inputs, head(backbone.outputs[1]), name="musicnn_genre")
+    heads = [fit_softmax(np.hstack([x_train[i] for i in g]), y_train, len(labels), cfg.head_c, sample_weight=weights,
+                         validation=(np.hstack([validation[0][i] for i in g]), validation[1]) if validation else None)
+             for g in groups]
+    seconds = time.time() - started
+    history = heads[0].history if len(heads) == 1 else {
+        f"{names[i]}/{key}": values for i, h in enumerate(heads) for key, values in h.history.items()}
+    log.info("train: %d head(s) in %.1f s (%s L-BFGS iterations)%s", len(heads), seconds,
+             "/".join(str(h.iterations) for h in heads),
+             f"; validation loss {history['val_loss'][-1]:.3f}, accuracy {history['val_accuracy'][-1]:.3f}"
+             if history.get("val_loss") else "")
+    _fitted_head_curves(tmp, history)
+    model = backbones.genre_network(extractors, heads, len(labels))
     model.save(os.path.join(tmp, MODEL_FILE))
-    return model, hist, {**facts, "backbone": "pretrained:musicnn-msd (frozen)", "credit": pretrained.CREDIT,
-                         "optimizer": "Adam", "learning_rate": HEAD_LEARNING_RATE}
+    return model, history, {
+        "backbone": ", ".join(f"pretrained:{n}" for n in names) + " (frozen)", "head_layers": list(layers),
+        "fusion": cfg.fusion if len(names) > 1 else "none", "head_c": cfg.head_c, "credit": pretrained.CREDIT,
+        "optimizer": "L-BFGS", "head_iterations": [h.iterations for h in heads], "train_seconds": round(seconds, 1),
+        "feature_dims": [int(x.shape[1]) for x in x_train]}
+
+
+def _fitted_head_curves(tmp: str, history: dict) -> None:
+    """One head's loss and accuracy per L-BFGS iteration (late fusion's several: none drawn)."""
+    from genreclf.ml.plots import training_curves
+
+    if "loss" in history:
+        training_curves(history, os.path.join(tmp, "training_curves.png"))
+
+
+#: Backbone features of the last featurize run read in this process: {(run, backbone, layers, ...):
+#: {track id: (its windows' features, their labels)}}; cross-validation's folds fit heads on the same
+#: windows 25 times, and a second preset sharing a backbone reuses it.
+_FEATURES: dict = {}
+
+
+def _features(fit: Fit, names: tuple, extractors: list, windows: WindowSet) -> tuple:
+    """(features per extractor, labels) of every window of ``windows``, each backbone's computed once
+    per track for a featurize run (``fit.run_id``); tracks in sorted id order, windows in order."""
+    from genreclf.ml.backbones import features_of
+
+    keys = [(fit.run_id, windows.url, n, fit.cfg.head_layers, tuple(fit.labels), fit.cfg.precision) for n in names]
+    if not fit.run_id or any(k[0] != fit.run_id for k in _FEATURES):
+        _FEATURES.clear()  # another run: its features are done with
+    memos = [_FEATURES.setdefault(k, {}) if fit.run_id else {} for k in keys]
+    wanted = sorted(windows.window_counts().index)
+    lacking = [i for i, memo in enumerate(memos) if any(t not in memo for t in wanted)]
+    if lacking:
+        missing = sorted({t for i in lacking for t in wanted if t not in memos[i]})
+        subset = windows if len(missing) == len(wanted) else windows.subset(missing)
+        parts, ys, ids, index = features_of([extractors[i] for i in lacking], subset, fit.cfg.batch_size, fit.workers)
+        order = np.lexsort((index, ids.astype(str)))
+        ids, ys, parts = ids[order], ys[order], [p[order] for p in parts]
+        bounds = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1], True])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            for i, part in zip(lacking, parts):
+                memos[i][ids[a]] = (part[a:b], ys[a:b])
+    return ([np.concatenate([memo[t][0] for t in wanted]) for memo in memos],
+            np.concatenate([memos[0][t][1] for t in wanted]))
 
 
 def class_weights(counts) -> dict:
