@@ -37,10 +37,11 @@ VARIANTS = (
 )
 
 
-def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24, recipe=R, per_track: int = 19) -> float:
+def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24, recipe=R, per_track: int = 19,
+                onednn: str | None = None) -> float:
     """Seconds per track (``per_track`` windows: 19 of the reference's, 10 of musicnn's per 30 s) for
     the model alone, one thread, in a fresh process (the precision's oneDNN choice is made before
-    TensorFlow is imported)."""
+    TensorFlow is imported, as a worker's; ``onednn`` "0" or "1" overrides it)."""
     import subprocess
 
     code = (
@@ -59,8 +60,8 @@ def model_alone(bundle: str, precision: str, batch: int, tracks: int = 24, recip
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_ENABLE_ONEDNN_OPTS", None)
-    if STARTED_ONEDNN is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = STARTED_ONEDNN
+    if STARTED_ONEDNN is not None or onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn if onednn is not None else STARTED_ONEDNN
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     computed, seconds = out.stdout.split()[-2:]
     return float(seconds)
@@ -82,7 +83,12 @@ def gflop_per_track(bundle: str, per_track: int) -> float:
     from genreclf.formats.bundle import load_model
 
     model, macs = load_model(bundle), 0
-    for layer in model.layers:
+
+    def layers(m):  # a head's backbones are nested models (genreclf.ml.backbones)
+        for layer in m.layers:
+            yield from layers(layer) if hasattr(layer, "layers") else (layer,)
+
+    for layer in layers(model):
         kind = type(layer).__name__
         if kind == "Conv2D":
             kh, kw = layer.kernel_size
@@ -107,18 +113,47 @@ def run_musicnn(out: str, tracks: int, res: dict) -> None:
     res["musicnn_decode_mel_s_per_track"] = floor_loop(paths[:16], RECIPE) / 16
     for precision in ("float32", "bfloat16"):
         res[f"musicnn_model_{precision}_s_per_track"] = model_alone(tagger, precision, 10, recipe=RECIPE, per_track=10)
+    # float32 as it ran before oneDNN was chosen for the backbones (genreclf.ml.tfsetup): TensorFlow's kernels
+    res["musicnn_model_float32_onednn_off_s_per_track"] = model_alone(tagger, "float32", 10, recipe=RECIPE,
+                                                                      per_track=10, onednn="0")
     res["musicnn_gflop_per_track"] = gflop_per_track(tagger, 10)
     res["reference_gflop_per_track"] = gflop_per_track(make_bundle(out, [chr(ord("a") + i) for i in range(16)]), 19)
+    fusion = head_bundle(out, ("musicnn-msd", "musicnn-mtt"))  # conf/musicnn-fusion.toml's network
+    for precision in ("float32", "bfloat16"):
+        res[f"fusion_model_{precision}_s_per_track"] = model_alone(fusion, precision, 10, recipe=RECIPE, per_track=10)
+    res["fusion_gflop_per_track"] = gflop_per_track(fusion, 10)
     spark = spark_session("local[2]", task_cpus=1)
     try:
-        target = os.path.join(out, "score-bench-tags")
-        best, median, summary = best_of_3(lambda: run_score(spark, "pretrained:musicnn-msd", target, inputs=[inputs],
-                                                            overwrite=True))
+        for key, model in (("musicnn", "pretrained:musicnn-msd"), ("fusion", fusion)):
+            target = os.path.join(out, f"score-bench-{key}")
+            best, median, summary = best_of_3(lambda: run_score(spark, model, target, inputs=[inputs], overwrite=True))
+            res[f"{key}_job_s"], res[f"{key}_job_median_s"] = best, median
+            res[f"{key}_job_precision"] = ",".join(summary["precision"])
     finally:
         spark.stop()
-    res["musicnn_job_s"], res["musicnn_job_median_s"] = best, median
-    res["musicnn_job_precision"] = ",".join(summary["precision"])
     res["musicnn_tracks"] = len(paths)
+
+
+def head_bundle(out: str, names: tuple, n_classes: int = 8) -> str:
+    """A genre head (zero weights: cost does not depend on them) on the pretrained ``names``, as train
+    builds it (genreclf.ml.backbones): one bundle, every backbone in one model call."""
+    import numpy as np
+
+    from genreclf.formats.bundle import BUNDLE_FILE, MODEL_FILE, bundle_info, write_json
+    from genreclf.ml.backbones import extractor, genre_network
+    from genreclf.ml.heads import Head
+    from genreclf.ml.musicnn import RECIPE
+
+    path = os.path.join(out, "bundle-" + "+".join(names))
+    if not os.path.exists(os.path.join(path, MODEL_FILE)):
+        os.makedirs(path, exist_ok=True)
+        extractors = [extractor(n, ("penultimate",)) for n in names]
+        dims = sum(e.output_shape[-1] for e in extractors)
+        head = Head(np.zeros((dims, n_classes), np.float32), np.zeros(n_classes, np.float32), {}, 0)
+        genre_network(extractors, [head], n_classes).save(os.path.join(path, MODEL_FILE))
+        write_json(os.path.join(path, BUNDLE_FILE), bundle_info([chr(ord("a") + i) for i in range(n_classes)], RECIPE,
+                                                                network="musicnn", backbone=", ".join(names)))
+    return path
 
 
 def report_musicnn(res: dict) -> None:
@@ -130,14 +165,26 @@ def report_musicnn(res: dict) -> None:
             ("musicnn alone float32", res["musicnn_model_float32_s_per_track"],
              f"{res['musicnn_gflop_per_track']:.2f} GFLOP per track (reference CNN: "
              f"{res['reference_gflop_per_track']:.2f})"),
+            ("musicnn alone float32, oneDNN off", res["musicnn_model_float32_onednn_off_s_per_track"],
+             "TensorFlow's own kernels: float32 before oneDNN was chosen for the backbones"),
             ("musicnn alone bfloat16", res["musicnn_model_bfloat16_s_per_track"],
              "native" if res.get("cpu_native_bf16") else "emulated: no native bf16 here"),
             (f"floor: decode + mel + {computed} musicnn", floor, "the precision auto computes here"),
             ("score --model pretrained:musicnn-msd, local[2]", per_core,
              f"median {2e3 * res['musicnn_job_median_s'] / n:.0f} ms; {res['musicnn_job_precision']}; floor x "
              f"{floor / per_core:.2f}")]
+    fused = 2 * res["fusion_job_s"] / n
+    computed = res["fusion_job_precision"] if res["fusion_job_precision"] in ("float32", "bfloat16") else "float32"
+    fused_floor = res["musicnn_decode_mel_s_per_track"] + res[f"fusion_model_{computed}_s_per_track"]
+    rows += [("musicnn-msd + musicnn-mtt head alone float32", res["fusion_model_float32_s_per_track"],
+              f"{res['fusion_gflop_per_track']:.2f} GFLOP per track (conf/musicnn-fusion.toml)"),
+             ("musicnn-msd + musicnn-mtt head alone bfloat16", res["fusion_model_bfloat16_s_per_track"], ""),
+             ("score --conf conf/musicnn-fusion.toml, local[2]", fused,
+              f"median {2e3 * res['fusion_job_median_s'] / n:.0f} ms; {res['fusion_job_precision']}; floor x "
+              f"{fused_floor / fused:.2f}; x {fused / per_core:.2f} the one-backbone tagger")]
     width = max(len(r[0]) for r in rows)
-    print(f"\nmusicnn tagger: {n} x 30 s mp3 on {cpu_name()}, ms per track per core")
+    print(f"\nmusicnn tagger and the recommended preset's network: {n} x 30 s mp3 on {cpu_name()}, "
+          "ms per track per core")
     for name, seconds, note in rows:
         print(f"  {name:<{width}}  {1e3 * seconds:7.1f} ms  {seconds * 1e6 / 3600:6.0f} core-h per 1 M tracks  {note}")
 

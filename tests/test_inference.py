@@ -155,6 +155,22 @@ def test_cast_keeps_weights_input_and_softmax_in_their_dtypes(small_model):
     assert cast_model(small_model, "float32") is small_model
 
 
+def test_cast_reaches_the_layers_of_nested_backbones():
+    """A head's bundle nests each backbone as a model (genreclf.ml.backbones): their layers compute in
+    bfloat16 too, the head's softmax stays float32."""
+    import keras
+
+    inp = keras.Input((8, 6, 1))
+    backbone = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp)), name="backbone")
+    outer_in = keras.Input((8, 6, 1))
+    model = keras.Model(outer_in, keras.layers.Dense(3, activation="softmax", name="genre")(backbone(outer_in)))
+    cast = cast_model(model, "bfloat16")
+    inner = [layer.dtype_policy.name for layer in cast.get_layer("backbone").layers[1:]]
+    assert set(inner) == {POLICIES["bfloat16"]} and cast.get_layer("genre").dtype_policy.name == "float32"
+    x = np.random.default_rng(0).random((2, 8, 6, 1)).astype("float32")
+    np.testing.assert_allclose(cast.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.02)
+
+
 @pytest.mark.parametrize("verbose", [False, True])
 def test_tensorflows_native_start_up_lines_reach_the_console_only_when_verbose(verbose):
     """absl's "All log messages before absl::InitializeLog()" and oneDNN's notice, printed by every

@@ -135,12 +135,20 @@ def cast_model(model, precision: str):
     import keras
 
     config = model.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] != "InputLayer" and layer["config"].get("name") not in model.output_names:
-            layer["config"]["dtype"] = POLICIES[precision]
+    _cast_layers(config["layers"], POLICIES[precision], set(model.output_names))
     cast = keras.Model.from_config(config)
     cast.set_weights(model.get_weights())
     return cast
+
+
+def _cast_layers(layers: list, policy: str, keep: set) -> None:
+    """Set ``policy`` on every layer config of ``layers`` but inputs and ``keep`` (the outputs), inside
+    nested models too (a head's backbones: genreclf.ml.backbones)."""
+    for layer in layers:
+        if layer["class_name"] in ("Functional", "Model") and "layers" in layer["config"]:
+            _cast_layers(layer["config"]["layers"], policy, set())
+        elif layer["class_name"] != "InputLayer" and layer["config"].get("name") not in keep:
+            layer["config"]["dtype"] = policy
 
 
 def load(bundle_dir: str, precision: str, threads: int):
