@@ -52,26 +52,24 @@ def launching():
 
 def session_worker_onednn() -> str:
     """TF_ENABLE_ONEDNN_OPTS of the shared session's Python workers: the suite's setting, else
-    what genreclf.ml.inference.prepare_process chooses for precision auto and the reference CNN (most
-    bundles of the suite) on this CPU."""
-    from genreclf.ml.inference import prepare_process
+    what genreclf.ml.inference.prepare_process chooses for precision auto on this CPU."""
+    from genreclf.ml.inference import cpu_has_bf16
 
-    return STARTED_WITH if STARTED_WITH is not None else ("1" if prepare_process("auto") else "0")
+    return STARTED_WITH if STARTED_WITH is not None else ("1" if cpu_has_bf16() else "0")
 
 
-def auto_precision(gpu_task: bool = False, network: str = "reference") -> str:
-    """What ``[score] precision = "auto"`` computes for a ``network`` bundle in a CPU worker started with
-    :func:`launch_env` (``gpu_task``: a task Spark gave a GPU that TensorFlow cannot see: genreclf keeps
-    oneDNN off)."""
-    from genreclf.ml.inference import cpu_has_bf16, prepare_process, resolve
+def auto_precision(gpu_task: bool = False) -> str:
+    """What ``[score] precision = "auto"`` computes in a CPU worker started with :func:`launch_env`
+    (``gpu_task``: a task Spark gave a GPU that TensorFlow cannot see: genreclf keeps oneDNN off)."""
+    from genreclf.ml.inference import cpu_has_bf16, resolve
 
     if STARTED_WITH is None:
-        onednn = prepare_process("auto", network) and not gpu_task  # genreclf.ml.inference.load's choice
+        onednn = cpu_has_bf16() and not gpu_task  # genreclf.ml.inference.prepare_process's choice
     else:
         from genreclf.ml.tfsetup import onednn_enabled
 
         onednn = onednn_enabled(STARTED_WITH)
-    return resolve("auto", has_gpu=False, cpu_bf16=cpu_has_bf16() and onednn, network=network)
+    return resolve("auto", has_gpu=False, cpu_bf16=cpu_has_bf16() and onednn)
 
 
 #: bfloat16 keeps 8 significant bits: one rounding is off by at most 2^-8 of the value.

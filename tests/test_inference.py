@@ -99,20 +99,16 @@ def test_prefetch_passes_errors_to_the_consumer():
         list(prefetch(range(5), work, threads=2))
 
 
-@pytest.mark.parametrize("flags, native, reference_bf16", [
-    ("avx512_bf16 avx2", True, False), ("amx_bf16,amx_tile", True, True),
-    ("avx2 fma", False, False), ("none", False, False), ("", False, False)])
-def test_auto_precision_follows_the_cpu_flags_given(monkeypatch, flags, native, reference_bf16):
-    """GENRECLF_CPU_FLAGS replaces /proc/cpuinfo's flags: each answer is tested on every host. auto is
-    bfloat16 where it is native and faster for the network: musicnn wherever native, the reference CNN
-    only with AMX (AVX-512 BF16 alone measured slower than its float32)."""
+@pytest.mark.parametrize("flags, native", [("avx512_bf16 avx2", True), ("amx_bf16,amx_tile", True),
+                                           ("avx2 fma", False), ("none", False), ("", False)])
+def test_auto_precision_follows_the_cpu_flags_given(monkeypatch, flags, native):
+    """GENRECLF_CPU_FLAGS replaces /proc/cpuinfo's flags: each answer is tested on every host."""
     from genreclf.ml.inference import CPU_FLAGS_ENV, cpu_has_bf16, prepare_process
 
     monkeypatch.setenv(CPU_FLAGS_ENV, flags)
     assert cpu_has_bf16() is native
-    assert resolve("auto", has_gpu=False) == ("bfloat16" if reference_bf16 else "float32")
-    assert resolve("auto", has_gpu=False, network="musicnn") == ("bfloat16" if native else "float32")
-    assert prepare_process("auto") is reference_bf16  # oneDNN for bfloat16 on the CPU
+    assert resolve("auto", has_gpu=False) == ("bfloat16" if native else "float32")
+    assert prepare_process("auto") is native  # oneDNN for bfloat16 on the CPU
     assert prepare_process("float32") is False and prepare_process("bfloat16") is True
     assert prepare_process("float32", "musicnn") is True  # and for the pretrained backbones' float32
     # Native bfloat16 on a CPU needs oneDNN's kernels too: without them, auto computes float32.

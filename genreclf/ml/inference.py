@@ -7,8 +7,8 @@ disabled; optionally only a centred excerpt of ``max_windows`` windows is used.
 
 ``[score] precision``: "float32" (the reference's numbers), "bfloat16" (16-bit compute, float32
 weights and softmax), "float16" (GPUs only), or "auto": bfloat16 where the hardware computes it
-natively (a GPU of compute capability 8.0 or more, or a CPU with AMX / AVX-512 BF16 where it makes
-the bundle's network faster: :data:`BF16_PAYS`), float16 on older GPUs, float32 elsewhere. The bundle's weights stay
+natively (a GPU of compute capability 8.0 or more, or a CPU with AMX / AVX-512 BF16), float16 on
+older GPUs, float32 elsewhere. The bundle's weights stay
 float32; the cast happens when a worker loads the model.
 
 oneDNN is used for inference where bfloat16 runs on the CPU (its AMX / AVX-512 BF16 kernels) and
@@ -64,18 +64,6 @@ def cpu_has_bf16() -> bool:
     return bool(cpu_flags() & set(BF16_CPU_FLAGS))
 
 
-#: The CPU flags whose bfloat16 kernels make each network faster than its float32, as ``make bench``
-#: measured them (model alone, one thread): musicnn gains wherever bfloat16 is native (2-core AMD EPYC
-#: Zen 4, AVX-512 BF16: 162 ms a track against ~210 in float32 with oneDNN); the reference CNN only
-#: with AMX (Intel Xeon: 2.3x faster), not with AVX-512 BF16 alone (same AMD: 41.6 against 37.7 ms).
-BF16_PAYS = {"reference": ("amx_bf16",), "musicnn": BF16_CPU_FLAGS}
-
-
-def cpu_bf16_pays(network: str = "reference") -> bool:
-    """Whether ``network`` computes faster in bfloat16 than in float32 on this CPU (:data:`BF16_PAYS`)."""
-    return bool(cpu_flags() & set(BF16_PAYS.get(network, BF16_CPU_FLAGS)))
-
-
 def task_gpus() -> list:
     """GPU addresses Spark gave the running task (``spark.task.resource.gpu.amount``); [] outside one."""
     try:
@@ -100,17 +88,16 @@ def prepare_process(precision: str, network: str = "reference") -> bool:
     if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
         # A Python worker serves tasks of one executor, which owns these GPUs for its lifetime.
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    wants_bf16 = precision == "bfloat16" or (precision == "auto" and cpu_bf16_pays(network))
+    wants_bf16 = precision == "bfloat16" or (precision == "auto" and cpu_has_bf16())
     return (wants_bf16 or network in ONEDNN_FLOAT32_NETWORKS) and not gpus
 
 
 def resolve(precision: str, has_gpu: bool, gpu_capability: tuple | None = None,
-            cpu_bf16: bool | None = None, *, training: bool = False, network: str = "reference") -> str:
+            cpu_bf16: bool | None = None, *, training: bool = False) -> str:
     """The precision actually computed for a requested one on this worker (scoring) or trainer
     (``training``). On a GPU, auto is bfloat16 from compute capability 8.0 (A100, H100, L4...),
     float16 before (T4, V100: no bf16 units). On a CPU, scoring's auto is bfloat16 where ``cpu_bf16``
-    (native kernels; default: the CPU flags) and bfloat16 pays for ``network`` (:data:`BF16_PAYS`),
-    else float32; training's is float32 on every CPU:
+    (native kernels; default: the CPU flags), else float32; training's is float32 on every CPU:
     a bf16 training step measured far slower even with AMX (2-core Xeon: float32 79.8 windows/s,
     mixed_bfloat16 3.9 with oneDNN off, 0.9 on), while bf16 scoring paid (38.8 vs 90.3 ms a track)."""
     if precision == "auto":
@@ -118,8 +105,7 @@ def resolve(precision: str, has_gpu: bool, gpu_capability: tuple | None = None,
             return "float16" if gpu_capability and tuple(gpu_capability) < (8, 0) else "bfloat16"
         if training:
             return "float32"
-        native = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
-        return "bfloat16" if native and cpu_bf16_pays(network) else "float32"
+        return "bfloat16" if (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16) else "float32"
     if precision == "float16" and not has_gpu:
         # The driver refuses float16 without GPU executors; an executor without one falls back.
         log.warning("[score] precision = 'float16' needs a GPU; this worker has none: computing float32")
@@ -164,8 +150,7 @@ def load(bundle_dir: str, precision: str, threads: int):
     capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") if gpus else None
     if assigned and not gpus:
         log.warning("Spark gave this task GPU %s but TensorFlow sees none: computing on the CPU", ",".join(assigned))
-    computed = resolve(precision, bool(gpus), capability, cpu_bf16=cpu_has_bf16() and onednn_enabled(),
-                       network=bundle.network)
+    computed = resolve(precision, bool(gpus), capability, cpu_bf16=cpu_has_bf16() and onednn_enabled())
     model = cast_model(bundle.model(), computed)
     log.info("score model %s: %s, oneDNN %s", bundle_dir, computed, os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
     return bundle.info, model, computed
