@@ -115,8 +115,6 @@ def fit_head(fit: Fit) -> tuple:
     genreclf.ml.heads), their features computed once per window (and kept for the next fit on the same
     featurize run in this process: cross-validation's folds); the bundle's model is backbones + head,
     weights inside (executors need no wheel)."""
-    import keras
-
     from genreclf.ml import backbones, musicnn, pretrained
     from genreclf.ml.heads import fit_softmax
 
