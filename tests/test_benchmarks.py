@@ -55,3 +55,12 @@ def test_the_gpu_benchmark_runs_on_the_cpu_here(tmp_path):
         ("reference CNN inference", "float32"), ("musicnn inference", "float32"),
         ("reference CNN training step", "float32")]
     assert all(r["windows_per_s"] > 0 for r in result["rows"])
+
+
+def test_the_stage_split_times_every_stage_of_the_floor_and_the_jobs_own_work(tmp_path, make_audio):
+    """benchmarks.stages times each stage of featurize's per-track work on its own (make bench)."""
+    from benchmarks.stages import STAGES, split_featurize
+
+    paths = [make_audio(tmp_path / f"t{i}.mp3", 4.0, sr=44100, channels=2, seed=i) for i in range(2)]
+    spent = split_featurize(paths)
+    assert list(spent) == list(STAGES) and all(s > 0 for s in spent.values()), spent

@@ -184,8 +184,9 @@ class AudioReader:
             self._file.close()
             self._file = None
 
-    def _frames(self) -> Iterator:
-        """Decoded frames; a packet the decoder rejects is counted and skipped, like the ffmpeg CLI."""
+    def frames(self) -> Iterator:
+        """Decoded PyAV frames as the file holds them (before mixdown and resampling); a packet the
+        decoder rejects is counted and skipped, like the ffmpeg CLI."""
         packets = self._container.demux(self._stream)
         while True:
             try:
@@ -216,7 +217,7 @@ class AudioReader:
                 return block
             return resampler.resample_chunk(block, last=last)
 
-        for frame in self._frames():
+        for frame in self.frames():
             if frame.sample_rate != rate:  # first frame, or a stream that changes rate midway
                 if rate is not None:
                     yield from self._emit(flush(last=True))
