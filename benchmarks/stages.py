@@ -38,7 +38,7 @@ def split_featurize(paths, recipe=R) -> dict:
     import pyarrow.parquet as pq
     import soxr
 
-    from genreclf.audio.decode import _BLOCK, AudioReader, frame_to_mono
+    from genreclf.audio.decode import _BLOCK, AudioReader, Downmixer
     from genreclf.audio.extract import STFT_BATCH, WindowTableBuilder
     from genreclf.audio.stft import window_features
     from genreclf.audio.windows import iter_windows
@@ -53,7 +53,12 @@ def split_featurize(paths, recipe=R) -> dict:
             with AudioReader(path, recipe.sample_rate) as reader:  # open, demux, decode
                 frames = list(reader.frames())
             t1 = clock()
-            mono = [frame_to_mono(f) for f in frames]
+            mixer, mono = Downmixer(_BLOCK), []
+            for frame in frames:
+                mixer.add(frame)
+                if mixer.samples >= _BLOCK:
+                    mono.append(mixer.take())
+            mono.append(mixer.take())
             t2 = clock()
             stream = soxr.ResampleStream(frames[0].sample_rate, recipe.sample_rate, 1, dtype="float32", quality="HQ")
             signal = np.concatenate(mono)

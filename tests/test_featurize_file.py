@@ -162,3 +162,40 @@ def test_files_that_are_not_audio_say_what_they_are(tmp_path):
         assert error.split(":")[0] in ("not audio", "no audio frames", "no audio decoded", "truncated",
                                         "shorter than one 3 s window"), (i, error)
         assert "Error" not in error, (i, error)
+
+
+def _channel_mean(frame) -> np.ndarray:
+    """A frame's samples as PyAV gives them (to_ndarray), scaled to [-1, 1] and averaged over channels in float64."""
+    fmt, channels = frame.format, len(frame.layout.channels)
+    x = frame.to_ndarray().astype(np.float64)
+    if not fmt.is_planar:
+        x = x.reshape(-1, channels).T
+    base = fmt.name.rstrip("p") if fmt.is_planar else fmt.name
+    offset, scale = {"u8": (128.0, 128.0), "s16": (0.0, 32768.0), "s32": (0.0, 2.0**31)}.get(base, (0.0, 1.0))
+    return ((x - offset) / scale).mean(axis=0)
+
+
+def test_mixdown_in_blocks_is_the_mean_of_the_channels_frame_by_frame(cases):
+    """Every ok case (mp3, wav, aac, mp2, m4a, flac, opus, vorbis; mono and stereo), decoded at its own rate
+    (no resampler): the streamed mono signal equals each frame's channel mean computed here from PyAV's
+    arrays in float64, within float32 rounding."""
+    from genreclf.audio.decode import AudioReader
+
+    directory, expect = cases
+    checked = 0
+    for name, (status, _) in sorted(expect.items()):
+        if status != "ok":
+            continue
+        path = os.path.join(directory, name)
+        with AudioReader(path, 1) as probe:
+            rates = {f.sample_rate for f in probe.frames()}
+        with AudioReader(path, 1) as oracle:
+            expected = np.concatenate([_channel_mean(f) for f in oracle.frames()])
+        if len(rates) != 1:
+            continue
+        with AudioReader(path, rates.pop()) as reader:
+            got = np.concatenate(list(reader.chunks()))
+        assert got.dtype == np.float32 and got.shape == expected.shape, name
+        np.testing.assert_allclose(got, expected, atol=2e-7, rtol=1e-6, err_msg=name)
+        checked += 1
+    assert checked >= 12

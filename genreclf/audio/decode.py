@@ -44,34 +44,73 @@ class SourceInfo:
 _DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64, "flt": np.float32, "dbl": np.float64}
 
 
-def frame_to_mono(frame) -> np.ndarray:
-    """One decoded PyAV frame as mono float32 in [-1, 1]: the mean of its channels (as librosa).
+class Downmixer:
+    """Gathers decoded PyAV frames' samples and mixes them down to mono float32 in [-1, 1] a block at
+    a time: the mean of the channels (as librosa), computed as (c0 + c1 + ...) * (1 / channels) in
+    float32, the same numbers frame by frame or in blocks.
 
-    Reads the frame's planes as buffers: a tight per-frame path, since an mp3 has ~38 frames a second.
+    A frame's planes are copied into a block by buffer (no per-frame arithmetic): an mp3 has ~38
+    frames a second, and per-frame numpy calls cost 8.7 ms of a 30 s track's 45 ms floor, the
+    copies 2-3 ms (2-core AMD EPYC Zen 4).
     """
-    fmt = frame.format
-    base = fmt.name[:-1] if fmt.is_planar else fmt.name
-    dtype = _DTYPES[base]
-    n = frame.samples
-    channels = len(frame.layout.channels)
-    if fmt.is_planar:
-        planes = frame.planes
-        out = np.frombuffer(planes[0], dtype, n).astype(np.float32)
-        for plane in planes[1:channels]:
-            out += np.frombuffer(plane, dtype, n)
-    else:
-        packed = np.frombuffer(frame.planes[0], dtype, n * channels).astype(np.float32)
-        out = packed[0::channels].copy() if channels > 1 else packed
-        for c in range(1, channels):  # strided adds: far faster than reshape().sum(axis=1)
-            out += packed[c::channels]
-    if base == "u8":
-        out -= 128.0 * channels
-    scale = 1.0 / channels
-    if base in _INT_SCALE:
-        scale /= _INT_SCALE[base]
-    if scale != 1.0:
-        out *= scale
-    return out
+
+    def __init__(self, block: int = 65536):
+        self._block = block
+        self._done: list = []  # mono arrays of earlier blocks (or of a layout that changed)
+        self._buf = None  # (channels, capacity) float32 of the current layout, reused block after block
+        self._key = None  # (sample format name, channels) of the samples in _buf
+        self._n = 0
+        self.samples = 0  # samples (per channel) held
+
+    def add(self, frame) -> None:
+        fmt = frame.format
+        base = fmt.name[:-1] if fmt.is_planar else fmt.name
+        channels, n = len(frame.layout.channels), frame.samples
+        if (base, channels) != self._key or self._n + n > self._buf.shape[1]:
+            self._mix()
+            if (base, channels) != self._key or n > self._buf.shape[1]:  # else the buffer is reused
+                self._key = (base, channels)
+                self._buf = np.empty((channels, max(2 * self._block, n)), np.float32)  # a block and the frame after it
+        dtype, at = _DTYPES[base], self._n
+        if fmt.is_planar:
+            for c, plane in enumerate(frame.planes[:channels]):
+                self._buf[c, at:at + n] = np.frombuffer(plane, dtype, n)
+        else:
+            self._buf[:, at:at + n] = np.frombuffer(frame.planes[0], dtype, n * channels).reshape(n, channels).T
+        self._n += n
+        self.samples += n
+
+    def _mix(self) -> None:
+        if not self._n:
+            return
+        (base, channels), block = self._key, self._buf[:, : self._n]
+        out = block[0].copy()
+        for c in range(1, channels):
+            out += block[c]
+        if base == "u8":
+            out -= 128.0 * channels
+        scale = 1.0 / channels
+        if base in _INT_SCALE:
+            scale /= _INT_SCALE[base]
+        if scale != 1.0:
+            out *= scale
+        self._done.append(out)
+        self._n = 0
+
+    def take(self) -> np.ndarray:
+        """Everything added since the last call, mixed down (empty when nothing was added)."""
+        self._mix()
+        done, self._done, self.samples = self._done, [], 0
+        if len(done) == 1:
+            return done[0]
+        return np.concatenate(done) if done else np.zeros(0, np.float32)
+
+
+def frame_to_mono(frame) -> np.ndarray:
+    """One decoded PyAV frame as mono float32 (:class:`Downmixer`'s numbers): for tests and tools."""
+    mixer = Downmixer(0)
+    mixer.add(frame)
+    return mixer.take()
 
 
 def _id3_length(head: bytes) -> int:
@@ -207,12 +246,10 @@ class AudioReader:
 
     def chunks(self) -> Iterator[np.ndarray]:
         """Yield mono float32 chunks at the target rate; raise TrackError when the file is unusable."""
-        pending, pending_n, rate, resampler = [], 0, None, None
+        mixer, rate, resampler = Downmixer(_BLOCK), None, None
 
         def flush(last):
-            nonlocal pending, pending_n
-            block = np.concatenate(pending) if len(pending) > 1 else (pending[0] if pending else np.zeros(0, np.float32))
-            pending, pending_n = [], 0
+            block = mixer.take()
             if resampler is None:
                 return block
             return resampler.resample_chunk(block, last=last)
@@ -224,10 +261,8 @@ class AudioReader:
                 rate = frame.sample_rate
                 resampler = None if rate == self.sample_rate else soxr.ResampleStream(
                     rate, self.sample_rate, 1, dtype="float32", quality="HQ")
-            mono = frame_to_mono(frame)
-            pending.append(mono)
-            pending_n += mono.size
-            if pending_n >= _BLOCK:  # resample in blocks: per-frame calls cost more than the work
+            mixer.add(frame)
+            if mixer.samples >= _BLOCK:  # resample in blocks: per-frame calls cost more than the work
                 yield from self._emit(flush(last=False))
         yield from self._emit(flush(last=True))
         self._check_complete()
