@@ -1,6 +1,6 @@
 """Featurize and score, stage by stage and as jobs: each job's marginal cost per track against its floor.
 
-    python -m benchmarks.stages [--tracks 24] [--out bench-output]   (part of make bench)
+    python -m benchmarks.stages [--tracks 48] [--out bench-output]   (part of make bench)
 
 The floor is one process on one core doing only the unavoidable work (decode, mixdown, resample,
 window features; for score also the model alone). Each of its stages is timed on its own over the
@@ -91,7 +91,7 @@ def marginal(job, small: str, large: str, n_small: int, n_large: int, cores: int
     return cores * slope, t_small - slope * n_small
 
 
-def run(out: str, tracks: int = 24, scale: int = 5) -> dict:
+def run(out: str, tracks: int = 48, scale: int = 5) -> dict:
     from genreclf.config import Settings, override
     from genreclf.featurize import run_featurize
     from genreclf.score import run_score
@@ -161,7 +161,7 @@ def report(res: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.stages", description=__doc__.splitlines()[0])
-    p.add_argument("--tracks", type=int, default=24, help="N: the small corpus (the large one is 5N)")
+    p.add_argument("--tracks", type=int, default=48, help="N: the small corpus (the large one is 5N)")
     p.add_argument("--out", default="bench-output")
     args = p.parse_args(argv)
     from genreclf.io.spark import setup_logging
