@@ -7,6 +7,9 @@
   decide for themselves as in production. The shared local session's Python workers serve many jobs,
   and a process's oneDNN is fixed by its first job: they are pinned to what a default (precision
   auto) score chooses on this CPU, so that auto resolves the same whatever ran before.
+- auto precision: timed per machine and network in production (genreclf.ml.autoprecision, ~15-20 s per
+  architecture, and every test bundle is one); the suite's processes take the CPU-flag rule
+  (``GENRECLF_AUTO_PRECISION=flags``), which :func:`auto_precision` predicts. The timing has its own tests.
 - CPU flags: ``GENRECLF_CPU_FLAGS`` (genreclf.ml.inference) replaces /proc/cpuinfo's flags, in this
   process and every process it starts: ``GENRECLF_CPU_FLAGS=avx512_bf16 make test`` runs the suite as on
   a CPU with native bfloat16, ``GENRECLF_CPU_FLAGS=none make test`` as on an AVX2-only CPU.
@@ -23,8 +26,12 @@ STARTED_WITH = os.environ.get(ONEDNN_ENV)
 
 
 def pin_test_process() -> None:
-    """Before TensorFlow is imported here: oneDNN as training chooses it, unless the user set it."""
+    """Before TensorFlow is imported here: oneDNN as training chooses it, unless the user set it; auto
+    precision by CPU flags here and in every process the suite starts."""
+    from genreclf.ml.autoprecision import MODE_ENV
+
     os.environ.setdefault(ONEDNN_ENV, "0")
+    os.environ[MODE_ENV] = "flags"
 
 
 def launch_env(**extra) -> dict:

@@ -90,7 +90,7 @@ class ScoreSettings:
 
     batch_size: int = 64  # windows per model call, across tracks: bounds a worker's memory
     max_windows: int = 0  # 0: average every window; N: only the centred N windows of longer tracks
-    precision: str = "auto"  # model arithmetic: "auto" = bfloat16 on GPUs (float16 before compute capability 8.0) and on CPUs with AMX / AVX-512 BF16, float32 elsewhere; "float16" needs GPU executors
+    precision: str = "auto"  # model arithmetic: "auto" = bfloat16 on GPUs (float16 before compute capability 8.0); on a CPU the fastest of float32 and native bfloat16 (and oneDNN on/off), timed once per machine and network; "float16" needs GPU executors
     decode_threads: int = 0  # files decoded ahead in threads while the model predicts; 0 = inline
 
     def __post_init__(self):

@@ -64,6 +64,17 @@ def cpu_has_bf16() -> bool:
     return bool(cpu_flags() & set(BF16_CPU_FLAGS))
 
 
+def cpu_key() -> str:
+    """The CPU's model name and the flags inference speed depends on: what a timing is kept under."""
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return "; ".join([name, *sorted(cpu_flags() & {"avx2", "avx512f", "amx_tile", *BF16_CPU_FLAGS})])
+
+
 def task_gpus() -> list:
     """GPU addresses Spark gave the running task (``spark.task.resource.gpu.amount``); [] outside one."""
     try:
@@ -139,18 +150,31 @@ def _cast_layers(layers: list, policy: str, keep: set) -> None:
 
 def load(bundle_dir: str, precision: str, threads: int):
     """(bundle info, model ready to predict, the precision it computes) for one worker process."""
-    from genreclf.formats.bundle import Bundle
+    from genreclf.formats.bundle import MODEL_FILE, Bundle
+    from genreclf.ml import autoprecision
     from genreclf.ml.tfsetup import configure_tensorflow, onednn_enabled
 
     bundle = Bundle.open(bundle_dir)
     assigned, onednn = task_gpus(), prepare_process(precision, bundle.network)
+    choice = None
+    if precision == "auto" and not assigned and autoprecision.measuring():  # on a CPU: timed with this network
+        choice = autoprecision.choose(bundle.local(), os.path.join(bundle.local(), MODEL_FILE), threads,
+                                      cpu_bf16=cpu_has_bf16(), cpu=cpu_key())
+        onednn = choice.onednn
 
     tf = configure_tensorflow(training=False, threads=threads, onednn=onednn)
     gpus = tf.config.list_physical_devices("GPU")
     capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") if gpus else None
     if assigned and not gpus:
         log.warning("Spark gave this task GPU %s but TensorFlow sees none: computing on the CPU", ",".join(assigned))
-    computed = resolve(precision, bool(gpus), capability, cpu_bf16=cpu_has_bf16() and onednn_enabled())
+    if choice is not None and not gpus:
+        if choice.onednn != onednn_enabled():  # this worker's TensorFlow was imported with the other setting
+            computed, _ = autoprecision.pick_with(choice.timings, onednn_enabled())
+        else:
+            computed = choice.precision
+        log.info("precision auto on this CPU: %s -> %s", choice.describe(), computed)
+    else:
+        computed = resolve(precision, bool(gpus), capability, cpu_bf16=cpu_has_bf16() and onednn_enabled())
     model = cast_model(bundle.model(), computed)
     log.info("score model %s: %s, oneDNN %s", bundle_dir, computed, os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
     return bundle.info, model, computed
