@@ -71,3 +71,14 @@ def test_auto_is_timed_once_per_machine_and_network_then_read(reference_bundle, 
     again = choose(bundle, model, 1, cpu_bf16=True, cpu="a test CPU", batch=2)
     assert again.source == "cached" and (again.precision, again.onednn, again.timings) == (
         first.precision, first.onednn, first.timings)
+
+
+def test_a_cache_directory_it_cannot_write_falls_back_to_the_flags_with_one_warning(reference_bundle, tmp_path,
+                                                                                   monkeypatch, caplog):
+    bundle, model = reference_bundle
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("GENRECLF_CACHE_DIR", str(blocked / "cache"))
+    assert choose(bundle, model, 1, cpu_bf16=True, cpu="a test CPU", batch=2) is None
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "deciding by CPU flags" in warning and "GENRECLF_CACHE_DIR" in warning

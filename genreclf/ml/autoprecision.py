@@ -120,26 +120,42 @@ def measuring() -> bool:
     return mode == "measure"
 
 
-def choose(bundle_dir: str, model_path: str, threads: int, *, cpu_bf16: bool, cpu: str, batch: int = BATCH) -> Choice:
-    """auto's precision for this bundle on this CPU: measured once per machine and architecture, then read."""
-    path = cache_path(model_path, threads, batch, cpu)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures; the others wait and read its result
-        try:
-            with open(path) as f:
-                timings = json.load(f)["timings"]
-            source = "cached"
-        except (OSError, ValueError, KeyError):
-            started = time.monotonic()
-            timings = {label(p, o): time_candidate(bundle_dir, p, o, threads, batch) for p, o in candidates(cpu_bf16)}
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump({"cpu": cpu, "tensorflow": _tf_version(), "threads": threads, "batch": batch,
-                           "timings": timings}, f, indent=1)
-            os.replace(tmp, path)
-            source = "measured"
-            log.info("precision auto: timed %s in %.0f s (cached in %s)", ", ".join(timings), time.monotonic() - started,
-                     path)
+def choose(bundle_dir: str, model_path: str, threads: int, *, cpu_bf16: bool, cpu: str,
+           batch: int = BATCH) -> Choice | None:
+    """auto's precision for this bundle on this CPU: measured once per machine and architecture, then
+    read. None when it cannot be measured (a cache directory it cannot write, a candidate that fails):
+    the caller then takes the CPU-flag rule, said in one warning."""
+    try:
+        path = cache_path(model_path, threads, batch, cpu)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures; the others wait and read its result
+            timings, source = _read(path), "cached"
+            if timings is None:
+                timings, source = _measure(bundle_dir, path, threads, batch, cpu_bf16, cpu), "measured"
+    except (OSError, RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        log.warning("precision auto: could not time the candidates (%s); deciding by CPU flags (set %s=flags "
+                    "to skip the timing, or %s to a writable directory)", e, MODE_ENV, CACHE_ENV)
+        return None
     precision, onednn = pick(timings)
     return Choice(precision, onednn, source, timings)
+
+
+def _read(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)["timings"]
+    except (OSError, ValueError, KeyError):  # absent, or a half-written file of a killed process
+        return None
+
+
+def _measure(bundle_dir: str, path: str, threads: int, batch: int, cpu_bf16: bool, cpu: str) -> dict:
+    started = time.monotonic()
+    timings = {label(p, o): time_candidate(bundle_dir, p, o, threads, batch) for p, o in candidates(cpu_bf16)}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"cpu": cpu, "tensorflow": _tf_version(), "threads": threads, "batch": batch, "timings": timings},
+                  f, indent=1)
+    os.replace(tmp, path)
+    log.info("precision auto: timed %s in %.0f s (kept in %s)", ", ".join(timings), time.monotonic() - started, path)
+    return timings

@@ -160,7 +160,7 @@ def load(bundle_dir: str, precision: str, threads: int):
     if precision == "auto" and not assigned and autoprecision.measuring():  # on a CPU: timed with this network
         choice = autoprecision.choose(bundle.local(), os.path.join(bundle.local(), MODEL_FILE), threads,
                                       cpu_bf16=cpu_has_bf16(), cpu=cpu_key())
-        onednn = choice.onednn
+        onednn = choice.onednn if choice is not None else onednn
 
     tf = configure_tensorflow(training=False, threads=threads, onednn=onednn)
     gpus = tf.config.list_physical_devices("GPU")
