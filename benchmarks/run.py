@@ -58,8 +58,13 @@ def make_corpus(out: str, n: int) -> tuple:
 
 
 def link_inputs(directory: str, paths) -> str:
-    """``directory`` holding a symlink to each of ``paths``: an input directory of exactly those files."""
+    """``directory`` holding a symlink to each of ``paths``: an input directory of exactly those files
+    (links of an earlier run with more tracks are removed: a job would score them too)."""
     os.makedirs(directory, exist_ok=True)
+    wanted = {os.path.basename(p) for p in paths}
+    for name in os.listdir(directory):
+        if name not in wanted and os.path.islink(os.path.join(directory, name)):
+            os.remove(os.path.join(directory, name))
     for p in paths:
         link = os.path.join(directory, os.path.basename(p))
         if not os.path.exists(link):
