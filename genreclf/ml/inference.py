@@ -6,9 +6,10 @@ the reference scored, calibrated with the bundle's temperature (genreclf.ml.cali
 disabled; optionally only a centred excerpt of ``max_windows`` windows is used.
 
 ``[score] precision``: "float32" (the reference's numbers), "bfloat16" (16-bit compute, float32
-weights and softmax), "float16" (GPUs only), or "auto": bfloat16 where the hardware computes it
-natively (a GPU of compute capability 8.0 or more, or a CPU with AMX / AVX-512 BF16), float16 on
-older GPUs, float32 elsewhere. The bundle's weights stay
+weights and softmax), "float16" (GPUs only), or "auto": on a GPU bfloat16 from compute capability
+8.0, float16 before; on a CPU the fastest of float32 (oneDNN off or on) and native bfloat16, timed
+once per machine and network (genreclf.ml.autoprecision; with GENRECLF_AUTO_PRECISION=flags,
+bfloat16 where the CPU has AMX / AVX-512 BF16, float32 elsewhere). The bundle's weights stay
 float32; the cast happens when a worker loads the model.
 
 oneDNN is used for inference where bfloat16 runs on the CPU (its AMX / AVX-512 BF16 kernels) and
